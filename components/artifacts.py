@@ -1,0 +1,162 @@
+"""Artifact types: a directory URI plus typed properties, recorded in ML Metadata.
+
+An artifact's directory is written by exactly one execution and never changes once it
+is published. Properties are plain Python values; the metadata layer maps them to MLMD.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+# Property kinds the metadata store understands.
+INT, FLOAT, STRING, STRINGS = int, float, str, list
+
+
+@dataclass(eq=False)
+class Artifact:
+    """A typed directory. Subclasses declare PROPERTIES: name -> kind (int, float, str, list)."""
+
+    PROPERTIES: ClassVar[dict[str, type]] = {}
+    REGISTRY: ClassVar[dict[str, type["Artifact"]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            Artifact.REGISTRY[cls.__name__] = cls
+
+    uri: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+    name: str = ""  # "<component id>.<output key>" of the producer
+
+    @classmethod
+    def type_name(cls) -> str:
+        return cls.__name__
+
+    def __getattr__(self, item: str) -> Any:
+        # Declared properties read like attributes: examples.span, blessing.blessed.
+        props = self.__dict__.get("properties", {})
+        if item in type(self).PROPERTIES:
+            return props.get(item)
+        raise AttributeError(f"{type(self).__name__} has no attribute or property {item!r}")
+
+    def set(self, **values: Any) -> None:
+        for key, value in values.items():
+            if key not in type(self).PROPERTIES:
+                raise KeyError(f"{type(self).__name__} declares no property {key!r}; "
+                               f"it has {sorted(type(self).PROPERTIES)}")
+            self.properties[key] = value
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.uri, *parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id}, uri={self.uri!r}, properties={self.properties})"
+
+
+class _SplitArtifact(Artifact):
+    """An artifact with one sub-directory per split, named `Split-<name>` as in TFX."""
+
+    def split_uri(self, split: str) -> str:
+        return self.path(f"Split-{split}")
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.properties.get("split_names") or [])
+
+
+class Examples(_SplitArtifact):
+    """gzip TFRecord files of tf.Example, one directory per split."""
+
+    PROPERTIES = {"span": INT, "version": INT, "split_names": STRINGS,
+                  "input_fingerprint": STRING, "payload_format": STRING}
+
+    def file_pattern(self, split: str) -> str:
+        return os.path.join(self.split_uri(split), "*.gz")
+
+
+class ExampleStatistics(_SplitArtifact):
+    """TFDV DatasetFeatureStatisticsList per split (FeatureStats.pb) and an HTML view."""
+
+    PROPERTIES = {"span": INT, "split_names": STRINGS}
+
+
+class Schema(Artifact):
+    """A TFMD schema in `schema.pbtxt`."""
+
+    PROPERTIES = {"source": STRING}
+
+    @property
+    def file(self) -> str:
+        return self.path("schema.pbtxt")
+
+
+class ExampleAnomalies(_SplitArtifact):
+    """TFDV Anomalies per split (SchemaDiff.pb), plus a readable report.txt."""
+
+    PROPERTIES = {"span": INT, "split_names": STRINGS, "anomaly_count": INT}
+
+
+class TransformGraph(Artifact):
+    """The tf.Transform output directory (transform_fn/, transformed_metadata/)."""
+
+    PROPERTIES = {"analyzer_cache": STRING}
+
+
+class Model(Artifact):
+    """A SavedModel under `Format-Serving/`."""
+
+    PROPERTIES = {"span": INT}
+
+    @property
+    def serving_dir(self) -> str:
+        return self.path("Format-Serving")
+
+
+class ModelRun(Artifact):
+    """TensorBoard logs of a training run."""
+
+
+class HyperParameters(Artifact):
+    """The best hyperparameters found by the Tuner, as `best_hyperparameters.json`."""
+
+    PROPERTIES = {"best_score": FLOAT}
+
+    @property
+    def file(self) -> str:
+        return self.path("best_hyperparameters.json")
+
+
+class ModelEvaluation(Artifact):
+    """TFMA evaluation output and a readable report of metrics per slice."""
+
+    PROPERTIES = {"baseline_model_id": INT}
+
+
+class ModelBlessing(Artifact):
+    """Whether the Evaluator judged the model good enough to push."""
+
+    PROPERTIES = {"blessed": INT, "model_id": INT, "baseline_model_id": INT, "reason": STRING}
+
+
+class InfraBlessing(Artifact):
+    """Whether the model loaded and answered in a real model server."""
+
+    PROPERTIES = {"blessed": INT, "model_id": INT, "reason": STRING}
+
+
+class PushedModel(Artifact):
+    """Where a model was pushed: the serving directory and the version it got."""
+
+    PROPERTIES = {"pushed": INT, "pushed_version": INT, "pushed_destination": STRING,
+                  "model_id": INT, "model_name": STRING}
+
+
+def artifact_class(type_name: str) -> type[Artifact]:
+    """The artifact class registered under a type name (custom subclasses register too)."""
+    if type_name not in Artifact.REGISTRY:
+        # A custom type whose module is not imported here (e.g. `pipewright lineage`):
+        # an untyped stand-in keeps its URI and properties readable.
+        return type(type_name, (Artifact,), {"__module__": __name__})
+    return Artifact.REGISTRY[type_name]

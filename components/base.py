@@ -1,0 +1,382 @@
+"""The component contract: a typed spec (inputs, outputs, parameters) and an executor.
+
+A component class declares its spec with annotations and implements `execute`:
+
+    class StatisticsGen(Component):
+        \"\"\"Computes TFDV statistics for every split of the examples.\"\"\"
+
+        examples: Input[Examples]
+        schema: OptionalInput[Schema]
+        statistics: Output[ExampleStatistics]
+        exclude_splits: Parameter[list[str]] = []
+
+        def execute(self, step: Step) -> None:
+            import tensorflow_data_validation as tfdv   # heavy imports live here only
+            ...
+
+An instance wires it into a pipeline: `StatisticsGen(examples=gen.outputs.examples)`.
+Parameters are plain typed Python values (or a pipeline's runtime `Param`), never JSON.
+The executor sees everything through `step`: `step.examples` is the input artifact,
+`step.statistics` the output artifact (already pointing at its staging directory),
+`step.exclude_splits` the resolved parameter value.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from components.artifacts import Artifact
+
+A = TypeVar("A", bound=Artifact)
+T = TypeVar("T")
+
+
+class Input(Generic[A]):
+    """A required input artifact."""
+
+
+class OptionalInput(Generic[A]):
+    """An input artifact that may be left unconnected (the executor then sees None)."""
+
+
+class Output(Generic[A]):
+    """An output artifact, written by the executor into its staging directory."""
+
+
+class Parameter(Generic[T]):
+    """An execution parameter: a typed value, part of the cache key."""
+
+
+class ExternalPath(str):
+    """A parameter type for a file or directory outside the pipeline (a user module, a
+    curated schema). The cache key uses its content, so an edit re-runs the step."""
+
+
+class ComponentDefinitionError(ValueError):
+    """A component or pipeline is wired wrongly; raised when it is defined, not run."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    type: type[Artifact]
+    optional: bool
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    type: type[Artifact]
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    type: Any
+    default: Any
+    required: bool
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A component's output, used as another component's input."""
+
+    producer: "Component"
+    key: str
+    type: type[Artifact]
+
+    def __repr__(self) -> str:
+        return f"{self.producer.id}.outputs.{self.key} ({self.type.__name__})"
+
+
+@dataclass(frozen=True)
+class Param:
+    """A pipeline runtime parameter: set from the CLI (--param), Airflow's trigger form, or
+    the REST API, under the same name. Pass it as a component parameter's value."""
+
+    name: str
+    type: type
+    default: Any
+    description: str = ""
+
+    def coerce(self, value: Any) -> Any:
+        return coerce_value(value, self.type, f"pipeline parameter {self.name!r}")
+
+
+def coerce_value(value: Any, expected: Any, what: str) -> Any:
+    """Checks (and for text from a command line, converts) a value to a parameter type."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(expected):
+            return None
+        errors = []
+        for option in typing.get_args(expected):
+            if option is type(None):
+                continue
+            try:
+                return coerce_value(value, option, what)
+            except (TypeError, ValueError) as exc:
+                errors.append(str(exc))
+        raise TypeError(f"{what}: {value!r} matches none of {expected}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{what}: expected a list, got {value!r}")
+        (item_type, *_) = typing.get_args(expected) or (Any,)
+        return [coerce_value(v, item_type, what) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"{what}: expected a mapping, got {value!r}")
+        return dict(value)
+    if expected is Any or expected is None:
+        return value
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise TypeError(f"{what}: expected true or false, got {value!r}")
+    if expected is int:
+        if isinstance(value, bool):
+            raise TypeError(f"{what}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise TypeError(f"{what}: expected an integer, got {value!r}")
+    if expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise TypeError(f"{what}: expected a number, got {value!r}")
+    if isinstance(expected, type) and issubclass(expected, str):
+        if not isinstance(value, str):
+            raise TypeError(f"{what}: expected text, got {value!r}")
+        return expected(value)
+    if isinstance(expected, type) and not isinstance(value, expected):
+        raise TypeError(f"{what}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def _spec_of(cls: type) -> tuple[dict[str, InputSpec], dict[str, OutputSpec], dict[str, ParameterSpec]]:
+    inputs, outputs, params = {}, {}, {}
+    hints = typing.get_type_hints(cls)
+    for name, hint in hints.items():
+        origin = typing.get_origin(hint)
+        if origin in (Input, OptionalInput):
+            (artifact_type,) = typing.get_args(hint)
+            inputs[name] = InputSpec(name, artifact_type, optional=origin is OptionalInput)
+        elif origin is Output:
+            (artifact_type,) = typing.get_args(hint)
+            outputs[name] = OutputSpec(name, artifact_type)
+        elif origin is Parameter:
+            (value_type,) = typing.get_args(hint)
+            has_default = name in cls.__dict__ or any(name in base.__dict__ for base in cls.__mro__)
+            default = getattr(cls, name, None)
+            params[name] = ParameterSpec(name, value_type, default, required=not has_default)
+    return inputs, outputs, params
+
+
+class _Outputs:
+    def __init__(self, channels: dict[str, Channel]):
+        self._channels = channels
+
+    def __getattr__(self, key: str) -> Channel:
+        try:
+            return self.__dict__["_channels"][key]
+        except KeyError:
+            raise AttributeError(f"no output {key!r}; outputs are {sorted(self._channels)}") from None
+
+    def __iter__(self):
+        return iter(self._channels.values())
+
+
+class Component:
+    """Base class of every component. See the module docstring for how to write one."""
+
+    INPUTS: ClassVar[dict[str, InputSpec]] = {}
+    OUTPUTS: ClassVar[dict[str, OutputSpec]] = {}
+    PARAMETERS: ClassVar[dict[str, ParameterSpec]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.INPUTS, cls.OUTPUTS, cls.PARAMETERS = _spec_of(cls)
+        overlap = set(cls.INPUTS) & set(cls.OUTPUTS)
+        if overlap:
+            raise ComponentDefinitionError(f"{cls.__name__}: {sorted(overlap)} both input and output")
+
+    def __init__(self, *, id: str | None = None, enable_cache: bool = True, **wiring: Any):
+        self.id = id or type(self).__name__
+        self.enable_cache = enable_cache
+        self.inputs: dict[str, Channel | None] = {}
+        self.parameters: dict[str, Any] = {}
+        self.upstream_order: list[Component] = []
+        cls = type(self)
+        unknown = set(wiring) - set(cls.INPUTS) - set(cls.PARAMETERS)
+        if unknown:
+            raise ComponentDefinitionError(
+                f"{self.id}: unknown argument(s) {sorted(unknown)}; inputs are "
+                f"{sorted(cls.INPUTS)}, parameters are {sorted(cls.PARAMETERS)}")
+        for name, spec in cls.INPUTS.items():
+            channel = wiring.get(name)
+            if channel is None:
+                if not spec.optional:
+                    raise ComponentDefinitionError(f"{self.id}: required input {name!r} "
+                                                   f"({spec.type.__name__}) is not connected")
+                self.inputs[name] = None
+                continue
+            if not isinstance(channel, Channel):
+                raise ComponentDefinitionError(
+                    f"{self.id}: input {name!r} must be another component's output "
+                    f"(e.g. gen.outputs.examples), got {channel!r}")
+            if not issubclass(channel.type, spec.type):
+                raise ComponentDefinitionError(
+                    f"{self.id}: input {name!r} expects {spec.type.__name__} but "
+                    f"{channel.producer.id}.outputs.{channel.key} is {channel.type.__name__}")
+            self.inputs[name] = channel
+        for name, spec in cls.PARAMETERS.items():
+            if name in wiring:
+                value = wiring[name]
+                if not isinstance(value, Param):
+                    value = coerce_value(value, spec.type, f"{self.id}: parameter {name!r}")
+                self.parameters[name] = value
+            elif spec.required:
+                raise ComponentDefinitionError(f"{self.id}: parameter {name!r} is required")
+            else:
+                self.parameters[name] = spec.default
+        self.outputs = _Outputs({name: Channel(self, name, spec.type)
+                                 for name, spec in cls.OUTPUTS.items()})
+
+    def after(self, *others: "Component") -> "Component":
+        """Orders this step after others without passing data (e.g. after validation)."""
+        self.upstream_order.extend(others)
+        return self
+
+    @property
+    def upstream(self) -> list["Component"]:
+        producers = [c.producer for c in self.inputs.values() if c is not None]
+        return list(dict.fromkeys(producers + self.upstream_order))
+
+    def runtime_params(self) -> list[Param]:
+        return [v for v in self.parameters.values() if isinstance(v, Param)]
+
+    def resolve_parameters(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Parameter values for one run: runtime `Param`s take the run's value or default."""
+        resolved = {}
+        for name, value in self.parameters.items():
+            if isinstance(value, Param):
+                raw = values.get(value.name, value.default)
+                value = coerce_value(raw, self.PARAMETERS[name].type,
+                                     f"{self.id}: parameter {name!r} (from {value.name!r})")
+            resolved[name] = value
+        return resolved
+
+    # -- the executor -------------------------------------------------------------------
+    def execute(self, step: "Step") -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement execute()")
+
+    # -- caching --------------------------------------------------------------------------
+    def code_fingerprint(self) -> str:
+        """Changes when the component's own source changes."""
+        digest = hashlib.sha256()
+        for cls in type(self).__mro__:
+            if cls in (Component, object):
+                break
+            try:
+                digest.update(inspect.getsource(cls).encode())
+            except (OSError, TypeError):
+                digest.update(cls.__qualname__.encode())
+        return digest.hexdigest()
+
+    def external_fingerprint(self, params: dict[str, Any]) -> str:
+        """Fingerprint of what the step reads from outside the pipeline. By default the
+        content of every ExternalPath parameter; components reading other files override."""
+        digest = hashlib.sha256()
+        for name, spec in sorted(self.PARAMETERS.items()):
+            if spec.type is ExternalPath and params.get(name):
+                digest.update(name.encode())
+                digest.update(fingerprint_path(params[name]).encode())
+        return digest.hexdigest()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id}>"
+
+
+class Resolver(Component):
+    """A node that picks existing artifacts from the metadata store instead of making new
+    ones (e.g. the latest blessed model). It runs every time, imports nothing heavy, and is
+    not cached: its answer is what the next steps' cache keys see."""
+
+    def resolve(self, step: "Step") -> dict[str, Artifact | None]:
+        raise NotImplementedError
+
+
+def fingerprint_path(path: str) -> str:
+    """Content hash of a file, or of every file below a directory (names and bytes)."""
+    digest = hashlib.sha256()
+    if not os.path.exists(path):
+        return "missing:" + path
+    if os.path.isfile(path):
+        files = [path]
+        root = os.path.dirname(path)
+    else:
+        root = path
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                       if "__pycache__" not in d)
+    for file in files:
+        digest.update(os.path.relpath(file, root).encode())
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class StepHalted(Exception):
+    """Raised by `step.halt`: outputs are published, then nothing downstream runs."""
+
+
+@dataclass
+class Step:
+    """What an executor sees: its inputs, outputs and parameters by name, and the run."""
+
+    component: Component
+    values: dict[str, Any]
+    pipeline_name: str
+    run_id: str
+    home: str
+    tmp_dir: str
+    log: logging.Logger
+    beam_args: list[str] = field(default_factory=list)
+    metadata: Any = None  # pipelines.metadata.Metadata, for resolvers and history lookups
+    outcome: str = "ok"
+    outcome_reason: str = ""
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(f"{self.__dict__.get('component')!r} has no input, output or "
+                             f"parameter {name!r}")
+
+    def skip(self, reason: str) -> None:
+        """Marks the step skipped (e.g. Pusher without a blessing); outputs still publish."""
+        self.outcome, self.outcome_reason = "skipped", reason
+        self.log.info("skipped: %s", reason)
+
+    def halt(self, reason: str) -> None:
+        """Publishes the outputs, then stops the run before anything downstream."""
+        self.outcome, self.outcome_reason = "halted", reason

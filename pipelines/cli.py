@@ -1,0 +1,122 @@
+"""The `pipewright` command. Commands that run no heavy step import no TensorFlow."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TFT and TFMA need Keras 2
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"pipewright: --param takes NAME=VALUE, got {pair!r}")
+        params[name] = value
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines import registry
+    from pipelines.local_runner import run_pipeline
+
+    pipeline = registry.load(args.pipeline)
+    result = run_pipeline(pipeline, home=args.home, params=_parse_params(args.param),
+                          enable_cache=not args.no_cache, max_parallel=args.max_parallel)
+    return 0 if result.ok else 1
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pipelines import inspect_cli
+    return inspect_cli.print_runs(args.home, args.pipeline)
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from pipelines import inspect_cli
+    return inspect_cli.print_lineage(args.home, args.artifact)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from pipelines import inspect_cli
+    return inspect_cli.print_artifact(args.home, args.artifact)
+
+
+def cmd_pipelines(args: argparse.Namespace) -> int:
+    from pipelines import registry
+    for name in registry.names():
+        pipeline = registry.load(name)
+        params = ", ".join(f"{p.name}={p.default!r}" for p in pipeline.parameters)
+        print(f"{name}: {len(pipeline.components)} steps; parameters: {params}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipewright", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    home_help = "pipeline home (artifacts, metadata, serving dir); default $PIPEWRIGHT_HOME or .pipewright/"
+
+    run = sub.add_parser("run", help="run a pipeline locally")
+    run.add_argument("pipeline", help="pipeline name (see `pipewright pipelines`) or pipeline.py path")
+    run.add_argument("--home", help=home_help)
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("--no-cache", action="store_true", help="execute every step")
+    run.add_argument("--max-parallel", type=int, default=2, help="steps run at once (default 2)")
+    run.set_defaults(func=cmd_run)
+
+    runs = sub.add_parser("runs", help="list recorded runs")
+    runs.add_argument("pipeline", nargs="?")
+    runs.add_argument("--home", help=home_help)
+    runs.set_defaults(func=cmd_runs)
+
+    lineage = sub.add_parser("lineage", help="what produced an artifact and what consumed it")
+    lineage.add_argument("artifact", help="artifact id or URI")
+    lineage.add_argument("--home", help=home_help)
+    lineage.set_defaults(func=cmd_lineage)
+
+    show = sub.add_parser("show", help="summarize an artifact (statistics, schema, anomalies, ...)")
+    show.add_argument("artifact", help="artifact id or URI")
+    show.add_argument("--home", help=home_help)
+    show.set_defaults(func=cmd_show)
+
+    pipelines = sub.add_parser("pipelines", help="list the registered pipelines")
+    pipelines.set_defaults(func=cmd_pipelines)
+
+    sub.add_parser("serve", help="TF Serving compatible model server (see `pipewright serve -h`)",
+                   add_help=False)
+    sub.add_parser("rollback", help="re-push the previous blessed model (see `pipewright rollback -h`)",
+                   add_help=False)
+    return parser
+
+
+def _console_logging() -> None:
+    """Warnings on the console; each step's full log goes to its own file."""
+    import logging
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # These commands own their flags (TF Serving's for `serve`).
+    if argv and argv[0] == "serve":
+        from serving.cli import main as serve_main
+        return serve_main(argv[1:])
+    if argv and argv[0] == "rollback":
+        from pipelines.rollback import main as rollback_main
+        return rollback_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    _console_logging()
+    try:
+        return args.func(args)
+    except (LookupError, TypeError, ValueError) as exc:
+        print(f"pipewright: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Runs one component of one run: the code path shared by the local runner and Airflow.
+
+cache lookup -> record RUNNING -> execute into staging -> rename into place -> record
+COMPLETE with the outputs, all or nothing. A failure records FAILED and publishes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.artifacts import Artifact
+from components.base import Component, Resolver, Step
+from pipelines.home import Home
+from pipelines.metadata import Metadata
+
+CACHE_FORMAT = "1"  # bump to invalidate every cache entry after a launcher change
+
+
+@dataclass
+class StepResult:
+    component_id: str
+    status: str  # executed | cached | resolved | failed
+    outcome: str = "ok"  # ok | skipped | halted
+    reason: str = ""
+    outputs: dict[str, Artifact] = field(default_factory=dict)
+    duration_s: float = 0.0
+    log_path: str = ""
+    execution_id: int | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status != "failed"
+
+
+@dataclass
+class RunInfo:
+    pipeline_name: str
+    run_id: str
+    params: dict[str, Any]
+    beam_args: list[str]
+    context: Any  # the MLMD run context
+
+
+class StepFailed(RuntimeError):
+    def __init__(self, result: StepResult, cause: str):
+        super().__init__(f"step {result.component_id} failed: {cause} (log: {result.log_path})")
+        self.result = result
+        self.cause = cause
+
+
+def cache_key(component: Component, params: dict[str, Any],
+              inputs: dict[str, Artifact | None]) -> str:
+    payload = {
+        "format": CACHE_FORMAT,
+        "component": f"{type(component).__module__}.{type(component).__qualname__}",
+        "id": component.id,
+        "code": component.code_fingerprint(),
+        "params": params,
+        "inputs": {key: (a.id if a is not None else None) for key, a in sorted(inputs.items())},
+        "external": component.external_fingerprint(params),
+    }
+    text = json.dumps(payload, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _ThreadLogFile(logging.FileHandler):
+    """Sends the records of one step's thread (its own and its libraries') to its log."""
+
+    def __init__(self, path: str, thread_id: int):
+        super().__init__(path)
+        self.thread_id = thread_id
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread_id
+
+
+def _step_logger(component_id: str, log_path: str) -> tuple[logging.Logger, logging.Handler]:
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    handler = _ThreadLogFile(log_path, threading.get_ident())
+    logging.getLogger().addHandler(handler)
+    logger = logging.getLogger(f"pipewright.step.{component_id}")
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def launch(component: Component, *, run: RunInfo, inputs: dict[str, Artifact | None],
+           metadata: Metadata, home: Home, enable_cache: bool = True) -> StepResult:
+    """Runs `component` for `run` with resolved input artifacts; raises StepFailed."""
+    started = time.monotonic()
+    log_path = home.log_path(run.pipeline_name, run.run_id, component.id)
+    result = StepResult(component.id, "failed", log_path=log_path)
+    try:
+        params = component.resolve_parameters(run.params)
+    except (TypeError, ValueError) as exc:
+        raise StepFailed(result, str(exc)) from exc
+
+    if isinstance(component, Resolver):
+        return _resolve(component, run, inputs, params, metadata, home, result, started)
+
+    key = cache_key(component, params, inputs)
+    common = dict(type_name=type(component).__name__, component_id=component.id,
+                  pipeline_name=run.pipeline_name, run=run.context, inputs=inputs)
+    if enable_cache and component.enable_cache:
+        hit = metadata.find_cached(key)
+        if hit is not None:
+            source, outputs = hit
+            result.execution_id = metadata.record_cached(**common, cache_key=key,
+                                                         outputs=outputs, source=source)
+            result.status, result.outputs = "cached", outputs
+            result.outcome, result.reason = source.outcome or "ok", source.outcome_reason
+            result.log_path = source.log_path or log_path
+            result.duration_s = time.monotonic() - started
+            return result
+
+    execution_id = metadata.begin_execution(**common, cache_key=key, parameters=params,
+                                            log_path=log_path)
+    result.execution_id = execution_id
+    staging = home.staging_dir(execution_id)
+    outputs = {name: spec.type(uri=os.path.join(staging, name), name=f"{component.id}.{name}")
+               for name, spec in component.OUTPUTS.items()}
+    for artifact in outputs.values():
+        os.makedirs(artifact.uri, exist_ok=True)
+    tmp_dir = os.path.join(staging, "_tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    logger, handler = _step_logger(component.id, log_path)
+    step = Step(component=component, values={**inputs, **outputs, **params},
+                pipeline_name=run.pipeline_name, run_id=run.run_id, home=home.root,
+                tmp_dir=tmp_dir, log=logger, beam_args=list(run.beam_args), metadata=metadata)
+    try:
+        logger.info("executing %s (execution %d)", component.id, execution_id)
+        component.execute(step)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        published = _move_into_place(outputs, home, run.pipeline_name, component.id, execution_id)
+        metadata.publish_execution(execution_id, pipeline_name=run.pipeline_name,
+                                   run=run.context, outputs=published, outcome=step.outcome,
+                                   outcome_reason=step.outcome_reason,
+                                   duration_s=time.monotonic() - started)
+    except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt must be recorded too
+        cause = f"{type(exc).__name__}: {exc}"
+        logger.error("failed: %s\n%s", cause, traceback.format_exc())
+        result.duration_s = time.monotonic() - started
+        metadata.fail_execution(execution_id, cause + "\n" + traceback.format_exc(),
+                                result.duration_s)
+        _discard(outputs, home, run.pipeline_name, component.id, execution_id)
+        raise StepFailed(result, cause) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    result.status, result.outputs = "executed", published
+    result.outcome, result.reason = step.outcome, step.outcome_reason
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def _resolve(component: Resolver, run: RunInfo, inputs, params, metadata, home,
+             result: StepResult, started: float) -> StepResult:
+    logger = logging.getLogger(f"pipewright.step.{component.id}")
+    step = Step(component=component, values={**inputs, **params}, pipeline_name=run.pipeline_name,
+                run_id=run.run_id, home=home.root, tmp_dir="", log=logger,
+                beam_args=list(run.beam_args), metadata=metadata)
+    try:
+        found = component.resolve(step)
+    except Exception as exc:
+        raise StepFailed(result, f"{type(exc).__name__}: {exc}") from exc
+    outputs = {key: artifact for key, artifact in found.items() if artifact is not None}
+    execution_id = metadata.begin_execution(
+        type_name=type(component).__name__, component_id=component.id,
+        pipeline_name=run.pipeline_name, run=run.context, inputs=inputs, cache_key="",
+        parameters=params, log_path="")
+    metadata.publish_execution(execution_id, pipeline_name=run.pipeline_name, run=run.context,
+                               outputs=outputs, outcome="ok",
+                               outcome_reason="resolved " + ", ".join(
+                                   f"{k}={a.id}" for k, a in outputs.items()),
+                               duration_s=time.monotonic() - started)
+    result.status, result.outputs, result.execution_id = "resolved", outputs, execution_id
+    result.reason = ", ".join(f"{k}: artifact {a.id}" for k, a in outputs.items()) or "nothing found"
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def _move_into_place(outputs: dict[str, Artifact], home: Home, pipeline: str,
+                     component_id: str, execution_id: int) -> dict[str, Artifact]:
+    for key, artifact in outputs.items():
+        final = home.artifact_dir(pipeline, component_id, key, execution_id)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.rename(artifact.uri, final)  # atomic on one file system
+        artifact.uri = final
+    return outputs
+
+
+def _discard(outputs: dict[str, Artifact], home: Home, pipeline: str, component_id: str,
+             execution_id: int) -> None:
+    for key in outputs:
+        shutil.rmtree(home.artifact_dir(pipeline, component_id, key, execution_id),
+                      ignore_errors=True)

@@ -1,0 +1,435 @@
+"""ML Metadata (MLMD): runs, executions, artifacts and the events between them.
+
+SQLite file by default; MySQL when configured (`mysql://user:password@host:port/database`).
+Every public method is safe to call from several threads; processes (Airflow tasks)
+sharing one SQLite file are serialized by SQLite, and a locked database is retried.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2 as pb
+
+from components.artifacts import Artifact, artifact_class
+
+PIPELINE_CONTEXT = "pipeline"
+RUN_CONTEXT = "pipeline_run"
+EXECUTION_PROPERTIES = {
+    "component_id": pb.STRING, "pipeline_name": pb.STRING, "run_id": pb.STRING,
+    "cache_key": pb.STRING, "outcome": pb.STRING, "outcome_reason": pb.STRING,
+    "error": pb.STRING, "parameters": pb.STRING, "log_path": pb.STRING,
+    "pid": pb.INT, "host": pb.STRING, "duration_s": pb.DOUBLE,
+}
+RUN_PROPERTIES = {
+    "pipeline_name": pb.STRING, "run_id": pb.STRING, "started_at": pb.DOUBLE,
+    "parameters": pb.STRING, "orchestrator": pb.STRING, "airflow_run_id": pb.STRING,
+    "state": pb.STRING,
+}
+_KINDS = {int: pb.INT, float: pb.DOUBLE, str: pb.STRING, list: pb.STRING}
+STATE_NAMES = {pb.Execution.RUNNING: "running", pb.Execution.COMPLETE: "complete",
+               pb.Execution.FAILED: "failed", pb.Execution.CACHED: "cached",
+               pb.Execution.CANCELED: "canceled", pb.Execution.NEW: "new"}
+
+
+def connection_config(uri: str) -> pb.ConnectionConfig:
+    """`mysql://user:pw@host:3306/db` or a SQLite file path."""
+    config = pb.ConnectionConfig()
+    if uri.startswith("mysql://"):
+        parts = urllib.parse.urlparse(uri)
+        config.mysql.host = parts.hostname or "127.0.0.1"
+        config.mysql.port = parts.port or 3306
+        config.mysql.database = parts.path.lstrip("/")
+        config.mysql.user = urllib.parse.unquote(parts.username or "")
+        config.mysql.password = urllib.parse.unquote(parts.password or "")
+    else:
+        path = uri[len("sqlite://"):] if uri.startswith("sqlite://") else uri
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        config.sqlite.filename_uri = path
+        config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+    return config
+
+
+@dataclass
+class ExecutionRecord:
+    id: int
+    component_id: str
+    type_name: str
+    state: str
+    outcome: str
+    outcome_reason: str
+    error: str
+    cache_key: str
+    run_id: str
+    log_path: str
+    duration_s: float
+    created_ms: int
+
+
+def _value(message: pb.Value) -> Any:
+    kind = message.WhichOneof("value")
+    return getattr(message, kind) if kind else None
+
+
+class Metadata:
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._lock = threading.RLock()
+        self._store = self._retry(lambda: mlmd.MetadataStore(connection_config(uri),
+                                                             enable_upgrade_migration=True))
+        self._type_ids: dict[tuple[str, str], int] = {}
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _retry(self, call, attempts: int = 60):
+        for attempt in range(attempts):
+            try:
+                with getattr(self, "_lock", threading.RLock()):
+                    return call()
+            except mlmd.errors.StatusError as exc:  # SQLite busy with another process
+                if "locked" not in str(exc).lower() and "busy" not in str(exc).lower():
+                    raise
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _artifact_type_id(self, cls: type[Artifact]) -> int:
+        key = ("artifact", cls.type_name())
+        if key not in self._type_ids:
+            artifact_type = pb.ArtifactType(name=cls.type_name())
+            for name, kind in cls.PROPERTIES.items():
+                artifact_type.properties[name] = _KINDS[kind]
+            self._type_ids[key] = self._retry(lambda: self._store.put_artifact_type(
+                artifact_type, can_add_fields=True))
+        return self._type_ids[key]
+
+    def _execution_type_id(self, type_name: str) -> int:
+        key = ("execution", type_name)
+        if key not in self._type_ids:
+            execution_type = pb.ExecutionType(name=type_name)
+            for name, kind in EXECUTION_PROPERTIES.items():
+                execution_type.properties[name] = kind
+            self._type_ids[key] = self._retry(lambda: self._store.put_execution_type(
+                execution_type, can_add_fields=True))
+        return self._type_ids[key]
+
+    def _context_type_id(self, name: str) -> int:
+        key = ("context", name)
+        if key not in self._type_ids:
+            context_type = pb.ContextType(name=name)
+            if name == RUN_CONTEXT:
+                for prop, kind in RUN_PROPERTIES.items():
+                    context_type.properties[prop] = kind
+            self._type_ids[key] = self._retry(lambda: self._store.put_context_type(
+                context_type, can_add_fields=True))
+        return self._type_ids[key]
+
+    # -- artifacts --------------------------------------------------------------------------
+    def _to_proto(self, artifact: Artifact) -> pb.Artifact:
+        cls = type(artifact)
+        proto = pb.Artifact(type_id=self._artifact_type_id(cls), uri=artifact.uri,
+                            state=pb.Artifact.LIVE)
+        if artifact.id is not None:
+            proto.id = artifact.id
+        if artifact.name:
+            proto.custom_properties["name"].string_value = artifact.name
+        for name, value in artifact.properties.items():
+            if value is None:
+                continue
+            kind = cls.PROPERTIES.get(name)
+            target = proto.properties[name] if kind else proto.custom_properties[name]
+            if kind is list or isinstance(value, (list, tuple)):
+                target.string_value = json.dumps(list(value))
+            elif kind is int or (kind is None and isinstance(value, (bool, int))):
+                target.int_value = int(value)
+            elif kind is float or (kind is None and isinstance(value, float)):
+                target.double_value = float(value)
+            else:
+                target.string_value = str(value)
+        return proto
+
+    def _from_proto(self, proto: pb.Artifact, type_name: str | None = None) -> Artifact:
+        if type_name is None:
+            type_name = self._retry(lambda: self._store.get_artifact_types_by_id(
+                [proto.type_id]))[0].name
+        cls = artifact_class(type_name)
+        properties: dict[str, Any] = {}
+        for name, value in proto.properties.items():
+            raw = _value(value)
+            properties[name] = json.loads(raw) if cls.PROPERTIES.get(name) is list else raw
+        for name, value in proto.custom_properties.items():
+            if name != "name":
+                properties[name] = _value(value)
+        name = proto.custom_properties["name"].string_value if "name" in proto.custom_properties else ""
+        return cls(uri=proto.uri, properties=properties, id=proto.id, name=name)
+
+    def artifacts_by_id(self, ids: Iterable[int]) -> list[Artifact]:
+        ids = list(ids)
+        if not ids:
+            return []
+        protos = self._retry(lambda: self._store.get_artifacts_by_id(ids))
+        type_names = {t.id: t.name for t in self._retry(lambda: self._store.get_artifact_types())}
+        by_id = {p.id: self._from_proto(p, type_names[p.type_id]) for p in protos}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def artifact(self, ref: str | int) -> Artifact:
+        """An artifact by id, or by (a prefix-free) URI."""
+        if isinstance(ref, int) or str(ref).isdigit():
+            found = self.artifacts_by_id([int(ref)])
+        else:
+            uri = os.path.abspath(str(ref)).rstrip("/")
+            protos = self._retry(lambda: self._store.get_artifacts_by_uri(uri))
+            found = [self._from_proto(p) for p in protos]
+        if not found:
+            raise KeyError(f"no artifact {ref!r} in the metadata store {self.uri}")
+        return found[-1]
+
+    def artifacts_of_type(self, cls: type[Artifact]) -> list[Artifact]:
+        protos = self._retry(lambda: self._store.get_artifacts_by_type(cls.type_name()))
+        return [self._from_proto(p, cls.type_name()) for p in protos
+                if p.state == pb.Artifact.LIVE]
+
+    # -- runs -------------------------------------------------------------------------------
+    def _pipeline_context(self, pipeline_name: str) -> pb.Context:
+        type_id = self._context_type_id(PIPELINE_CONTEXT)
+        found = self._retry(lambda: self._store.get_context_by_type_and_name(
+            PIPELINE_CONTEXT, pipeline_name))
+        if found:
+            return found
+        context = pb.Context(type_id=type_id, name=pipeline_name)
+        try:
+            [context.id] = self._retry(lambda: self._store.put_contexts([context]))
+        except mlmd.errors.AlreadyExistsError:  # another process made it first
+            return self._store.get_context_by_type_and_name(PIPELINE_CONTEXT, pipeline_name)
+        return context
+
+    def run_context(self, pipeline_name: str, run_id: str, *, parameters: dict | None = None,
+                    orchestrator: str = "local", airflow_run_id: str = "") -> pb.Context:
+        """The run's context, created on first use (Airflow tasks of one run share it)."""
+        name = f"{pipeline_name}.{run_id}"
+        found = self._retry(lambda: self._store.get_context_by_type_and_name(RUN_CONTEXT, name))
+        if found:
+            return found
+        context = pb.Context(type_id=self._context_type_id(RUN_CONTEXT), name=name)
+        context.properties["pipeline_name"].string_value = pipeline_name
+        context.properties["run_id"].string_value = run_id
+        context.properties["started_at"].double_value = time.time()
+        context.properties["parameters"].string_value = json.dumps(parameters or {}, sort_keys=True)
+        context.properties["orchestrator"].string_value = orchestrator
+        context.properties["airflow_run_id"].string_value = airflow_run_id
+        context.properties["state"].string_value = "running"
+        try:
+            [context.id] = self._retry(lambda: self._store.put_contexts([context]))
+        except mlmd.errors.AlreadyExistsError:
+            return self._store.get_context_by_type_and_name(RUN_CONTEXT, name)
+        pipeline = self._pipeline_context(pipeline_name)
+        self._retry(lambda: self._store.put_parent_contexts(
+            [pb.ParentContext(child_id=context.id, parent_id=pipeline.id)]))
+        return context
+
+    def finish_run(self, context: pb.Context, state: str) -> None:
+        context.properties["state"].string_value = state
+        self._retry(lambda: self._store.put_contexts([context]))
+
+    def runs(self, pipeline_name: str | None = None) -> list[dict[str, Any]]:
+        contexts = self._retry(lambda: self._store.get_contexts_by_type(RUN_CONTEXT))
+        rows = []
+        for context in contexts:
+            props = {k: _value(v) for k, v in context.properties.items()}
+            if pipeline_name and props.get("pipeline_name") != pipeline_name:
+                continue
+            executions = self.executions_in_run(context)
+            props["context_id"] = context.id
+            props["steps"] = {state: sum(1 for e in executions if e.state == state)
+                              for state in {e.state for e in executions}}
+            rows.append(props)
+        return sorted(rows, key=lambda r: r.get("started_at") or 0)
+
+    # -- executions -------------------------------------------------------------------------
+    def _record(self, proto: pb.Execution, type_name: str = "") -> ExecutionRecord:
+        props = {k: _value(v) for k, v in proto.properties.items()}
+        return ExecutionRecord(
+            id=proto.id, component_id=props.get("component_id", ""), type_name=type_name,
+            state=STATE_NAMES.get(proto.last_known_state, "unknown"),
+            outcome=props.get("outcome", ""), outcome_reason=props.get("outcome_reason", ""),
+            error=props.get("error", ""), cache_key=props.get("cache_key", ""),
+            run_id=props.get("run_id", ""), log_path=props.get("log_path", ""),
+            duration_s=props.get("duration_s", 0.0) or 0.0,
+            created_ms=proto.create_time_since_epoch)
+
+    def _contexts_for(self, pipeline_name: str, run: pb.Context) -> list[pb.Context]:
+        return [self._pipeline_context(pipeline_name), run]
+
+    @staticmethod
+    def _event(kind: int, key: str, index: int) -> pb.Event:
+        event = pb.Event(type=kind)
+        event.path.steps.add().key = key
+        event.path.steps.add().index = index
+        return event
+
+    def _input_events(self, inputs: dict[str, Artifact | None]):
+        pairs = []
+        for key, artifact in inputs.items():
+            if artifact is not None:
+                pairs.append((self._to_proto(artifact), self._event(pb.Event.INPUT, key, 0)))
+        return pairs
+
+    def begin_execution(self, *, type_name: str, component_id: str, pipeline_name: str,
+                        run: pb.Context, inputs: dict[str, Artifact | None], cache_key: str,
+                        parameters: dict[str, Any], log_path: str) -> int:
+        execution = pb.Execution(type_id=self._execution_type_id(type_name),
+                                 last_known_state=pb.Execution.RUNNING)
+        props = execution.properties
+        props["component_id"].string_value = component_id
+        props["pipeline_name"].string_value = pipeline_name
+        props["run_id"].string_value = run.properties["run_id"].string_value
+        props["cache_key"].string_value = cache_key
+        props["parameters"].string_value = json.dumps(parameters, sort_keys=True, default=str)
+        props["log_path"].string_value = log_path
+        props["pid"].int_value = os.getpid()
+        props["host"].string_value = socket.gethostname()
+        execution_id, _, _ = self._retry(lambda: self._store.put_execution(
+            execution, self._input_events(inputs), self._contexts_for(pipeline_name, run),
+            reuse_context_if_already_exist=True))
+        return execution_id
+
+    def _execution(self, execution_id: int) -> pb.Execution:
+        [execution] = self._retry(lambda: self._store.get_executions_by_id([execution_id]))
+        return execution
+
+    def publish_execution(self, execution_id: int, *, pipeline_name: str, run: pb.Context,
+                          outputs: dict[str, Artifact], outcome: str, outcome_reason: str,
+                          duration_s: float) -> dict[str, Artifact]:
+        """Registers the outputs as LIVE and completes the execution, in one transaction."""
+        execution = self._execution(execution_id)
+        execution.last_known_state = pb.Execution.COMPLETE
+        execution.properties["outcome"].string_value = outcome
+        execution.properties["outcome_reason"].string_value = outcome_reason
+        execution.properties["duration_s"].double_value = duration_s
+        pairs = [(self._to_proto(a), self._event(pb.Event.OUTPUT, key, 0))
+                 for key, a in outputs.items()]
+        _, artifact_ids, _ = self._retry(lambda: self._store.put_execution(
+            execution, pairs, self._contexts_for(pipeline_name, run),
+            reuse_context_if_already_exist=True))
+        for artifact, artifact_id in zip(outputs.values(), artifact_ids):
+            artifact.id = artifact_id
+        return outputs
+
+    def fail_execution(self, execution_id: int, error: str, duration_s: float = 0.0) -> None:
+        execution = self._execution(execution_id)
+        execution.last_known_state = pb.Execution.FAILED
+        execution.properties["error"].string_value = error[-4000:]
+        execution.properties["duration_s"].double_value = duration_s
+        self._retry(lambda: self._store.put_executions([execution]))
+
+    def record_cached(self, *, type_name: str, component_id: str, pipeline_name: str,
+                      run: pb.Context, inputs: dict[str, Artifact | None], cache_key: str,
+                      outputs: dict[str, Artifact], source: ExecutionRecord) -> int:
+        """A CACHED execution in this run, linked to the earlier execution's outputs."""
+        execution = pb.Execution(type_id=self._execution_type_id(type_name),
+                                 last_known_state=pb.Execution.CACHED)
+        props = execution.properties
+        props["component_id"].string_value = component_id
+        props["pipeline_name"].string_value = pipeline_name
+        props["run_id"].string_value = run.properties["run_id"].string_value
+        props["cache_key"].string_value = cache_key
+        props["outcome"].string_value = source.outcome
+        props["outcome_reason"].string_value = source.outcome_reason
+        props["log_path"].string_value = source.log_path
+        pairs = self._input_events(inputs) + [
+            (self._to_proto(a), self._event(pb.Event.OUTPUT, key, 0)) for key, a in outputs.items()]
+        execution_id, _, _ = self._retry(lambda: self._store.put_execution(
+            execution, pairs, self._contexts_for(pipeline_name, run),
+            reuse_context_if_already_exist=True))
+        return execution_id
+
+    def outputs_of_execution(self, execution_id: int) -> dict[str, Artifact]:
+        events = self._retry(lambda: self._store.get_events_by_execution_ids([execution_id]))
+        outputs = [(e.path.steps[0].key, e.artifact_id) for e in events
+                   if e.type == pb.Event.OUTPUT]
+        artifacts = {a.id: a for a in self.artifacts_by_id([i for _, i in outputs])}
+        return {key: artifacts[i] for key, i in outputs if i in artifacts}
+
+    def inputs_of_execution(self, execution_id: int) -> dict[str, Artifact]:
+        events = self._retry(lambda: self._store.get_events_by_execution_ids([execution_id]))
+        inputs = [(e.path.steps[0].key, e.artifact_id) for e in events if e.type == pb.Event.INPUT]
+        artifacts = {a.id: a for a in self.artifacts_by_id([i for _, i in inputs])}
+        return {key: artifacts[i] for key, i in inputs if i in artifacts}
+
+    def find_cached(self, cache_key: str) -> tuple[ExecutionRecord, dict[str, Artifact]] | None:
+        """The newest successful execution with this cache key whose outputs still exist."""
+        options = mlmd.ListOptions(
+            filter_query=f"properties.cache_key.string_value = '{cache_key}' AND "
+                         f"last_known_state = COMPLETE",
+            order_by=mlmd.OrderByField.ID, is_asc=False, limit=5)
+        for proto in self._retry(lambda: self._store.get_executions(list_options=options)):
+            outputs = self.outputs_of_execution(proto.id)
+            if outputs and all(os.path.isdir(a.uri) for a in outputs.values()):
+                return self._record(proto), outputs
+        return None
+
+    def executions_in_run(self, run: pb.Context) -> list[ExecutionRecord]:
+        protos = self._retry(lambda: self._store.get_executions_by_context(run.id))
+        return [self._record(p) for p in protos]
+
+    def latest_in_run(self, run: pb.Context, component_id: str) -> ExecutionRecord | None:
+        records = [r for r in self.executions_in_run(run) if r.component_id == component_id]
+        return max(records, key=lambda r: r.id) if records else None
+
+    def abandon_dead_executions(self, pipeline_name: str) -> list[ExecutionRecord]:
+        """Marks FAILED the RUNNING executions of this host whose process is gone (killed)."""
+        options = mlmd.ListOptions(
+            filter_query=f"last_known_state = RUNNING AND "
+                         f"properties.pipeline_name.string_value = '{pipeline_name}'")
+        abandoned = []
+        for proto in self._retry(lambda: self._store.get_executions(list_options=options)):
+            pid = proto.properties["pid"].int_value
+            host = proto.properties["host"].string_value
+            if host == socket.gethostname() and pid and not _process_alive(pid):
+                self.fail_execution(proto.id, f"process {pid} died before the step finished")
+                abandoned.append(self._record(proto))
+        return abandoned
+
+    # -- lineage ----------------------------------------------------------------------------
+    def lineage(self, artifact: Artifact) -> dict[str, Any]:
+        """What produced the artifact (and from which inputs) and what consumed it."""
+        events = self._retry(lambda: self._store.get_events_by_artifact_ids([artifact.id]))
+        producer_ids = sorted({e.execution_id for e in events if e.type == pb.Event.OUTPUT})
+        consumer_ids = sorted({e.execution_id for e in events if e.type == pb.Event.INPUT})
+        ids = producer_ids + consumer_ids
+        protos = {p.id: p for p in self._retry(lambda: self._store.get_executions_by_id(ids))}
+        type_names = {t.id: t.name for t in self._retry(lambda: self._store.get_execution_types())}
+
+        def describe(execution_id: int) -> dict[str, Any]:
+            record = self._record(protos[execution_id], type_names[protos[execution_id].type_id])
+            return {"execution": record, "inputs": self.inputs_of_execution(execution_id)}
+
+        producers = [describe(i) for i in producer_ids if i in protos]
+        # The first producer really made it; later ones are cached reuses in other runs.
+        return {"artifact": artifact, "producers": producers,
+                "consumers": [describe(i) for i in consumer_ids if i in protos]}
+
+    def execution_type_name(self, execution_id: int) -> str:
+        proto = self._execution(execution_id)
+        return self._retry(lambda: self._store.get_execution_types_by_id([proto.type_id]))[0].name
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is as dead as it gets for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,104 @@
+"""A pipeline: components whose wiring forms a DAG, plus its runtime parameters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.base import Component, ComponentDefinitionError, Param
+
+DEFAULT_SCHEDULE = "0 2 * * *"  # nightly retraining, 02:00 UTC
+
+
+@dataclass
+class Pipeline:
+    name: str
+    components: list[Component]
+    parameters: list[Param] = field(default_factory=list)
+    beam_args: list[str] = field(default_factory=list)
+    schedule: str | None = DEFAULT_SCHEDULE
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self._check_ids()
+        self._check_inputs_present()
+        self.order = self._topological_order()
+        self._check_parameters()
+
+    # -- validation -------------------------------------------------------------------------
+    def _check_ids(self) -> None:
+        seen: dict[str, Component] = {}
+        for component in self.components:
+            if component.id in seen:
+                raise ComponentDefinitionError(
+                    f"pipeline {self.name!r}: duplicate component id {component.id!r} "
+                    f"({seen[component.id]!r} and {component!r}); pass id=... to tell them apart")
+            seen[component.id] = component
+
+    def _check_inputs_present(self) -> None:
+        members = {id(c) for c in self.components}
+        for component in self.components:
+            for key, channel in component.inputs.items():
+                if channel is not None and id(channel.producer) not in members:
+                    raise ComponentDefinitionError(
+                        f"pipeline {self.name!r}: {component.id}.{key} reads {channel!r}, but "
+                        f"{channel.producer.id!r} is not in the pipeline")
+            for other in component.upstream_order:
+                if id(other) not in members:
+                    raise ComponentDefinitionError(
+                        f"pipeline {self.name!r}: {component.id} runs after {other.id!r}, "
+                        f"which is not in the pipeline")
+
+    def _topological_order(self) -> list[Component]:
+        order: list[Component] = []
+        state: dict[int, str] = {}
+
+        def visit(node: Component, path: list[Component]) -> None:
+            mark = state.get(id(node))
+            if mark == "done":
+                return
+            if mark == "active":
+                cycle = path[path.index(node):] + [node]
+                raise ComponentDefinitionError(
+                    f"pipeline {self.name!r}: cycle " + " -> ".join(c.id for c in cycle))
+            state[id(node)] = "active"
+            for upstream in node.upstream:
+                visit(upstream, path + [node])
+            state[id(node)] = "done"
+            order.append(node)
+
+        for component in self.components:
+            visit(component, [])
+        return order
+
+    def _check_parameters(self) -> None:
+        declared = {p.name: p for p in self.parameters}
+        if len(declared) != len(self.parameters):
+            raise ComponentDefinitionError(f"pipeline {self.name!r}: duplicate parameter names")
+        for component in self.components:
+            for param in component.runtime_params():
+                if param.name not in declared:
+                    raise ComponentDefinitionError(
+                        f"pipeline {self.name!r}: {component.id} uses parameter {param.name!r}, "
+                        f"which the pipeline does not declare in parameters=[...]")
+
+    # -- lookups ------------------------------------------------------------------------------
+    def component(self, component_id: str) -> Component:
+        for component in self.components:
+            if component.id == component_id:
+                return component
+        raise KeyError(f"pipeline {self.name!r} has no component {component_id!r}; "
+                       f"it has {[c.id for c in self.components]}")
+
+    def downstream(self, component: Component) -> list[Component]:
+        return [c for c in self.order if component in c.upstream]
+
+    def resolve_params(self, values: dict[str, Any] | None) -> dict[str, Any]:
+        """The run's parameter values: defaults overridden by `values`, type-checked.
+        An unknown name is an error that lists the known ones."""
+        values = dict(values or {})
+        declared = {p.name: p for p in self.parameters}
+        unknown = sorted(set(values) - set(declared))
+        if unknown:
+            raise KeyError(f"pipeline {self.name!r} has no parameter(s) {unknown}; "
+                           f"its parameters are {sorted(declared)}")
+        return {name: p.coerce(values.get(name, p.default)) for name, p in declared.items()}

@@ -1,0 +1,34 @@
+"""Finds pipelines by name: every `pipelines/<name>/pipeline.py` that defines
+`create_pipeline()`, or a path to such a file. Importing one must stay cheap."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+
+from pipelines.pipeline import Pipeline
+
+PIPELINES_DIR = Path(__file__).resolve().parent
+
+
+def names() -> list[str]:
+    return sorted(p.parent.name for p in PIPELINES_DIR.glob("*/pipeline.py"))
+
+
+def load(name_or_path: str) -> Pipeline:
+    if name_or_path.endswith(".py") or os.sep in name_or_path:
+        path = Path(name_or_path).resolve()
+        if not path.is_file():
+            raise LookupError(f"pipeline file {path} does not exist")
+        spec = importlib.util.spec_from_file_location(f"pipewright_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    elif name_or_path in names():
+        module = importlib.import_module(f"pipelines.{name_or_path}.pipeline")
+    else:
+        raise LookupError(f"unknown pipeline {name_or_path!r}; known pipelines: {names()} "
+                          f"(or give the path of a pipeline.py)")
+    if not hasattr(module, "create_pipeline"):
+        raise LookupError(f"{module.__file__} defines no create_pipeline()")
+    return module.create_pipeline()
