@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from pipelines.pipeline import Pipeline
@@ -23,6 +24,7 @@ def load(name_or_path: str) -> Pipeline:
             raise LookupError(f"pipeline file {path} does not exist")
         spec = importlib.util.spec_from_file_location(f"pipewright_user_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # so its components' annotations can be resolved
         spec.loader.exec_module(module)
     elif name_or_path in names():
         module = importlib.import_module(f"pipelines.{name_or_path}.pipeline")

@@ -1,0 +1,237 @@
+"""The framework core on a real MLMD store: definition checks, caching, atomic publication,
+crash recovery, lineage and the CLI."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components.artifacts import Examples, Model, Schema
+from components.base import Component, ComponentDefinitionError, Input, Output, Param, Step
+from pipelines.home import Home
+from pipelines.local_runner import run_pipeline
+from pipelines.metadata import Metadata
+from pipelines.pipeline import Pipeline
+from tests import core_pipelines
+from tests.core_pipelines import MakeNumbers, Numbers, Scale, Total
+
+REPO = Path(__file__).resolve().parents[1]
+PIPEWRIGHT = [sys.executable, "-m", "pipelines.cli"]
+PIPELINE_FILE = str(Path(core_pipelines.__file__))
+
+
+def _read(artifact) -> list[int]:
+    return [int(x) for x in Path(artifact.path("numbers.txt")).read_text().split()]
+
+
+def _published(home: Path, component_id: str) -> list[str]:
+    metadata = Metadata(Home.resolve(home).metadata_uri)
+    return [a.uri for a in metadata.artifacts_of_type(Numbers) if a.name.startswith(component_id + ".")]
+
+
+# -- definition ------------------------------------------------------------------------------
+
+class NeedsSchema(Component):
+    """Reads a schema."""
+
+    schema: Input[Schema]
+    model: Output[Model]
+
+    def execute(self, step: Step) -> None:
+        pass
+
+
+def test_custom_component_runs_and_records_its_properties(tmp_path):
+    result = run_pipeline(core_pipelines.create_pipeline(), home=tmp_path, params={"count": 4})
+    assert result.ok, result.failure
+    assert _read(result.steps["MakeNumbers"].outputs["numbers"]) == [0, 1, 2, 3]
+    assert _read(result.steps["Total"].outputs["total"]) == [6 + 12]
+    stored = Metadata(Home.resolve(tmp_path).metadata_uri).artifact(
+        result.steps["MakeNumbers"].outputs["numbers"].id)
+    assert stored.count == 4 and isinstance(stored, Numbers)
+
+
+def test_type_mismatch_is_rejected_at_definition_naming_both_sides():
+    make = MakeNumbers()
+    with pytest.raises(ComponentDefinitionError, match=r"NeedsSchema: input 'schema' expects "
+                       r"Schema but MakeNumbers.outputs.numbers is Numbers"):
+        NeedsSchema(schema=make.outputs.numbers)
+
+
+def test_missing_required_input_and_unknown_argument_are_rejected():
+    with pytest.raises(ComponentDefinitionError, match="required input 'numbers'"):
+        Scale()
+    with pytest.raises(ComponentDefinitionError, match=r"unknown argument\(s\) \['factr'\]"):
+        Scale(numbers=MakeNumbers().outputs.numbers, factr=3)
+    with pytest.raises(TypeError, match="parameter 'factor': expected an integer"):
+        Scale(numbers=MakeNumbers().outputs.numbers, factor="three")
+
+
+def test_duplicate_ids_producer_outside_pipeline_and_cycles_are_rejected():
+    make = MakeNumbers()
+    with pytest.raises(ComponentDefinitionError, match="duplicate component id 'MakeNumbers'"):
+        Pipeline("p", [make, MakeNumbers()])
+    scale = Scale(numbers=make.outputs.numbers)
+    with pytest.raises(ComponentDefinitionError, match=r"Scale.numbers reads MakeNumbers.outputs"
+                       r".numbers .* but 'MakeNumbers' is not in the pipeline"):
+        Pipeline("p", [scale])
+    make.after(scale)
+    with pytest.raises(ComponentDefinitionError, match="cycle .*MakeNumbers -> Scale -> MakeNumbers"
+                       "|cycle .*Scale -> MakeNumbers -> Scale"):
+        Pipeline("p", [make, scale])
+
+
+def test_undeclared_runtime_parameter_is_rejected():
+    make = MakeNumbers(count=Param("n", int, 3))
+    with pytest.raises(ComponentDefinitionError, match="uses parameter 'n'"):
+        Pipeline("p", [make])
+
+
+def test_unknown_and_mistyped_run_parameters_are_rejected(tmp_path):
+    pipeline = core_pipelines.create_pipeline()
+    with pytest.raises(KeyError, match=r"no parameter\(s\) \['colour'\]"):
+        run_pipeline(pipeline, home=tmp_path, params={"colour": "red"})
+    with pytest.raises(TypeError, match="count.*expected an integer"):
+        run_pipeline(pipeline, home=tmp_path, params={"count": "many"})
+
+
+# -- caching -------------------------------------------------------------------------------------
+
+def test_rerun_is_fully_cached_and_a_changed_parameter_reruns_only_what_depends_on_it(tmp_path):
+    pipeline = core_pipelines.create_pipeline()
+    first = run_pipeline(pipeline, home=tmp_path)
+    assert first.executed() == ["MakeNumbers", "Scale", "Total"]
+    again = run_pipeline(pipeline, home=tmp_path)
+    assert again.executed() == []
+    assert {s.status for s in again.steps.values()} == {"cached"}
+    assert again.steps["Total"].outputs["total"].id == first.steps["Total"].outputs["total"].id
+
+    changed = run_pipeline(pipeline, home=tmp_path, params={"factor": 10})
+    assert changed.steps["MakeNumbers"].status == "cached"
+    assert changed.executed() == ["Scale", "Total"]
+    assert _read(changed.steps["Total"].outputs["total"]) == [3 + 30]
+
+    without_cache = run_pipeline(pipeline, home=tmp_path, enable_cache=False)
+    assert without_cache.executed() == ["MakeNumbers", "Scale", "Total"]
+
+
+def test_cache_can_be_disabled_per_component(tmp_path):
+    make = MakeNumbers(enable_cache=False)
+    pipeline = Pipeline("p", [make, Total(numbers=make.outputs.numbers)])
+    run_pipeline(pipeline, home=tmp_path)
+    again = run_pipeline(pipeline, home=tmp_path)
+    assert again.executed() == ["MakeNumbers", "Total"]  # new artifact id -> Total re-runs
+
+
+# -- failure and atomic publication --------------------------------------------------------------
+
+def test_failed_step_publishes_nothing_names_cause_and_log_and_rerun_redoes_it(tmp_path):
+    pipeline = core_pipelines.create_pipeline()
+    failed = run_pipeline(pipeline, home=tmp_path, params={"fail": True})
+    assert not failed.ok
+    assert "step Scale failed: RuntimeError: injected failure" in failed.failure
+    log = failed.steps["Scale"].log_path
+    assert log in failed.failure and "injected failure" in Path(log).read_text()
+    assert failed.not_run == {"Total": "Scale failed"}
+    assert _published(tmp_path, "Scale") == []
+    assert not any((tmp_path / "staging").iterdir())
+    assert not (tmp_path / "artifacts" / "numbers" / "Scale").exists() or not any(
+        (tmp_path / "artifacts" / "numbers" / "Scale").rglob("numbers.txt"))
+
+    metadata = Metadata(Home.resolve(tmp_path).metadata_uri)
+    [run] = [r for r in metadata.runs("numbers")]
+    assert run["state"] == "failed" and run["steps"] == {"complete": 1, "failed": 1}
+
+    fixed = run_pipeline(pipeline, home=tmp_path)
+    assert fixed.ok and fixed.executed() == ["Scale", "Total"]
+
+
+def test_step_killed_midway_leaves_nothing_published_and_next_run_recovers(tmp_path):
+    marker = tmp_path / "scale-started"
+    env = {**os.environ, "PIPEWRIGHT_TEST_SLOW_SCALE": str(marker)}
+    proc = subprocess.Popen(PIPEWRIGHT + ["run", PIPELINE_FILE, "--home", str(tmp_path)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "Scale never started"
+            time.sleep(0.05)
+        # The step has written part of its output into staging: kill the whole runner.
+        assert list((tmp_path / "staging").rglob("numbers.txt"))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _published(tmp_path, "Scale") == []
+
+    rerun = subprocess.run(PIPEWRIGHT + ["run", PIPELINE_FILE, "--home", str(tmp_path)], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "(Scale) as failed: its process died" in rerun.stderr
+    assert "MakeNumbers            cached" in rerun.stderr
+    assert len(_published(tmp_path, "Scale")) == 1
+    metadata = Metadata(Home.resolve(tmp_path).metadata_uri)
+    states = [r["steps"] for r in metadata.runs("numbers")]
+    assert states[0] == {"complete": 1, "failed": 1}
+
+
+# -- lineage and CLI ------------------------------------------------------------------------------
+
+def test_lineage_names_producer_inputs_and_consumers(tmp_path):
+    result = run_pipeline(core_pipelines.create_pipeline(), home=tmp_path)
+    scaled = result.steps["Scale"].outputs["scaled"]
+    graph = Metadata(Home.resolve(tmp_path).metadata_uri).lineage(scaled)
+    [producer] = graph["producers"]
+    assert producer["execution"].component_id == "Scale"
+    assert producer["inputs"]["numbers"].id == result.steps["MakeNumbers"].outputs["numbers"].id
+    assert [c["execution"].component_id for c in graph["consumers"]] == ["Total"]
+
+    out = subprocess.run(PIPEWRIGHT + ["lineage", scaled.uri, "--home", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    assert "produced by Scale" in out and "from numbers: Numbers" in out
+    assert "consumed by Total" in out
+
+
+def test_cli_runs_a_pipeline_lists_runs_and_reports_bad_names(tmp_path):
+    run = subprocess.run(PIPEWRIGHT + ["run", PIPELINE_FILE, "--home", str(tmp_path),
+                                       "--param", "count=5"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "MakeNumbers            executed" in run.stderr and "succeeded" in run.stderr
+    runs = subprocess.run(PIPEWRIGHT + ["runs", "--home", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+    assert "numbers" in runs and "succeeded" in runs
+
+    bad_param = subprocess.run(PIPEWRIGHT + ["run", PIPELINE_FILE, "--home", str(tmp_path),
+                                             "--param", "colour=red"],
+                               cwd=REPO, capture_output=True, text=True)
+    assert bad_param.returncode == 2 and "no parameter(s) ['colour']" in bad_param.stderr
+    bad_pipeline = subprocess.run(PIPEWRIGHT + ["run", "no-such-pipeline"], cwd=REPO,
+                                  capture_output=True, text=True)
+    assert bad_pipeline.returncode == 2
+    assert "unknown pipeline 'no-such-pipeline'; known pipelines: [" in bad_pipeline.stderr
+
+
+def test_cli_commands_that_run_no_heavy_step_import_no_tensorflow(tmp_path):
+    run_pipeline(core_pipelines.create_pipeline(), home=tmp_path)
+    probe = (
+        "import sys, contextlib, io\n"
+        "from pipelines import cli, registry\n"
+        "for name in registry.names(): registry.load(name)\n"
+        f"for argv in (['runs', '--home', {str(tmp_path)!r}], ['lineage', '1', '--home', {str(tmp_path)!r}],"
+        f" ['run', {PIPELINE_FILE!r}, '--home', {str(tmp_path)!r}]):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        assert cli.main(argv) == 0, argv\n"
+        "heavy = [m for m in ('tensorflow', 'apache_beam', 'tensorflow_data_validation',"
+        " 'tensorflow_transform', 'tensorflow_model_analysis') if m in sys.modules]\n"
+        "print(heavy)\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
