@@ -1,0 +1,60 @@
+"""The penguin pipeline: classify Palmer penguins by species, from the raw CSV (string
+columns, missing values) to a blessed model in the serving directory."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from components.base import ExternalPath, Param
+from components.evaluator import Evaluator
+from components.example_gen import ExampleGen
+from components.example_validator import ExampleValidator
+from components.pusher import Pusher
+from components.resolver import LatestBlessedModel
+from components.schema_gen import ImportSchemaGen
+from components.statistics_gen import StatisticsGen
+from components.trainer import Trainer
+from components.transform import Transform
+from pipelines.pipeline import Pipeline
+
+HERE = Path(__file__).resolve().parent
+MODULE_FILE = ExternalPath(HERE / "penguin_module.py")
+SCHEMA_FILE = ExternalPath(HERE.parents[1] / "schemas" / "penguin" / "schema.pbtxt")
+# Located without importing palmerpenguins, which would import pandas (2 s).
+PACKAGED_DATA = str(Path(importlib.util.find_spec("palmerpenguins").origin).parent / "data")
+
+
+def create_pipeline() -> Pipeline:
+    data_root = Param("data_root", str, PACKAGED_DATA, "directory of the input CSV files")
+    input_pattern = Param("input_pattern", str, "penguins.csv",
+                          "files under data_root; may hold {SPAN} or {YYYY}{MM}{DD}")
+    train_steps = Param("train_steps", int, 300, "training steps")
+    accuracy_threshold = Param("accuracy_threshold", float, 0.6,
+                               "lowest eval accuracy a model may have to be pushed")
+
+    example_gen = ExampleGen(input_base=data_root, input_pattern=input_pattern)
+    statistics_gen = StatisticsGen(examples=example_gen.outputs.examples)
+    schema_gen = ImportSchemaGen(schema_file=SCHEMA_FILE)
+    example_validator = ExampleValidator(statistics=statistics_gen.outputs.statistics,
+                                         schema=schema_gen.outputs.schema)
+    transform = Transform(examples=example_gen.outputs.examples, schema=schema_gen.outputs.schema,
+                          module_file=MODULE_FILE).after(example_validator)
+    trainer = Trainer(examples=transform.outputs.transformed_examples,
+                      transform_graph=transform.outputs.transform_graph,
+                      schema=schema_gen.outputs.schema, module_file=MODULE_FILE,
+                      train_steps=train_steps)
+    baseline = LatestBlessedModel(model=trainer.outputs.model)
+    evaluator = Evaluator(examples=example_gen.outputs.examples, model=trainer.outputs.model,
+                          baseline_model=baseline.outputs.baseline_model,
+                          schema=schema_gen.outputs.schema, label_key="species",
+                          slice_features=[["island"], ["sex"]],
+                          accuracy_threshold=accuracy_threshold)
+    pusher = Pusher(model=trainer.outputs.model, model_blessing=evaluator.outputs.blessing,
+                    model_name="penguin")
+    return Pipeline(
+        "penguin",
+        [example_gen, statistics_gen, schema_gen, example_validator, transform, trainer,
+         baseline, evaluator, pusher],
+        parameters=[data_root, input_pattern, train_steps, accuracy_threshold],
+        description=__doc__,
+    )
