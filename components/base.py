@@ -26,6 +26,7 @@ import hashlib
 import inspect
 import logging
 import os
+import threading
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 from components.artifacts import Artifact
 
 A = TypeVar("A", bound=Artifact)
+# inspect.getsource parses modules with `ast`, which CPython 3.11 cannot do in two threads
+# at once ("AST constructor recursion depth mismatch", gh-106905); steps launch in threads.
+_SOURCE_LOCK = threading.Lock()
 T = TypeVar("T")
 
 
@@ -297,7 +301,9 @@ class Component:
             if cls in (Component, object):
                 break
             try:
-                digest.update(inspect.getsource(cls).encode())
+                with _SOURCE_LOCK:
+                    source = inspect.getsource(cls)
+                digest.update(source.encode())
             except (OSError, TypeError):
                 digest.update(cls.__qualname__.encode())
         return digest.hexdigest()

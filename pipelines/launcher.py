@@ -106,7 +106,10 @@ def launch(component: Component, *, run: RunInfo, inputs: dict[str, Artifact | N
     if isinstance(component, Resolver):
         return _resolve(component, run, inputs, params, metadata, home, result, started)
 
-    key = cache_key(component, params, inputs)
+    try:
+        key = cache_key(component, params, inputs)
+    except Exception as exc:  # e.g. an external file vanished while fingerprinting
+        raise StepFailed(result, f"cannot compute the cache key: {type(exc).__name__}: {exc}") from exc
     common = dict(type_name=type(component).__name__, component_id=component.id,
                   pipeline_name=run.pipeline_name, run=run.context, inputs=inputs)
     if enable_cache and component.enable_cache:

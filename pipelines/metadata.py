@@ -195,6 +195,18 @@ class Metadata:
         return [self._from_proto(p, cls.type_name()) for p in protos
                 if p.state == pb.Artifact.LIVE]
 
+    def artifacts_in_pipeline(self, pipeline_name: str, cls: type[Artifact]) -> list[Artifact]:
+        """LIVE artifacts of a type that a pipeline's executions produced or used, by id."""
+        context = self._retry(lambda: self._store.get_context_by_type_and_name(
+            PIPELINE_CONTEXT, pipeline_name))
+        if context is None:
+            return []
+        type_id = self._artifact_type_id(cls)
+        protos = self._retry(lambda: self._store.get_artifacts_by_context(context.id))
+        return sorted((self._from_proto(p, cls.type_name()) for p in protos
+                       if p.type_id == type_id and p.state == pb.Artifact.LIVE),
+                      key=lambda a: a.id)
+
     # -- runs -------------------------------------------------------------------------------
     def _pipeline_context(self, pipeline_name: str) -> pb.Context:
         type_id = self._context_type_id(PIPELINE_CONTEXT)

@@ -33,8 +33,9 @@ def create_pipeline() -> Pipeline:
                                "lowest eval accuracy a model may have to be pushed")
 
     example_gen = ExampleGen(input_base=data_root, input_pattern=input_pattern)
-    statistics_gen = StatisticsGen(examples=example_gen.outputs.examples)
     schema_gen = ImportSchemaGen(schema_file=SCHEMA_FILE)
+    statistics_gen = StatisticsGen(examples=example_gen.outputs.examples,
+                                   schema=schema_gen.outputs.schema)
     example_validator = ExampleValidator(statistics=statistics_gen.outputs.statistics,
                                          schema=schema_gen.outputs.schema)
     transform = Transform(examples=example_gen.outputs.examples, schema=schema_gen.outputs.schema,
@@ -53,7 +54,7 @@ def create_pipeline() -> Pipeline:
                     model_name="penguin")
     return Pipeline(
         "penguin",
-        [example_gen, statistics_gen, schema_gen, example_validator, transform, trainer,
+        [example_gen, schema_gen, statistics_gen, example_validator, transform, trainer,
          baseline, evaluator, pusher],
         parameters=[data_root, input_pattern, train_steps, accuracy_threshold],
         description=__doc__,

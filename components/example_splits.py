@@ -1,0 +1,54 @@
+"""Deterministic split assignment: hash buckets in configured ratios.
+
+An example's bucket is a stable hash (BLAKE2b) of its canonical serialization, or of one
+feature's value when a partition feature is given, so that every example sharing that
+value (e.g. one individual's measurements) lands in the same split. The same example
+always lands in the same split, whatever file format or order it arrives in.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+class SplitError(ValueError):
+    """An example cannot be assigned (e.g. its partition feature is missing)."""
+
+
+def check_splits(splits: dict[str, int]) -> None:
+    if not splits:
+        raise ValueError("splits must name at least one split, e.g. {'train': 2, 'eval': 1}")
+    for name, ratio in splits.items():
+        if not isinstance(name, str) or not _SPLIT_NAME.fullmatch(name):
+            raise ValueError(f"split name {name!r} must be letters, digits, '-' or '_'")
+        if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio <= 0:
+            raise ValueError(f"split {name!r}: ratio must be a positive integer, got {ratio!r}")
+
+
+def _stable_hash(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class SplitAssigner:
+    def __init__(self, splits: dict[str, int], partition_feature: str | None = None):
+        check_splits(splits)
+        self.partition_feature = partition_feature
+        # Bucket i of sum(ratios) belongs to the split whose ratio range covers it.
+        self._bucket_split = [name for name, ratio in splits.items() for _ in range(ratio)]
+
+    def split_of(self, example, where: str) -> str:
+        """The split for a tf.Example; `where` names its file and row for errors."""
+        if self.partition_feature is None:
+            key = example.SerializeToString(deterministic=True)
+        else:
+            features = example.features.feature
+            feature = features.get(self.partition_feature)
+            if feature is None or feature.WhichOneof("kind") is None or not getattr(
+                    feature, feature.WhichOneof("kind")).value:
+                known = sorted(features.keys())
+                raise SplitError(f"{where}: partition feature {self.partition_feature!r} is "
+                                 f"missing (features present: {known})")
+            key = feature.SerializeToString(deterministic=True)
+        return self._bucket_split[_stable_hash(key) % len(self._bucket_split)]

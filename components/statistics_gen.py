@@ -1,0 +1,70 @@
+"""StatisticsGen: TFDV statistics for every split of the examples."""
+from __future__ import annotations
+
+import os
+
+from components.artifacts import Examples, ExampleStatistics, Schema
+from components.base import Component, Input, OptionalInput, Output, Parameter, Step
+from components.source_fingerprint import with_modules
+from components.split_names import included_splits
+from components.tfmd_files import read_schema, read_statistics, statistics_path
+
+
+class StatisticsGen(Component):
+    """Computes TFDV statistics of each split of `examples` (except `exclude_splits`) in one
+    Beam pipeline (DirectRunner unless the pipeline's beam_args say otherwise), guided by
+    the optional `schema` (e.g. which integer features are categorical). Writes
+    `Split-<name>/FeatureStats.pb` and `statistics.html`, a Facets view of the statistics
+    (the first split against the second, when there are two or more)."""
+
+    examples: Input[Examples]
+    schema: OptionalInput[Schema]
+    statistics: Output[ExampleStatistics]
+    exclude_splits: Parameter[list[str]] = []
+
+    def code_fingerprint(self) -> str:
+        return with_modules(super().code_fingerprint(), __name__, "components.tfmd_files",
+                            "components.split_names")
+
+    def execute(self, step: Step) -> None:
+        import apache_beam as beam
+        import tensorflow_data_validation as tfdv
+        from apache_beam.options.pipeline_options import PipelineOptions
+        from tfx_bsl.public import tfxio
+
+        splits = included_splits(step.examples, step.exclude_splits, step.log)
+        schema = read_schema(step.schema.file) if step.schema is not None else None
+        options = tfdv.StatsOptions(schema=schema) if schema is not None else tfdv.StatsOptions()
+        for split in splits:
+            if not _has_files(step.examples.file_pattern(split)):
+                raise FileNotFoundError(f"{step.examples!r} has no example files for split "
+                                        f"{split!r} ({step.examples.file_pattern(split)})")
+        step.log.info("computing statistics of splits %s with beam args %s", splits,
+                      step.beam_args)
+        with beam.Pipeline(options=PipelineOptions(step.beam_args)) as pipeline:
+            for split in splits:
+                # Decoded without the schema: a feature whose type contradicts the schema
+                # must reach ExampleValidator as an anomaly, not fail decoding here.
+                source = tfxio.TFExampleRecord(file_pattern=step.examples.file_pattern(split),
+                                               telemetry_descriptors=["pipewright"])
+                _ = (pipeline
+                     | f"Read[{split}]" >> source.BeamSource()
+                     | f"Statistics[{split}]" >> tfdv.GenerateStatistics(options)
+                     | f"Write[{split}]" >> tfdv.WriteStatisticsToBinaryFile(
+                         statistics_path(step.statistics, split)))
+        step.statistics.set(span=step.examples.span, split_names=splits)
+
+        per_split = [read_statistics(step.statistics, split) for split in splits]
+        for split, stats in zip(splits, per_split):
+            step.log.info("split %s: %d examples", split,
+                          sum(d.num_examples for d in stats.datasets))
+        html = tfdv.get_statistics_html(
+            per_split[0], per_split[1] if len(per_split) > 1 else None,
+            lhs_name=splits[0], rhs_name=splits[1] if len(splits) > 1 else "rhs_statistics")
+        with open(step.statistics.path("statistics.html"), "w", encoding="utf-8") as fh:
+            fh.write(html)
+
+
+def _has_files(pattern: str) -> bool:
+    import glob
+    return any(os.path.getsize(path) > 0 for path in glob.glob(pattern))

@@ -1,0 +1,172 @@
+"""Bad input on the data side: each gets a clear error or anomaly report naming the file,
+row or feature, and a failed step publishes nothing (no artifact in MLMD, no directory)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components.artifacts import Examples, Schema
+from components.schema_gen import ImportSchemaGen
+from components.tfmd_files import read_anomalies
+from pipelines.local_runner import run_pipeline
+from pipelines.metadata import Metadata
+from pipelines.pipeline import Pipeline
+from tests.data_pipelines import (CURATED_SCHEMA, artifact_dirs, data_half, example_gen_pipeline,
+                                  penguin_rows, write_csv)
+
+PIPEWRIGHT = str(Path(sys.executable).parent / "pipewright")
+
+
+def _fails_without_publishing(tmp_path: Path, pipeline: Pipeline, component_id: str,
+                              artifact_type) -> str:
+    """Runs the pipeline, checks `component_id` failed and published nothing; the error."""
+    home = tmp_path / "home"
+    result = run_pipeline(pipeline, home=home)
+    assert not result.ok
+    assert result.steps[component_id].status == "failed"
+    assert Metadata(str(home / "metadata.sqlite")).artifacts_of_type(artifact_type) == []
+    assert artifact_dirs(home, pipeline.name, component_id) == []
+    assert not list((home / "staging").glob("*"))
+    return result.failure
+
+
+def _example_gen_fails(tmp_path: Path, **args) -> str:
+    return _fails_without_publishing(tmp_path, example_gen_pipeline("bad", **args),
+                                     "ExampleGen", Examples)
+
+
+def test_missing_input_directory(tmp_path):
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "nowhere"))
+    assert f"input base {tmp_path / 'nowhere'} does not exist" in error
+
+
+def test_no_file_matches_the_pattern(tmp_path):
+    (tmp_path / "in").mkdir()
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"),
+                               input_pattern="span-{SPAN}/*.csv")
+    assert "no input file matches 'span-{SPAN}/*.csv' under " + str(tmp_path / "in") in error
+
+
+def test_empty_file(tmp_path):
+    header, rows = penguin_rows()
+    write_csv(tmp_path / "in" / "a.csv", header, rows[:50])
+    (tmp_path / "in" / "b.csv").write_text("")
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{tmp_path / 'in' / 'b.csv'} is empty" in error
+
+
+def test_header_without_rows(tmp_path):
+    header, _ = penguin_rows()
+    write_csv(tmp_path / "in" / "a.csv", header, [])
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{tmp_path / 'in' / 'a.csv'} has a header but no rows" in error
+
+
+def test_header_that_does_not_match(tmp_path):
+    header, rows = penguin_rows()
+    write_csv(tmp_path / "in" / "a.csv", header, rows[:50])
+    renamed = ["mass_g" if name == "body_mass_g" else name for name in header]
+    write_csv(tmp_path / "in" / "b.csv", renamed, rows[50:100])
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{tmp_path / 'in' / 'b.csv'} line 1: header" in error
+    assert "'mass_g'" in error and f"does not match the header" in error
+    assert str(tmp_path / "in" / "a.csv") in error
+
+
+def test_malformed_row(tmp_path):
+    header, rows = penguin_rows()
+    rows = [r[:] for r in rows[:30]]
+    rows[16].append("surplus")  # data row 17 is line 18 of the file
+    write_csv(tmp_path / "in" / "p.csv", header, rows)
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{tmp_path / 'in' / 'p.csv'} line 18: expected 8 fields" in error
+    assert "found 9" in error
+
+
+def test_corrupt_tfrecord_names_the_file_and_record(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data.tfrecord").write_bytes(b"this is not a TFRecord file at all")
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"), input_format="tfrecord")
+    assert f"{tmp_path / 'in' / 'data.tfrecord'} record 1" in error
+
+
+def test_missing_partition_feature_names_the_row(tmp_path):
+    header, rows = penguin_rows()
+    write_csv(tmp_path / "in" / "p.csv", header, rows[:40])
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"),
+                               partition_feature="sex")
+    line = 2 + next(i for i, r in enumerate(rows) if r[header.index("sex")] == "NA")
+    assert line == 5  # data row 4, after the header line
+    assert f"{tmp_path / 'in' / 'p.csv'} line {line}: partition feature 'sex' is missing" in error
+
+
+def test_invalid_schema_file_names_the_file_and_line(tmp_path):
+    schema_file = tmp_path / "schema.pbtxt"
+    lines = CURATED_SCHEMA.read_text().splitlines()
+    broken_at = lines.index('  name: "island"') + 1
+    lines[broken_at - 1] = '  name: "island'  # an unterminated string
+    schema_file.write_text("\n".join(lines) + "\n")
+    pipeline = Pipeline("bad_schema", [ImportSchemaGen(schema_file=str(schema_file))])
+    error = _fails_without_publishing(tmp_path, pipeline, "ImportSchemaGen", Schema)
+    assert f"{schema_file} line {broken_at}: not a valid tensorflow_metadata Schema" in error
+
+
+def test_column_type_contradicting_the_curated_schema_halts_with_an_anomaly(tmp_path):
+    header, rows = penguin_rows()
+    rows = [r[:] for r in rows]
+    rows[42][header.index("body_mass_g")] = "heavy"  # a string in an INT column
+    write_csv(tmp_path / "in" / "penguins.csv", header, rows)
+    components = data_half("typed", tmp_path / "in", with_schema_gen=True).components
+    by_id = {c.id: c for c in components}
+    downstream = by_id["SchemaGen"].after(by_id["ExampleValidator"])
+    pipeline = Pipeline("typed", components)
+    result = run_pipeline(pipeline, home=tmp_path / "home")
+
+    validator = result.steps["ExampleValidator"]
+    assert validator.outcome == "halted" and not result.ok
+    assert "body_mass_g (Unexpected data type" in result.failure
+    assert downstream.id in result.not_run  # nothing after the validator ran
+    anomalies = validator.outputs["anomalies"]
+    infos = {split: read_anomalies(anomalies, split).anomaly_info for split in anomalies.splits}
+    assert any("body_mass_g" in info for info in infos.values())
+    assert all(set(info) <= {"body_mass_g"} for info in infos.values())
+    report = Path(anomalies.path("report.txt")).read_text()
+    assert "body_mass_g: Unexpected data type" in report and "INT" in report
+
+
+@pytest.fixture(scope="module")
+def pipeline_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "pipeline.py"
+    path.write_text(
+        "from components.base import Param\n"
+        "from components.example_gen import ExampleGen\n"
+        "from pipelines.pipeline import Pipeline\n\n"
+        "def create_pipeline():\n"
+        "    span_range = Param('span_range', list[int] | None, None)\n"
+        f"    gen = ExampleGen(input_base={str(tmp_path_factory.getbasetemp())!r}, "
+        "input_pattern='span-{SPAN}/*.csv', span_range=span_range)\n"
+        "    return Pipeline('cli_data', [gen], parameters=[span_range])\n")
+    return path
+
+
+def _pipewright(*args: str, home: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([PIPEWRIGHT, "run", *args, "--home", str(home)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_unknown_pipeline_through_the_cli(tmp_path):
+    done = _pipewright("no_such_pipeline", home=tmp_path)
+    assert done.returncode == 2
+    assert "unknown pipeline 'no_such_pipeline'" in done.stderr
+
+
+def test_unknown_and_mistyped_parameters_through_the_cli(pipeline_file, tmp_path):
+    unknown = _pipewright(str(pipeline_file), "--param", "spans=1,2", home=tmp_path)
+    assert unknown.returncode == 2
+    assert "no parameter(s) ['spans']" in unknown.stderr and "['span_range']" in unknown.stderr
+    mistyped = _pipewright(str(pipeline_file), "--param", "span_range=last", home=tmp_path)
+    assert mistyped.returncode == 2
+    assert "pipeline parameter 'span_range': 'last'" in mistyped.stderr

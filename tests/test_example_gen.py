@@ -1,0 +1,186 @@
+"""ExampleGen on real files through the real launcher and MLMD: CSV type inference and
+missing values, hash and partition splits, spans, versions and dates, TFRecord and Parquet
+inputs, and the input-content cache key."""
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from components.base import ComponentDefinitionError
+from components.example_gen import ExampleGen
+from components.spans import InputPatternError, NoInputError, select_input
+from pipelines.local_runner import run_pipeline
+from tests.data_pipelines import (all_examples, example_gen_pipeline, penguin_rows,
+                                  write_csv)
+
+
+def _generate(tmp_path: Path, **args):
+    result = run_pipeline(example_gen_pipeline("gen", **args), home=tmp_path / "home")
+    assert result.ok, result.failure
+    return result.steps["ExampleGen"].outputs["examples"]
+
+
+def _values(examples, feature: str) -> Counter:
+    return Counter(row[feature][0] for rows in all_examples(examples).values() for row in rows)
+
+
+def test_csv_columns_get_their_types_and_missing_values_stay_missing(tmp_path):
+    write_csv(tmp_path / "in" / "data.csv", ["count", "weight", "name", "code", "note"], [
+        ["1", "2.5", "a", "7", "x"],
+        ["2", "3", "b", "007b", "NA"],
+        ["NA", "", "c", "9", ""],
+        ["-4", "1e3", "NA", "10", "y"],
+    ] * 3)
+    examples = _generate(tmp_path, input_base=str(tmp_path / "in"), splits={"all": 1})
+    rows = all_examples(examples)["all"]
+    assert len(rows) == 12
+    first = next(r for r in rows if r.get("count") == [1])
+    assert first == {"count": [1], "weight": [2.5], "name": ["a"], "code": ["7"], "note": ["x"]}
+    assert any(r.get("weight") == [1000.0] for r in rows)  # "3" and "1e3" in a float column
+    missing = next(r for r in rows if r["name"] == ["c"])
+    assert missing == {"name": ["c"], "code": ["9"]}  # NA and "" left out, not filled
+    assert sum("note" not in r for r in rows) == 6
+
+
+def test_hash_split_is_deterministic_and_follows_the_ratios(tmp_path):
+    header, rows = penguin_rows()
+    base = tmp_path / "in"
+    write_csv(base / "penguins.csv", header, rows)
+    splits = {"train": 8, "eval": 1, "test": 1}
+    first = all_examples(_generate(tmp_path / "a", input_base=str(base), splits=splits))
+    second = all_examples(_generate(tmp_path / "b", input_base=str(base), splits=splits))
+    assert first == second
+    counts = {split: len(r) for split, r in first.items()}
+    assert sum(counts.values()) == 344
+    assert counts["train"] > 3 * (counts["eval"] + counts["test"]) / 2 and counts["test"] > 10
+    # The assignment depends on the example, not on its position in the file.
+    shuffled = rows[:]
+    random.Random(7).shuffle(shuffled)
+    write_csv(base / "penguins.csv", header, shuffled)
+    third = all_examples(_generate(tmp_path / "c", input_base=str(base), splits=splits))
+    key = lambda r: sorted((k, tuple(v)) for k, v in r.items())  # noqa: E731
+    assert {s: sorted(map(key, r)) for s, r in third.items()} == \
+           {s: sorted(map(key, r)) for s, r in first.items()}
+
+
+def test_partition_feature_keeps_each_value_in_one_split(tmp_path):
+    rng = random.Random(3)
+    rows = [[f"bird-{i % 40}", f"{rng.uniform(30, 60):.1f}"] for i in range(400)]
+    write_csv(tmp_path / "in" / "birds.csv", ["bird", "bill"], rows)
+    examples = _generate(tmp_path, input_base=str(tmp_path / "in"), partition_feature="bird")
+    birds = {split: {r["bird"][0] for r in rows} for split, rows in all_examples(examples).items()}
+    assert birds["train"] and birds["eval"] and not birds["train"] & birds["eval"]
+    assert len(birds["train"] | birds["eval"]) == 40
+
+
+@pytest.fixture()
+def spans(tmp_path):
+    """span-1, span-2 and span-3 (two versions) of penguin rows, told apart by island."""
+    header, rows = penguin_rows()
+    base = tmp_path / "spans"
+    by_island = {island: [r for r in rows if r[1] == island]
+                 for island in ("Torgersen", "Dream", "Biscoe")}
+    write_csv(base / "span-1" / "v-1" / "data.csv", header, by_island["Torgersen"])
+    write_csv(base / "span-2" / "v-1" / "data.csv", header, by_island["Dream"])
+    write_csv(base / "span-3" / "v-1" / "data.csv", header, by_island["Torgersen"])
+    write_csv(base / "span-3" / "v-2" / "data-a.csv", header, by_island["Biscoe"][:60])
+    write_csv(base / "span-3" / "v-2" / "data-b.csv", header, by_island["Biscoe"][60:])
+    return base
+
+
+def test_latest_span_and_version_by_default(spans, tmp_path):
+    examples = _generate(tmp_path, input_base=str(spans),
+                         input_pattern="span-{SPAN}/v-{VERSION}/*.csv")
+    assert (examples.span, examples.version) == (3, 2)
+    assert _values(examples, "island") == Counter({"Biscoe": 168})
+
+
+def test_span_range_reads_every_span_in_it(spans, tmp_path):
+    examples = _generate(tmp_path, input_base=str(spans),
+                         input_pattern="span-{SPAN}/v-{VERSION}/*.csv", span_range=[1, 2])
+    assert examples.span == 2
+    assert _values(examples, "island") == Counter({"Dream": 124, "Torgersen": 52})
+
+
+def test_date_pattern_span_is_days_since_epoch(tmp_path):
+    header, rows = penguin_rows()
+    base = tmp_path / "daily"
+    write_csv(base / "2024-01-30" / "penguins.csv", header, rows[:100])
+    write_csv(base / "2024-02-01" / "penguins.csv", header, rows[100:250])
+    examples = _generate(tmp_path, input_base=str(base), input_pattern="{YYYY}-{MM}-{DD}/*.csv")
+    assert examples.span == (dt.date(2024, 2, 1) - dt.date(1970, 1, 1)).days
+    assert sum(_values(examples, "species").values()) == 150
+    selection = select_input(str(base), "{YYYY}-{MM}-{DD}/*.csv", span_range=[0, 10**6])
+    assert len(selection.files) == 2 and selection.spans[0] + 2 == selection.spans[1]
+    # The compact spelling, as in daily exports named 20240201.csv.
+    write_csv(tmp_path / "compact" / "20231231.csv", header, rows[:5])
+    write_csv(tmp_path / "compact" / "20240101.csv", header, rows[:5])
+    latest = select_input(str(tmp_path / "compact"), "{YYYY}{MM}{DD}.csv")
+    assert latest.files == [str(tmp_path / "compact" / "20240101.csv")]
+    assert latest.span == (dt.date(2024, 1, 1) - dt.date(1970, 1, 1)).days
+
+
+def test_span_patterns_are_checked():
+    with pytest.raises(InputPatternError, match="mixes"):
+        select_input("/tmp", "{SPAN}/{YYYY}{MM}{DD}.csv")
+    with pytest.raises(InputPatternError, match="no {SPAN} or date"):
+        select_input("/tmp", "v{VERSION}/*.csv")
+    with pytest.raises(ComponentDefinitionError, match="input_format"):
+        ExampleGen(input_base="/tmp", input_format="xlsx")
+    with pytest.raises(ComponentDefinitionError, match="ratio"):
+        ExampleGen(input_base="/tmp", splits={"train": 0})
+
+
+def test_span_range_without_matching_span_is_an_error(spans):
+    with pytest.raises(NoInputError, match=r"no span in range 7\.\.9.*spans found: \[1, 2, 3\]"):
+        select_input(str(spans), "span-{SPAN}/v-{VERSION}/*.csv", span_range=[7, 9])
+
+
+def test_parquet_and_tfrecord_inputs_give_the_same_examples(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    header, rows = penguin_rows()
+    write_csv(tmp_path / "csv_in" / "p.csv", header, rows)
+    from_csv = _generate(tmp_path / "csv", input_base=str(tmp_path / "csv_in"))
+
+    def column(index: int, kind):
+        return [None if r[index] == "NA" else kind(r[index]) for r in rows]
+
+    kinds = [str, str, float, float, int, int, str, int]
+    table = pa.table({name: column(i, kind) for i, (name, kind) in enumerate(zip(header, kinds))})
+    parquet_in = tmp_path / "parquet_in"
+    parquet_in.mkdir()
+    pq.write_table(table.slice(0, 200), parquet_in / "part-0.parquet")
+    pq.write_table(table.slice(200), parquet_in / "part-1.parquet")
+    from_parquet = _generate(tmp_path / "parquet", input_base=str(parquet_in),
+                             input_format="parquet")
+
+    # ExampleGen's own output (gzip TFRecords of tf.Example) is valid TFRecord input.
+    from_tfrecord = _generate(tmp_path / "tfrecord", input_base=from_csv.uri,
+                              input_format="tfrecord", input_pattern="Split-*/*.gz")
+
+    expected = all_examples(from_csv)
+    assert sum(map(len, expected.values())) == 344
+    assert all_examples(from_parquet) == expected  # same splits too: the hash is of content
+    assert all_examples(from_tfrecord) == expected
+
+
+def test_unchanged_input_is_cached_and_changed_input_reruns(tmp_path):
+    header, rows = penguin_rows()
+    csv_path = write_csv(tmp_path / "in" / "p.csv", header, rows[:100])
+    pipeline = example_gen_pipeline("gen", input_base=str(tmp_path / "in"))
+    home = tmp_path / "home"
+    first = run_pipeline(pipeline, home=home).steps["ExampleGen"]
+    second = run_pipeline(pipeline, home=home).steps["ExampleGen"]
+    assert (first.status, second.status) == ("executed", "cached")
+    assert second.outputs["examples"].id == first.outputs["examples"].id
+    write_csv(csv_path, header, rows[:101])
+    third = run_pipeline(pipeline, home=home).steps["ExampleGen"]
+    assert third.status == "executed"
+    assert third.outputs["examples"].input_fingerprint != \
+        first.outputs["examples"].input_fingerprint
