@@ -292,20 +292,29 @@ class Metadata:
                 pairs.append((self._to_proto(artifact), self._event(pb.Event.INPUT, key, 0)))
         return pairs
 
-    def begin_execution(self, *, type_name: str, component_id: str, pipeline_name: str,
-                        run: pb.Context, inputs: dict[str, Artifact | None], cache_key: str,
-                        parameters: dict[str, Any], log_path: str) -> int:
+    def _new_execution(self, state: int, *, type_name: str, component_id: str,
+                       pipeline_name: str, run: pb.Context, cache_key: str,
+                       **strings: str) -> pb.Execution:
         execution = pb.Execution(type_id=self._execution_type_id(type_name),
-                                 last_known_state=pb.Execution.RUNNING)
+                                 last_known_state=state)
         props = execution.properties
         props["component_id"].string_value = component_id
         props["pipeline_name"].string_value = pipeline_name
         props["run_id"].string_value = run.properties["run_id"].string_value
         props["cache_key"].string_value = cache_key
-        props["parameters"].string_value = json.dumps(parameters, sort_keys=True, default=str)
-        props["log_path"].string_value = log_path
-        props["pid"].int_value = os.getpid()
-        props["host"].string_value = socket.gethostname()
+        for name, value in strings.items():
+            props[name].string_value = value
+        return execution
+
+    def begin_execution(self, *, type_name: str, component_id: str, pipeline_name: str,
+                        run: pb.Context, inputs: dict[str, Artifact | None], cache_key: str,
+                        parameters: dict[str, Any], log_path: str) -> int:
+        execution = self._new_execution(
+            pb.Execution.RUNNING, type_name=type_name, component_id=component_id,
+            pipeline_name=pipeline_name, run=run, cache_key=cache_key, log_path=log_path,
+            parameters=json.dumps(parameters, sort_keys=True, default=str),
+            host=socket.gethostname())
+        execution.properties["pid"].int_value = os.getpid()
         execution_id, _, _ = self._retry(lambda: self._store.put_execution(
             execution, self._input_events(inputs), self._contexts_for(pipeline_name, run),
             reuse_context_if_already_exist=True))
@@ -344,16 +353,10 @@ class Metadata:
                       run: pb.Context, inputs: dict[str, Artifact | None], cache_key: str,
                       outputs: dict[str, Artifact], source: ExecutionRecord) -> int:
         """A CACHED execution in this run, linked to the earlier execution's outputs."""
-        execution = pb.Execution(type_id=self._execution_type_id(type_name),
-                                 last_known_state=pb.Execution.CACHED)
-        props = execution.properties
-        props["component_id"].string_value = component_id
-        props["pipeline_name"].string_value = pipeline_name
-        props["run_id"].string_value = run.properties["run_id"].string_value
-        props["cache_key"].string_value = cache_key
-        props["outcome"].string_value = source.outcome
-        props["outcome_reason"].string_value = source.outcome_reason
-        props["log_path"].string_value = source.log_path
+        execution = self._new_execution(
+            pb.Execution.CACHED, type_name=type_name, component_id=component_id,
+            pipeline_name=pipeline_name, run=run, cache_key=cache_key, outcome=source.outcome,
+            outcome_reason=source.outcome_reason, log_path=source.log_path)
         pairs = self._input_events(inputs) + [
             (self._to_proto(a), self._event(pb.Event.OUTPUT, key, 0)) for key, a in outputs.items()]
         execution_id, _, _ = self._retry(lambda: self._store.put_execution(
