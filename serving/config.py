@@ -1,0 +1,234 @@
+"""`pipewright serve` flags (TF Serving's names and defaults) and the text-proto configs they name.
+
+Importing this module must stay cheap: no TensorFlow (tensorflow_serving.config protos are
+plain protobuf; tensorflow_serving.apis would pull in all of TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import protos
+from serving.errors import ServingError, INVALID_ARGUMENT
+
+TENSORFLOW_PLATFORM = "tensorflow"
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+
+
+@dataclass
+class ServerOptions:
+    grpc_port: int = 8500
+    grpc_host: str = "127.0.0.1"
+    rest_api_port: int = 0
+    rest_host: str = "127.0.0.1"
+    rest_api_num_threads: int = 0
+    rest_api_timeout_in_ms: int = 30000
+    rest_api_enable_cors_support: bool = False
+    rest_api_max_body_bytes: int = 1 << 30
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    model_name: str = "default"
+    model_base_path: str = ""
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60 * 1000 * 1000
+    file_system_poll_wait_seconds: float = 1
+    grpc_max_threads: int = 0
+    grpc_channel_arguments: str = ""
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0
+    monitoring_config_file: str = ""
+    enable_grpc_healthcheck_service: bool = False
+    allow_version_labels_for_unavailable_models: bool = False
+    saved_model_tags: str = "serve"
+    extra: dict = field(default_factory=dict)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pipewright serve",
+        description="TF Serving compatible model server (REST and gRPC) for Pusher outputs.",
+    )
+    d = ServerOptions()
+
+    def flag(name, type_, default, help_):
+        if type_ is bool:
+            parser.add_argument(f"--{name}", type=_parse_bool, nargs="?", const=True,
+                                default=default, help=help_, metavar="BOOL")
+        else:
+            parser.add_argument(f"--{name}", type=type_, default=default, help=help_)
+
+    flag("port", int, d.grpc_port, "TCP port for gRPC (0 disables it is not allowed, as in TF Serving)")
+    flag("grpc_host", str, None, "address gRPC binds; defaults to --host (pipewright extension)")
+    flag("rest_api_port", int, d.rest_api_port, "port for HTTP/REST; 0 disables REST")
+    flag("host", str, d.rest_host, "address REST binds, and gRPC unless --grpc_host is given "
+         "(pipewright extension)")
+    flag("rest_api_num_threads", int, d.rest_api_num_threads, "threads running REST inference")
+    flag("rest_api_timeout_in_ms", int, d.rest_api_timeout_in_ms, "timeout for REST calls")
+    flag("rest_api_enable_cors_support", bool, d.rest_api_enable_cors_support, "CORS headers")
+    flag("rest_api_max_body_bytes", int, d.rest_api_max_body_bytes,
+         "largest REST request body accepted (pipewright extension)")
+    flag("enable_batching", bool, d.enable_batching, "enable server-side batching")
+    flag("batching_parameters_file", str, d.batching_parameters_file,
+         "ascii BatchingParameters proto")
+    flag("model_config_file", str, d.model_config_file, "ascii ModelServerConfig proto")
+    flag("model_config_file_poll_wait_seconds", int, d.model_config_file_poll_wait_seconds,
+         "re-read --model_config_file this often (0: never)")
+    flag("model_name", str, d.model_name, "model name (ignored with --model_config_file)")
+    flag("model_base_path", str, d.model_base_path, "model base path (ignored with --model_config_file)")
+    flag("max_num_load_retries", int, d.max_num_load_retries, "load retries after the first failure")
+    flag("load_retry_interval_micros", int, d.load_retry_interval_micros, "interval between load retries")
+    flag("file_system_poll_wait_seconds", float, d.file_system_poll_wait_seconds,
+         "interval between polls of the model base paths")
+    flag("grpc_max_threads", int, d.grpc_max_threads, "gRPC worker threads")
+    flag("grpc_channel_arguments", str, d.grpc_channel_arguments, "comma separated key=value gRPC args")
+    flag("enable_model_warmup", bool, d.enable_model_warmup,
+         "replay assets.extra/tf_serving_warmup_requests before serving a version")
+    flag("num_request_iterations_for_warmup", int, d.num_request_iterations_for_warmup,
+         "times each warmup request is replayed")
+    flag("monitoring_config_file", str, d.monitoring_config_file, "ascii MonitoringConfig proto")
+    flag("enable_grpc_healthcheck_service", bool, d.enable_grpc_healthcheck_service,
+         "serve grpc.health.v1.Health")
+    flag("allow_version_labels_for_unavailable_models", bool,
+         d.allow_version_labels_for_unavailable_models, "labels may name versions not yet loaded")
+    flag("saved_model_tags", str, d.saved_model_tags, "comma separated MetaGraph tags")
+    return parser
+
+
+def _normalize(argv: list[str]) -> list[str]:
+    # TF's flag parser accepts -flag=value as well as --flag=value.
+    return [("-" + a) if a.startswith("-") and not a.startswith("--") and len(a) > 2 else a
+            for a in argv]
+
+
+def parse_args(argv: list[str]) -> ServerOptions:
+    ns = build_parser().parse_args(_normalize(argv))
+    return ServerOptions(
+        grpc_port=ns.port, grpc_host=ns.grpc_host or ns.host, rest_api_port=ns.rest_api_port,
+        rest_host=ns.host, rest_api_num_threads=ns.rest_api_num_threads,
+        rest_api_timeout_in_ms=ns.rest_api_timeout_in_ms,
+        rest_api_enable_cors_support=ns.rest_api_enable_cors_support,
+        rest_api_max_body_bytes=ns.rest_api_max_body_bytes,
+        enable_batching=ns.enable_batching, batching_parameters_file=ns.batching_parameters_file,
+        model_config_file=ns.model_config_file,
+        model_config_file_poll_wait_seconds=ns.model_config_file_poll_wait_seconds,
+        model_name=ns.model_name, model_base_path=ns.model_base_path,
+        max_num_load_retries=ns.max_num_load_retries,
+        load_retry_interval_micros=ns.load_retry_interval_micros,
+        file_system_poll_wait_seconds=ns.file_system_poll_wait_seconds,
+        grpc_max_threads=ns.grpc_max_threads, grpc_channel_arguments=ns.grpc_channel_arguments,
+        enable_model_warmup=ns.enable_model_warmup,
+        num_request_iterations_for_warmup=ns.num_request_iterations_for_warmup,
+        monitoring_config_file=ns.monitoring_config_file,
+        enable_grpc_healthcheck_service=ns.enable_grpc_healthcheck_service,
+        allow_version_labels_for_unavailable_models=ns.allow_version_labels_for_unavailable_models,
+        saved_model_tags=ns.saved_model_tags,
+    )
+
+
+def validate_options(options: ServerOptions) -> None:
+    """The checks server.cc BuildAndStart makes before anything starts."""
+    if options.grpc_port == 0:
+        raise ServingError(INVALID_ARGUMENT, "At least one of server_options.grpc_port or "
+                           "server_options.grpc_socket_path must be set.")
+    if not options.model_base_path and not options.model_config_file:
+        raise ServingError(INVALID_ARGUMENT, "Both server_options.model_base_path and "
+                           "server_options.model_config_file are empty!")
+    if options.batching_parameters_file and not options.enable_batching:
+        raise ServingError(INVALID_ARGUMENT, "server_options.batching_parameters_file is set "
+                           "without setting server_options.enable_batching to true.")
+
+
+def parse_text_proto(path: str, message):
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ServingError(INVALID_ARGUMENT, f"Failed to read {path}: {e.strerror}") from None
+    try:
+        return text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        raise ServingError(INVALID_ARGUMENT, f"Failed to parse {path}: {e}") from None
+
+
+def model_server_config(options: ServerOptions) -> model_server_config_pb2.ModelServerConfig:
+    if options.model_config_file:
+        return parse_text_proto(options.model_config_file, model_server_config_pb2.ModelServerConfig())
+    config = model_server_config_pb2.ModelServerConfig()
+    single = config.model_config_list.config.add()
+    single.name = options.model_name
+    single.base_path = options.model_base_path
+    single.model_platform = TENSORFLOW_PLATFORM
+    return config
+
+
+def validate_model_config_list(config_list) -> None:
+    """server_core.cc ValidateModelConfigList plus the platform check."""
+    names = set()
+    for model in config_list.config:
+        if model.name in names:
+            raise ServingError(INVALID_ARGUMENT,
+                               f"Illegal to list model {model.name} multiple times in config list")
+        names.add(model.name)
+    for model in config_list.config:
+        if not os.path.isabs(model.base_path) and "://" not in model.base_path:
+            raise ServingError(INVALID_ARGUMENT,
+                               f"Expected model {model.name} to have an absolute path or URI; "
+                               f"got base_path()={model.base_path}")
+    for model in config_list.config:
+        platform = model.model_platform or (TENSORFLOW_PLATFORM if model.model_type == 1 else "")
+        if not platform:
+            raise ServingError(INVALID_ARGUMENT, "Illegal setting neither ModelServerConfig::model_type"
+                               " (deprecated) nor ModelServerConfig::model_platform.")
+        if platform != TENSORFLOW_PLATFORM:
+            raise ServingError(INVALID_ARGUMENT, f"Model {model.name} requested unsupported "
+                               f"platform {platform}; this server serves only '{TENSORFLOW_PLATFORM}'")
+
+
+def batching_parameters(options: ServerOptions):
+    params = protos.BatchingParameters()
+    if options.enable_batching:
+        if options.batching_parameters_file:
+            parse_text_proto(options.batching_parameters_file, params)
+        else:
+            params.thread_pool_name.value = "model_server_batch_threads"
+    return params
+
+
+def monitoring_config(options: ServerOptions):
+    config = protos.MonitoringConfig()
+    if options.monitoring_config_file:
+        parse_text_proto(options.monitoring_config_file, config)
+    return config
+
+
+def prometheus_path(config) -> str | None:
+    if not config.prometheus_config.enable:
+        return None
+    return config.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
+
+
+def grpc_channel_arguments(text: str) -> list[tuple[str, object]]:
+    args = []
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            args.append((key, int(value)))
+        except ValueError:
+            args.append((key, value))
+    return args

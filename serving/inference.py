@@ -1,0 +1,376 @@
+"""Predict / Classify / Regress / MultiInference semantics shared by REST and gRPC.
+
+Mirrors TF Serving's predict_util.cc, classifier.cc, regressor.cc, multi_inference.cc and
+util.cc: the same checks in the same order, with the same messages. Each API is split into
+prepare (checks, in the caller's thread), execute (the model call, which REST awaits and gRPC
+blocks on, batched when batching is on) and finish (result shaping).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from concurrent.futures import Future
+
+import numpy as np
+
+from serving import errors
+from serving.errors import ServingError
+from serving.servable import (DEFAULT_SIGNATURE, Servable, SignatureRunner, check_input_dtypes,
+                              check_input_shapes)
+
+log = logging.getLogger(__name__)
+
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000
+_DATATYPE_NAMES = {1: "DT_FLOAT", 2: "DT_DOUBLE", 3: "DT_INT32", 4: "DT_UINT8", 5: "DT_INT16",
+                   6: "DT_INT8", 7: "DT_STRING", 9: "DT_INT64", 10: "DT_BOOL", 19: "DT_HALF"}
+
+
+def _invalid(message: str) -> ServingError:
+    return ServingError(errors.INVALID_ARGUMENT, message)
+
+
+def _shape(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _join(names) -> str:
+    return ",".join(sorted(names))
+
+
+class InferenceService:
+    def __init__(self, manager, metrics=None, batcher=None):
+        self.manager = manager
+        self.metrics = metrics
+        self.batcher = batcher
+
+    # ------------------------------------------------------------ execution
+
+    def submit(self, runner: SignatureRunner, inputs: dict[str, np.ndarray]) -> Future | None:
+        """A future when batching is on; None means: call runner.run(inputs) yourself."""
+        if self.batcher is None:
+            return None
+        return self.batcher.submit(runner, inputs)
+
+    def execute(self, runner: SignatureRunner, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        future = self.submit(runner, inputs)
+        return runner.run(inputs) if future is None else future.result()
+
+    # ------------------------------------------------------------ predict
+
+    def input_dtypes_for_json(self, servable: Servable, signature_name: str) -> dict[str, int]:
+        """HttpRestApiHandler::GetInfoMap."""
+        key = signature_name or DEFAULT_SIGNATURE
+        runner = servable.runners.get(key)
+        if runner is None:
+            raise _invalid(f'Serving signature name: "{key}" not found in signature def')
+        return runner.input_dtypes
+
+    def prepare_predict(self, servable: Servable, signature_name: str,
+                        inputs: dict[str, np.ndarray], output_filter=()) -> tuple[SignatureRunner, list[str]]:
+        key = signature_name or DEFAULT_SIGNATURE
+        runner = servable.runners.get(key)
+        if runner is None:
+            raise ServingError(errors.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+        _verify_inputs(runner, inputs)
+        check_input_dtypes(runner, inputs)
+        check_input_shapes(runner, inputs)
+        outputs: list[str] = []
+        for alias in output_filter:
+            if alias not in runner.outputs:
+                raise _invalid(f"output tensor alias not found in signature: {alias} Outputs "
+                               f"expected to be in the set {{{_join(runner.outputs)}}}.")
+            if alias in outputs:
+                raise _invalid(f"duplicate output tensor alias: {alias}")
+            outputs.append(alias)
+        return runner, outputs or sorted(runner.outputs)
+
+    # ------------------------------------------------------------ classify / regress
+
+    def prepare_classify(self, servable: Servable, signature_name: str) -> SignatureRunner:
+        runner = self._signature(servable, signature_name)
+        _check_classification_signature(runner)
+        return runner
+
+    def prepare_regress(self, servable: Servable, signature_name: str) -> SignatureRunner:
+        runner = self._signature(servable, signature_name)
+        _check_regression_signature(runner)
+        return runner
+
+    @staticmethod
+    def _signature(servable: Servable, signature_name: str) -> SignatureRunner:
+        key = signature_name or DEFAULT_SIGNATURE
+        runner = servable.runners.get(key)
+        if runner is None:
+            raise _invalid(f"No signature was found with the name: {key}")
+        return runner
+
+    @staticmethod
+    def examples_input(serialized: list[bytes]) -> dict[str, np.ndarray]:
+        if not serialized:
+            raise _invalid("Input is empty.")
+        array = np.empty(len(serialized), dtype=object)
+        array[:] = serialized
+        return {"inputs": array}
+
+    # ------------------------------------------------------------ multi inference
+
+    def multi_inference(self, request) -> tuple[Servable, list[tuple]]:
+        """[(task, kind, result)], kind in ("classification", "regression")."""
+        spec = request.tasks[0].model_spec if request.tasks else None
+        servable = self.servable_for(spec)
+        model_name = ""
+        seen = set()
+        plan = []
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise _invalid("Found ModelSpec with an empty model name.")
+            if not model_name:
+                model_name = task.model_spec.name
+            elif model_name != task.model_spec.name:
+                raise _invalid("All ModelSpecs in a MultiInferenceRequest must access the same "
+                               "model name.")
+            key = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            if key in seen:
+                raise _invalid(f"Duplicate evaluation of signature: {key}")
+            seen.add(key)
+            runner = servable.runners.get(key)
+            if runner is None:
+                raise _invalid(f"Requested signature not found in model graph: {key}")
+            if task.method_name == CLASSIFY_METHOD:
+                _check_classification_signature(runner)
+            elif task.method_name == REGRESS_METHOD:
+                _check_regression_signature(runner)
+            else:
+                raise ServingError(errors.UNIMPLEMENTED,
+                                   f"Unsupported signature method_name: {task.method_name}")
+            plan.append((task, runner))
+        inputs = self.examples_input(serialized_examples(request.input))
+        n = len(inputs["inputs"])
+        results = []
+        outputs_by_runner: dict[int, dict] = {}
+        for task, runner in plan:
+            if id(runner) not in outputs_by_runner:
+                outputs_by_runner[id(runner)] = self.execute(runner, inputs)
+            outputs = outputs_by_runner[id(runner)]
+            if task.method_name == CLASSIFY_METHOD:
+                results.append((task, "classification", classification_result(runner, outputs, n)))
+            else:
+                results.append((task, "regression", regression_result(runner, outputs, n)))
+        return servable, results
+
+    # ------------------------------------------------------------ servables
+
+    def servable_for(self, spec) -> Servable:
+        """ServerCore::GetServableHandle from a ModelSpec proto (None: no spec)."""
+        if spec is None:
+            return self.manager.servable("")
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            return self.manager.servable(spec.name, version=spec.version.value)
+        if choice == "version_label":
+            return self.manager.servable(spec.name, label=spec.version_label)
+        return self.manager.servable(spec.name)
+
+    # ------------------------------------------------------------ warmup
+
+    def warmup(self, servable: Servable, iterations: int = 1) -> None:
+        """RunSavedModelWarmup: replay assets.extra/tf_serving_warmup_requests."""
+        path = os.path.join(servable.path, WARMUP_FILE)
+        if not os.path.exists(path):
+            return
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        start = time.perf_counter()
+        status = "OK"
+        try:
+            count = 0
+            for record in _tf_records(path):
+                try:
+                    log_entry = prediction_log_pb2.PredictionLog.FromString(record)
+                except Exception:
+                    raise _invalid(f"Failed to parse warmup record: {record!r} from {path}") from None
+                for _ in range(max(1, iterations)):
+                    self._replay(servable, log_entry)
+                count += 1
+                if count > MAX_WARMUP_RECORDS:
+                    raise _invalid(f"Number of warmup records exceeds the maximum "
+                                   f"({MAX_WARMUP_RECORDS}) at {path}")
+            log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d",
+                     path, count)
+        except ServingError as e:
+            status = e.code_name
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.record_warmup(servable.path, status, (time.perf_counter() - start) * 1e6)
+
+    def _replay(self, servable: Servable, entry) -> None:
+        from serving.tensor_proto import to_ndarray
+
+        kind = entry.WhichOneof("log_type")
+        if kind == "predict_log":
+            request = entry.predict_log.request
+            inputs = {alias: to_ndarray(t, alias) for alias, t in request.inputs.items()}
+            runner, _ = self.prepare_predict(servable, request.model_spec.signature_name, inputs,
+                                             request.output_filter)
+            self.execute(runner, inputs)
+        elif kind in ("classify_log", "regress_log"):
+            request = getattr(entry, kind).request
+            prepare = self.prepare_classify if kind == "classify_log" else self.prepare_regress
+            runner = prepare(servable, request.model_spec.signature_name)
+            self.execute(runner, self.examples_input(serialized_examples(request.input)))
+        elif kind == "multi_inference_log":
+            for task in entry.multi_inference_log.request.tasks:
+                runner = self._signature(servable, task.model_spec.signature_name)
+                self.execute(runner, self.examples_input(
+                    serialized_examples(entry.multi_inference_log.request.input)))
+        else:
+            raise ServingError(errors.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _verify_inputs(runner: SignatureRunner, inputs: dict) -> None:
+    """VerifyRequestInputsSize and saved_model::GetInputValues."""
+    request, signature = set(inputs), set(runner.inputs)
+    if len(request) != len(signature):
+        raise _invalid(
+            f"input size does not match signature: {len(request)}!={len(signature)} "
+            f"len({{{_join(request)}}}) != len({{{_join(signature)}}}). "
+            f"Sent extra: {{{_join(request - signature)}}}. "
+            f"Missing but required: {{{_join(signature - request)}}}.")
+    for alias in sorted(signature):
+        if alias not in inputs:
+            feed = runner.inputs[alias].name
+            raise _invalid(f"Signature input alias: {alias}(feed name: {feed}) not found in request "
+                           f"and no default value provided. Inputs expected to be in the request "
+                           f"{{{_join(request)}}}, or default input alias set: ")
+
+
+def serialized_examples(input_proto) -> list[bytes]:
+    """InputToSerializedExampleTensor: context bytes prefix each example (proto merge)."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        return [e.SerializeToString() for e in input_proto.example_list.examples]
+    if kind == "example_list_with_context":
+        with_context = input_proto.example_list_with_context
+        context = with_context.context.SerializeToString()
+        return [context + e.SerializeToString() for e in with_context.examples]
+    return []
+
+
+def examples_from_features(context, examples) -> list[bytes]:
+    """REST feature dicts (tensors.examples_from_json) -> serialized tf.Examples."""
+    from tensorflow.core.example import example_pb2
+
+    def build(features):
+        example = example_pb2.Example()
+        for name, (kind, values) in features.items():
+            feature = example.features.feature[name]
+            if kind == "bytes":
+                feature.bytes_list.value.extend(values)
+            elif kind == "float":
+                feature.float_list.value.extend(values)
+            elif kind == "int64":
+                feature.int64_list.value.extend(values)
+        return example.SerializeToString()
+
+    prefix = build(context) if context is not None else b""
+    return [prefix + build(features) for features in examples]
+
+
+def _check_classification_signature(runner: SignatureRunner) -> None:
+    """PreProcessClassification."""
+    if len(runner.inputs) != 1:
+        raise _invalid("Expected one input Tensor.")
+    if len(runner.outputs) not in (1, 2):
+        raise _invalid(f"Expected one or two output Tensors, found {len(runner.outputs)}")
+    if "inputs" not in runner.inputs:
+        raise _invalid("No classification inputs found in SignatureDef: " + runner.debug_string())
+    if "classes" not in runner.outputs and "scores" not in runner.outputs:
+        raise _invalid('Expected classification signature outputs to contain at least one of '
+                       '"classes" or "scores". Signature was: ' + runner.debug_string())
+
+
+def _check_regression_signature(runner: SignatureRunner) -> None:
+    """PreProcessRegression."""
+    if len(runner.inputs) != 1:
+        raise _invalid("Expected one input Tensor.")
+    if len(runner.outputs) != 1:
+        raise _invalid("Expected one output Tensor.")
+    if "inputs" not in runner.inputs:
+        raise _invalid("No regression inputs found in SignatureDef: " + runner.debug_string())
+    if "outputs" not in runner.outputs:
+        raise _invalid("No regression outputs found in SignatureDef: " + runner.debug_string())
+
+
+def _dtype_name(array: np.ndarray) -> str:
+    from serving.tensor_proto import dtype_of
+    return _DATATYPE_NAMES.get(dtype_of(array), f"DT_{array.dtype.name.upper()}")
+
+
+def classification_result(runner: SignatureRunner, outputs: dict, n: int) -> list[list[tuple[bytes, float]]]:
+    """PostProcessClassificationResult -> per example [(label, score)]."""
+    classes = outputs.get("classes") if "classes" in runner.outputs else None
+    scores = outputs.get("scores") if "scores" in runner.outputs else None
+    if classes is not None:
+        if classes.ndim != 2:
+            raise _invalid(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(classes.shape)}")
+        if classes.dtype != np.object_:
+            raise _invalid(f"Expected classes Tensor of DT_STRING. Got: {_dtype_name(classes)}")
+        if classes.shape[0] != n:
+            raise _invalid(f"Expected classes output batch size of {n}. Got: {classes.shape[0]}")
+    if scores is not None:
+        if scores.ndim != 2:
+            raise _invalid(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(scores.shape)}")
+        if scores.dtype != np.float32:
+            raise _invalid(f"Expected scores Tensor of DT_FLOAT. Got: {_dtype_name(scores)}")
+        if scores.shape[0] != n:
+            raise _invalid(f"Expected scores output batch size of {n}. Got: {scores.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise _invalid(f"Tensors class and score should match in dim_size(1). Got "
+                       f"{classes.shape[1]} vs. {scores.shape[1]}")
+    num_classes = (classes if classes is not None else scores).shape[1]
+    label_rows = classes.tolist() if classes is not None else None
+    score_rows = scores.tolist() if scores is not None else None
+    return [[(label_rows[i][c] if label_rows else b"", score_rows[i][c] if score_rows else 0.0)
+             for c in range(num_classes)] for i in range(n)]
+
+
+def regression_result(runner: SignatureRunner, outputs: dict, n: int) -> list[float]:
+    """PostProcessRegressionResult."""
+    value = outputs["outputs"]
+    if not (value.ndim == 1 or (value.ndim == 2 and value.shape[1] == 1)):
+        raise _invalid("Expected output Tensor shape to be either [batch_size] or [batch_size, 1] "
+                       f"but got {_shape(value.shape)}")
+    if value.shape[0] != n:
+        raise _invalid(f"Input batch size did not match output batch size: {n} vs. {value.shape[0]}")
+    if value.dtype != np.float32:
+        raise _invalid(f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_name(value)}")
+    if value.size != n:
+        raise _invalid(f"Expected output batch size to be {n}.  Got: {value.size}")
+    return value.reshape(-1).tolist()
+
+
+def _tf_records(path: str):
+    """TFRecord framing: u64 length, u32 crc, data, u32 crc (CRCs not checked)."""
+    with open(path, "rb") as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise ServingError(errors.DATA_LOSS, f"truncated record at {path}")
+            (length,) = struct.unpack("<Q", header[:8])
+            data = f.read(length)
+            if len(data) < length or len(f.read(4)) < 4:
+                raise ServingError(errors.DATA_LOSS, f"truncated record at {path}")
+            yield data
+

@@ -1,0 +1,129 @@
+"""Prometheus metrics in TF Serving's exposition format (util/prometheus_exporter.cc).
+
+TF Serving's own series keep their names and labels (request_count{model_name,status},
+request_latency{model_name,API,entrypoint} in microseconds, ...). Two pipewright series add
+what TF Serving lacks: request counts by API and entrypoint, and the loaded versions.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_left
+
+# monitoring::Buckets::Exponential(10, 1.8, 33), plus the +Inf bucket.
+LATENCY_BUCKETS = [10 * 1.8 ** i for i in range(33)]
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _labels(names, values) -> str:
+    return ",".join(f'{n}="{_label_value(v)}"' for n, v in zip(names, values))
+
+
+class Counter:
+    def __init__(self, name: str, labels: tuple[str, ...]):
+        self.name = name
+        self.labels = labels
+        self.values: dict[tuple, int] = {}
+
+    def inc(self, *label_values, amount: int = 1) -> None:
+        self.values[label_values] = self.values.get(label_values, 0) + amount
+
+    def render(self, lines: list[str]) -> None:
+        lines.append(f"# TYPE {self.name} counter")
+        for key, value in list(self.values.items()):
+            lines.append(f"{self.name}{{{_labels(self.labels, key)}}} {value}")
+
+
+class Gauge(Counter):
+    def set(self, *label_values, value: int) -> None:
+        self.values[label_values] = value
+
+    def render(self, lines: list[str]) -> None:
+        lines.append(f"# TYPE {self.name} gauge")
+        for key, value in list(self.values.items()):
+            lines.append(f"{self.name}{{{_labels(self.labels, key)}}} {value}")
+
+
+class Histogram:
+    def __init__(self, name: str, labels: tuple[str, ...], bounds=LATENCY_BUCKETS):
+        self.name = name
+        self.labels = labels
+        self.bounds = bounds
+        self.values: dict[tuple, list] = {}  # key -> [bucket counts..., sum]
+
+    def observe(self, value: float, *label_values) -> None:
+        cells = self.values.get(label_values)
+        if cells is None:
+            cells = self.values[label_values] = [0] * (len(self.bounds) + 1) + [0.0]
+        cells[bisect_left(self.bounds, value)] += 1
+        cells[-1] += value
+
+    def render(self, lines: list[str]) -> None:
+        lines.append(f"# TYPE {self.name} histogram")
+        for key, cells in list(self.values.items()):
+            labels = _labels(self.labels, key)
+            prefix = f"{self.name}_bucket{{{labels}{',' if labels else ''}"
+            total = 0
+            for i, count in enumerate(cells[:-1]):
+                total += count
+                bound = "%g" % self.bounds[i] if i < len(self.bounds) else "+Inf"
+                lines.append(f'{prefix}le="{bound}"}} {total}')
+            lines.append(f"{self.name}_sum{{{labels}}} {'%g' % cells[-1]}")
+            lines.append(f"{self.name}_count{{{labels}}} {total}")
+
+
+class ServingMetrics:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.request_count = Counter(":tensorflow:serving:request_count", ("model_name", "status"))
+        self.request_latency = Histogram(":tensorflow:serving:request_latency",
+                                         ("model_name", "API", "entrypoint"))
+        self.warmup_latency = Histogram(":tensorflow:serving:model_warmup_latency",
+                                        ("model_path", "status"))
+        self.requests_by_api = Counter(":pipewright:serving:request_count",
+                                       ("model_name", "API", "entrypoint", "status"))
+        self.loaded_versions = Gauge(":pipewright:serving:loaded_versions", ("model_name",))
+        self.version_loaded = Gauge(":pipewright:serving:model_version_loaded",
+                                    ("model_name", "version"))
+        self.batch_size = Histogram(":pipewright:serving:batch_size", ("signature",),
+                                    bounds=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
+
+    def record_request(self, model_name: str, api: str, entrypoint: str, status: str,
+                       latency_micros: float) -> None:
+        with self._lock:
+            self.request_count.inc(model_name, status)
+            self.requests_by_api.inc(model_name, api, entrypoint, status)
+            if status == "OK":
+                self.request_latency.observe(latency_micros, model_name, api, entrypoint)
+
+    def record_batch(self, signature: str, rows: int) -> None:
+        with self._lock:
+            self.batch_size.observe(rows, signature)
+
+    def record_warmup(self, model_path: str, status: str, micros: float) -> None:
+        with self._lock:
+            self.warmup_latency.observe(micros, model_path, status)
+
+    def set_loaded(self, loaded: dict[str, list[int]], known_models: list[str]) -> None:
+        with self._lock:
+            for name in known_models:
+                self.loaded_versions.set(name, value=len(loaded.get(name, [])))
+            for key in list(self.version_loaded.values):
+                self.version_loaded.set(*key, value=0)
+            for name, versions in loaded.items():
+                for version in versions:
+                    self.version_loaded.set(name, str(version), value=1)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        with self._lock:
+            # The exporter walks a std::map keyed by metric name.
+            for metric in sorted([self.request_count, self.request_latency, self.warmup_latency,
+                                  self.requests_by_api, self.loaded_versions, self.version_loaded,
+                                  self.batch_size], key=lambda m: m.name):
+                if metric.values:
+                    metric.render(lines)
+        return "\n".join(lines) + "\n"

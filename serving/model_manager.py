@@ -1,0 +1,340 @@
+"""Model versions on disk -> loaded servables, with TF Serving's lifecycle rules.
+
+- Each model's base path is polled; children named by an integer are versions, anything else
+  (".tmp-*" directories a Pusher is still writing) is ignored, so a version only appears once
+  its directory is renamed into place, complete.
+- The version policy (latest N, all, specific) picks the aspired versions.
+- AvailabilityPreservingPolicy: a new version is loaded (and warmed up) before an old one is
+  unloaded; an old version is unloaded only once an aspired version serves, or when nothing is
+  aspired at all. A version that fails to load is retried (--max_num_load_retries) and then
+  reported as END with its error, while the versions already serving go on serving.
+- Labels are resolved when a config is applied, and may only name AVAILABLE versions (unless
+  --allow_version_labels_for_unavailable_models), as in ServerCore.
+- The serving map is an immutable snapshot swapped atomically, so request threads never lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from serving import errors
+from serving.config import validate_model_config_list
+from serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+
+# ModelVersionStatus.State
+START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
+STATE_NAMES = {0: "UNKNOWN", START: "START", LOADING: "LOADING", AVAILABLE: "AVAILABLE",
+               UNLOADING: "UNLOADING", END: "END"}
+
+
+@dataclass
+class VersionRecord:
+    version: int
+    path: str
+    state: int = START
+    error: ServingError | None = None
+    servable: object = None
+    aspired: bool = True
+    attempts: int = 0
+    retry_at: float = 0.0
+
+    @property
+    def managed(self) -> bool:
+        return self.state != END
+
+
+@dataclass
+class ModelState:
+    config: object  # ModelConfig proto
+    versions: dict[int, VersionRecord] = field(default_factory=dict)
+
+
+class ModelManager:
+    def __init__(self, *, loader: Callable[[str, int, str], object],
+                 warmup: Callable[[object], None] | None = None,
+                 poll_wait_seconds: float = 1.0, max_num_load_retries: int = 5,
+                 load_retry_interval_micros: int = 60_000_000,
+                 allow_version_labels_for_unavailable_models: bool = False):
+        self._loader = loader
+        self._warmup = warmup
+        self._poll_wait = poll_wait_seconds
+        self._max_retries = max(0, max_num_load_retries)
+        self._retry_interval = load_retry_interval_micros / 1e6
+        self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self._models: dict[str, ModelState] = {}
+        self._active: set[str] = set()
+        self._labels: dict[str, dict[str, int]] = {}
+        self._serving: dict[str, dict[int, object]] = {}   # snapshot, replaced not mutated
+        self._lock = threading.RLock()                     # config changes, polls, loads
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listeners: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------ config
+
+    def apply_config(self, server_config) -> None:
+        """ServerCore::ReloadConfig: validate, resolve labels, add/remove models, load and wait."""
+        which = server_config.WhichOneof("config")
+        if which is None:
+            return
+        if which != "model_config_list":
+            raise ServingError(errors.INVALID_ARGUMENT, "ServerModelConfig type not supported by "
+                               "HandleReloadConfigRequest. Only ModelConfigList is currently supported")
+        config_list = server_config.model_config_list
+        validate_model_config_list(config_list)
+        with self._lock:
+            self._labels = self._resolve_labels(config_list)
+            wanted = {c.name: c for c in config_list.config}
+            for name in self._active - set(wanted):
+                # Removed models are unloaded; their END records keep answering status calls.
+                for record in self._models[name].versions.values():
+                    record.aspired = False
+                self._apply_policy(self._models[name], force_unload=True)
+            for name, config in wanted.items():
+                if name in self._models:
+                    self._models[name].config = config
+                else:
+                    self._models[name] = ModelState(config)
+            self._active = set(wanted)
+            self._poll_locked(self._active)
+        self._publish()
+
+    def _resolve_labels(self, config_list) -> dict[str, dict[str, int]]:
+        labels: dict[str, dict[str, int]] = {}
+        for config in config_list.config:
+            available = set(self._serving.get(config.name, {}))
+            for label, version in config.version_labels.items():
+                allowed = version in available
+                if not allowed and self._allow_unavailable_labels:
+                    existing = self._labels.get(config.name, {}).get(label)
+                    allowed = existing is None or existing == version
+                if not allowed:
+                    raise ServingError(errors.FAILED_PRECONDITION,
+                                       f"Request to assign label to version {version} of model "
+                                       f"{config.name}, which is not currently available for inference")
+                labels.setdefault(config.name, {})[label] = version
+        return labels
+
+    # ------------------------------------------------------------ polling
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._poll_loop, name="model-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _poll_loop(self) -> None:
+        wait = self._poll_wait if self._poll_wait > 0 else None
+        while not self._stop.wait(wait if wait is not None else 3600):
+            if wait is None:
+                continue
+            try:
+                self.poll()
+            except Exception:
+                log.exception("model poll failed")
+
+    def poll(self) -> None:
+        with self._lock:
+            changed = self._poll_locked(self._active)
+        if changed:
+            self._publish()
+
+    def _poll_locked(self, names: set[str]) -> bool:
+        changed = False
+        for name in sorted(names):
+            model = self._models.get(name)
+            if model is None:
+                continue
+            on_disk = _versions_on_disk(model.config.base_path)
+            if on_disk is None:
+                log.warning("base path %s of model %s does not exist", model.config.base_path, name)
+                continue
+            aspired = _aspired_versions(model.config, on_disk)
+            if not on_disk:
+                log.warning("No versions of servable %s found under base path %s", name,
+                            model.config.base_path)
+            previously_aspired = {v for v, r in model.versions.items() if r.aspired}
+            for version, record in model.versions.items():
+                record.aspired = version in aspired
+            for version in aspired:
+                record = model.versions.get(version)
+                # A version that ended after being unaspired (unloaded, or a rollback target)
+                # is loaded afresh; one that failed while aspired is not retried.
+                if record is None or (not record.managed and version not in previously_aspired):
+                    model.versions[version] = VersionRecord(version, on_disk[version])
+                    changed = True
+            changed |= self._apply_policy(model)
+        return changed
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _apply_policy(self, model: ModelState, force_unload: bool = False) -> bool:
+        changed = False
+        while True:
+            action = self._next_action(model, force_unload)
+            if action is None:
+                return changed
+            kind, record = action
+            changed = True
+            if kind == "unload":
+                self._unload(model, record)
+            elif kind == "cancel":
+                record.state = END
+                record.error = record.error or ServingError(errors.CANCELLED,
+                                                            "Loading of servable cancelled")
+            else:
+                if not self._load(model, record):
+                    return changed
+
+    def _next_action(self, model: ModelState, force_unload: bool):
+        managed = [r for r in model.versions.values() if r.managed]
+        for record in managed:
+            if not record.aspired and record.state in (START, LOADING):
+                return "cancel", record
+        # A version that failed while aspired still counts as aspired (TF Serving keeps its
+        # harness in kError), so it never lets the serving version be unloaded.
+        has_aspired = any(r.aspired and (r.managed or r.error is not None)
+                          for r in model.versions.values())
+        aspired_serving = any(r.aspired and r.state == AVAILABLE for r in managed)
+        unaspired_serving = [r for r in managed if not r.aspired and r.state == AVAILABLE]
+        if unaspired_serving and (force_unload or not has_aspired or aspired_serving
+                                  or len(unaspired_serving) > 1):
+            return "unload", min(unaspired_serving, key=lambda r: r.version)
+        now = time.monotonic()
+        pending = [r for r in managed if r.aspired and (r.state == START or
+                   (r.state == LOADING and r.retry_at <= now))]
+        if pending:
+            return "load", max(pending, key=lambda r: r.version)
+        return None
+
+    def _load(self, model: ModelState, record: VersionRecord) -> bool:
+        name = model.config.name
+        record.state = LOADING
+        self._publish()
+        record.attempts += 1
+        log.info("Loading servable version {name: %s version: %d}", name, record.version)
+        try:
+            servable = self._loader(name, record.version, record.path)
+            if self._warmup is not None:
+                self._warmup(servable)
+        except Exception as e:
+            error = e if isinstance(e, ServingError) else errors.from_tf_error(e)
+            log.error("Loading servable: {name: %s version: %d} failed: %s", name, record.version,
+                      error.status_string())
+            record.error = error
+            if record.attempts <= self._max_retries:
+                record.retry_at = time.monotonic() + self._retry_interval
+            else:
+                record.state = END
+            return False
+        record.servable = servable
+        record.error = None
+        record.state = AVAILABLE
+        self._update_serving(name, model)
+        log.info("Successfully loaded servable version {name: %s version: %d}", name, record.version)
+        return True
+
+    def _unload(self, model: ModelState, record: VersionRecord) -> None:
+        record.state = UNLOADING
+        self._update_serving(model.config.name, model)
+        # In-flight requests hold their own reference to the servable; it is freed after them.
+        record.servable = None
+        record.state = END
+        log.info("Unloaded servable version {name: %s version: %d}", model.config.name, record.version)
+
+    def _update_serving(self, name: str, model: ModelState) -> None:
+        serving = dict(self._serving)
+        versions = {v: r.servable for v, r in model.versions.items() if r.state == AVAILABLE}
+        if versions:
+            serving[name] = versions
+        else:
+            serving.pop(name, None)
+        self._serving = serving
+
+    def _publish(self) -> None:
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("model state listener failed")
+
+    # ------------------------------------------------------------ queries
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None):
+        """ServerCore::GetServableHandle."""
+        if not name:
+            raise ServingError(errors.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+        if label is not None:
+            version = self._labels.get(name, {}).get(label)
+            if version is None:
+                raise ServingError(errors.INVALID_ARGUMENT,
+                                   f"Unrecognized servable version label: {label}")
+        versions = self._serving.get(name)
+        if version is None:
+            if versions:
+                return versions[max(versions)]
+            raise ServingError(errors.NOT_FOUND, f"Servable not found for request: Latest({name})")
+        servable = versions.get(version) if versions else None
+        if servable is None:
+            raise ServingError(errors.NOT_FOUND,
+                               f"Servable not found for request: Specific({name}, {version})")
+        return servable
+
+    def version_status(self, name: str, version: int | None = None) -> list[tuple[int, int, ServingError | None]]:
+        """GetModelStatusImpl: [(version, state, error)] newest first."""
+        # Lock-free: a load may hold the lock for seconds; dict() copies atomically.
+        model = self._models.get(name)
+        records = dict(model.versions) if model else {}
+        snapshot = [(v, r.state, r.error) for v, r in records.items()]
+        if version is not None:
+            for v, state, error in snapshot:
+                if v == version:
+                    return [(v, state, error)]
+            raise ServingError(errors.NOT_FOUND, f"Could not find version {version} of model {name}")
+        if not snapshot:
+            raise ServingError(errors.NOT_FOUND, f"Could not find any versions of model {name}")
+        return sorted(snapshot, key=lambda item: -item[0])
+
+    def loaded_versions(self) -> dict[str, list[int]]:
+        return {name: sorted(versions) for name, versions in self._serving.items()}
+
+    def model_names(self) -> list[str]:
+        return sorted(self._models)
+
+
+def _versions_on_disk(base_path: str) -> dict[int, str] | None:
+    try:
+        entries = os.listdir(base_path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("cannot list %s: %s", base_path, e)
+        return None
+    versions = {}
+    for entry in entries:
+        if entry.isdigit() and entry.isascii():
+            path = os.path.join(base_path, entry)
+            if os.path.isdir(path):
+                versions[int(entry)] = path
+    return versions
+
+
+def _aspired_versions(config, on_disk: dict[int, str]) -> set[int]:
+    policy = config.model_version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "all":
+        return set(on_disk)
+    if which == "specific":
+        return set(policy.specific.versions) & set(on_disk)
+    count = policy.latest.num_versions if which == "latest" else 1
+    return set(sorted(on_disk, reverse=True)[:max(1, count)])

@@ -1,0 +1,370 @@
+"""TF Serving's HTTP/REST API (http_server.cc, http_rest_api_handler.cc) on asyncio + httptools.
+
+One event loop parses HTTP and JSON and writes responses; model calls run on a thread pool (or
+the batch scheduler), so a slow model never stalls the loop. Requests on one connection are
+answered in order (HTTP/1.1 pipelining).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import re
+import time
+import urllib.parse
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import httptools
+from google.protobuf import json_format
+
+from serving import errors, jsontext, tensors
+from serving.errors import ServingError
+from serving.inference import (InferenceService, classification_result, examples_from_features,
+                               regression_result)
+from serving.model_manager import STATE_NAMES
+
+log = logging.getLogger(__name__)
+
+_API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_PREDICTION_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE | re.DOTALL)
+_STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.IGNORECASE | re.DOTALL)
+_ORIGIN = re.compile(r"https?://")
+MAX_GZIP_BYTES = 100 * 1024 * 1024  # ZLib::kMaxUncompressedBytes
+_INT64_MAX = (1 << 63) - 1
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            409: "Conflict", 413: "Request Entity Too Large", 429: "Too Many Requests",
+            499: "Client Closed Request", 500: "Internal Server Error", 501: "Not Implemented",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
+_JSON = b"application/json"
+
+
+def _evhttp_error_page(status: int) -> bytes:
+    """libevent's evhttp_send_error body."""
+    reason = _REASONS.get(status, "Error")
+    return (f"<HTML><HEAD>\n<TITLE>{status} {reason}</TITLE>\n</HEAD><BODY>\n<H1>{reason}</H1>\n"
+            "</BODY></HTML>\n").encode()
+
+
+class _Request:
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "too_large")
+
+    def __init__(self):
+        self.method = ""
+        self.target = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+        self.keep_alive = True
+        self.too_large = False
+
+
+class RestServer:
+    def __init__(self, service: InferenceService, *, metrics=None, prometheus_path: str | None = None,
+                 num_threads: int = 8, max_body_bytes: int = 1 << 30, enable_cors: bool = False,
+                 timeout_ms: int = 30000):
+        self.service = service
+        self.manager = service.manager
+        self.metrics = metrics
+        self.prometheus_path = prometheus_path
+        self.max_body_bytes = max_body_bytes
+        self.enable_cors = enable_cors
+        self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
+        self.executor = ThreadPoolExecutor(max_workers=max(1, num_threads), thread_name_prefix="rest")
+        self._server = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _HttpProtocol(self), host, port,
+                                                reuse_address=True, backlog=1024)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ dispatch
+
+    async def handle(self, request: _Request) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        target = request.target.decode("latin-1")
+        if target.startswith(("http://", "https://")):  # absolute-form request target
+            target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
+        if request.too_large:
+            return 413, [(b"Content-Type", b"text/html")], _evhttp_error_page(413)
+        path_only = target.split("?", 1)[0].split("#", 1)[0]
+        if self.prometheus_path is not None and path_only == self.prometheus_path:
+            return self._prometheus(target)
+        if not _API_PATH.fullmatch(target):
+            return 404, [(b"Content-Type", b"text/html")], _evhttp_error_page(404)
+        return await self._api(request, target)
+
+    def _prometheus(self, target: str):
+        headers = [(b"Content-Type", b"text/plain")]
+        if target != self.prometheus_path:
+            return 400, headers, (f"Unexpected path: {target}. Should be "
+                                  f"{self.prometheus_path}").encode()
+        return 200, headers, self.metrics.render().encode() if self.metrics else b"\n"
+
+    async def _api(self, request: _Request, target: str):
+        start = time.perf_counter()
+        headers = [(b"Content-Type", _JSON)]
+        if self.enable_cors:
+            headers += [(b"Access-Control-Allow-Origin", b"*"),
+                        (b"Access-Control-Allow-Methods", b"POST, GET"),
+                        (b"Access-Control-Allow-Headers", b"Content-Type")]
+        info = {"model": "", "api": ""}  # filled in as the path is parsed, for the metrics
+        if request.method == "OPTIONS":
+            origin = request.headers.get(b"origin", b"").decode("latin-1")
+            if _ORIGIN.search(origin):
+                return 200, headers, b""
+            return 400, headers, b""
+        try:
+            body = await self._process(request, target, info)
+            status, code_name = 200, "OK"
+        except ServingError as e:
+            status, code_name, body = e.http_status, e.code_name, jsontext.error_body(e.message)
+        except Exception as e:  # a bug must not take the server down
+            log.exception("REST request failed")
+            error = ServingError(errors.INTERNAL, f"{type(e).__name__}: {e}")
+            status, code_name, body = 500, error.code_name, jsontext.error_body(error.message)
+        if self.metrics is not None:
+            self.metrics.record_request(info["model"], info["api"], "REST", code_name,
+                                        (time.perf_counter() - start) * 1e6)
+        return status, headers, body
+
+    async def _process(self, request: _Request, target: str, info: dict) -> bytes:
+        method = request.method
+        model_name, api = "", ""
+        if method == "POST":
+            match = _PREDICTION_PATH.fullmatch(target)
+        elif method == "GET":
+            match = _STATUS_PATH.fullmatch(target)
+        else:
+            match = None
+        version = label = None
+        subresource = ""
+        if match:
+            if method == "POST":
+                name, version_text, label_text, api = match.groups()
+            else:
+                name, version_text, label_text, subresource = match.groups()
+                subresource = subresource or ""
+            model_name = urllib.parse.unquote(name, errors="surrogateescape") if name else ""
+            info["model"], info["api"] = model_name, api
+            if version_text:
+                version = int(version_text)
+                if version > _INT64_MAX:
+                    raise ServingError(errors.INVALID_ARGUMENT,
+                                       f"Failed to convert version: {version_text} to numeric.")
+            if label_text:
+                label = urllib.parse.unquote(label_text, errors="surrogateescape")
+            if version is not None and label is not None:
+                raise ServingError(errors.INVALID_ARGUMENT,
+                                   f"Both model version ({version}) and model version label "
+                                   f"({label}) cannot be supplied.")
+        if match and method == "POST":
+            body = _decode_body(request)
+            if api == "predict":
+                return await self._predict(model_name, version, label, body)
+            if api in ("classify", "regress"):
+                return await self._classify_regress(api, model_name, version, label, body)
+        elif match and method == "GET":
+            if not model_name:
+                raise ServingError(errors.INVALID_ARGUMENT, "Missing model name in request.")
+            if subresource == "metadata":
+                return self._metadata(model_name, version, label)
+            return self._status(model_name, version)
+        raise ServingError(errors.INVALID_ARGUMENT, f"Malformed request: {method} {target}")
+
+    # ------------------------------------------------------------ APIs
+
+    async def _run(self, runner, inputs):
+        future = self.service.submit(runner, inputs)
+        if future is None:
+            future = self.executor.submit(runner.run, inputs)
+        wrapped = asyncio.wrap_future(future)
+        if self.timeout_s is None:
+            return await wrapped
+        try:
+            return await asyncio.wait_for(wrapped, self.timeout_s)
+        except asyncio.TimeoutError:
+            raise ServingError(errors.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+
+    async def _predict(self, name, version, label, body: bytes) -> bytes:
+        doc = jsontext.loads(body)
+        signature_name = tensors.parse_signature_name(doc)
+        servable = self.manager.servable(name, version, label)
+        dtypes = self.service.input_dtypes_for_json(servable, signature_name)
+        fmt, inputs = tensors.predict_inputs(doc, dtypes, signature_name)
+        runner, outputs = self.service.prepare_predict(servable, signature_name, inputs)
+        results = await self._run(runner, inputs)
+        return tensors.predict_response_json({alias: results[alias] for alias in outputs}, fmt)
+
+    async def _classify_regress(self, api, name, version, label, body: bytes) -> bytes:
+        doc = jsontext.loads(body)
+        signature_name = tensors.parse_signature_name(doc)
+        context, examples = tensors.examples_from_json(doc)
+        servable = self.manager.servable(name, version, label)
+        if api == "classify":
+            runner = self.service.prepare_classify(servable, signature_name)
+        else:
+            runner = self.service.prepare_regress(servable, signature_name)
+        inputs = self.service.examples_input(examples_from_features(context, examples))
+        n = len(inputs["inputs"])
+        outputs = await self._run(runner, inputs)
+        if api == "classify":
+            return tensors.classify_response_json(classification_result(runner, outputs, n))
+        return tensors.regress_response_json(regression_result(runner, outputs, n))
+
+    def _status(self, name, version) -> bytes:
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v, state, error in self.manager.version_status(name, version):
+            entry = response.model_version_status.add(version=v, state=state)
+            if error is not None:
+                entry.status.error_code = error.code
+                entry.status.error_message = error.message
+            else:
+                entry.status.error_code = 0
+        return json_format.MessageToJson(response, including_default_value_fields=True,
+                                         preserving_proto_field_name=True, indent=1).encode()
+
+    def _metadata(self, name, version, label) -> bytes:
+        servable = self.manager.servable(name, version, label)
+        return servable.cached("rest_metadata", lambda: metadata_json(servable))
+
+
+def metadata_json(servable) -> bytes:
+    """ToJsonString(GetModelMetadataResponse): fields printed one by one and concatenated."""
+    from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+
+    spec = model_pb2.ModelSpec(name=servable.name)
+    spec.version.value = servable.version
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in servable.signature_defs.items():
+        signature_map.signature_def[key].CopyFrom(signature)
+    options = dict(including_default_value_fields=True, preserving_proto_field_name=True, indent=1)
+    text = ("{\n\"model_spec\":" + json_format.MessageToJson(spec, **options) + ",\n"
+            + "\"metadata\": {\"signature_def\": " + json_format.MessageToJson(signature_map, **options)
+            + "}\n}\n")
+    return text.encode()
+
+
+def _decode_body(request: _Request) -> bytes:
+    body = bytes(request.body)
+    if b"gzip" in request.headers.get(b"content-encoding", b""):
+        try:
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            body = decompressor.decompress(body, MAX_GZIP_BYTES)
+            if decompressor.unconsumed_tail:
+                return b""  # larger than ZLib::kMaxUncompressedBytes: TF Serving drops the body
+        except (zlib.error, gzip.BadGzipFile):
+            return b""
+    return body
+
+
+class _HttpProtocol(asyncio.Protocol):
+    def __init__(self, server: RestServer):
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport = None
+        self.current: _Request | None = None
+        self.pending: deque[_Request] = deque()
+        self.busy = False
+        self.closing = False
+        self._header_name = b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        self.closing = True
+
+    def data_received(self, data: bytes):
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400)
+        except httptools.HttpParserError:
+            self._fail(400)
+
+    def _fail(self, status: int):
+        if self.transport is not None and not self.transport.is_closing():
+            body = _evhttp_error_page(status)
+            self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+                                 b"Connection: close\r\n\r\n" % (status, _REASONS[status].encode(), len(body))
+                                 + body)
+            self.transport.close()
+        self.closing = True
+
+    # httptools callbacks
+    def on_message_begin(self):
+        self.current = _Request()
+
+    def on_url(self, url: bytes):
+        self.current.target += url
+
+    def on_header(self, name: bytes, value: bytes):
+        self.current.headers[name.lower()] = value
+
+    def on_headers_complete(self):
+        request = self.current
+        request.method = self.parser.get_method().decode("latin-1")
+        request.keep_alive = self.parser.should_keep_alive()
+        length = request.headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.server.max_body_bytes:
+            request.too_large = True
+        elif request.headers.get(b"expect", b"").lower() == b"100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes):
+        request = self.current
+        if request.too_large:
+            return
+        request.body += body
+        if len(request.body) > self.server.max_body_bytes:
+            request.too_large = True
+            request.body = bytearray()
+
+    def on_message_complete(self):
+        request, self.current = self.current, None
+        if request.too_large:
+            request.keep_alive = False
+        self.pending.append(request)
+        if len(self.pending) > 64:
+            self.transport.pause_reading()
+        if not self.busy:
+            self.busy = True
+            asyncio.ensure_future(self._serve_pending())
+
+    async def _serve_pending(self):
+        try:
+            while self.pending and not self.closing:
+                request = self.pending.popleft()
+                status, headers, body = await self.server.handle(request)
+                if self.closing or self.transport.is_closing():
+                    return
+                head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Error").encode())]
+                for name, value in headers:
+                    head.append(name + b": " + value + b"\r\n")
+                head.append(b"Content-Length: %d\r\n" % len(body))
+                if not request.keep_alive:
+                    head.append(b"Connection: close\r\n")
+                head.append(b"\r\n")
+                self.transport.write(b"".join(head) + body)
+                if not request.keep_alive:
+                    self.transport.close()
+                    self.closing = True
+                    return
+                if len(self.pending) <= 16:
+                    self.transport.resume_reading()
+        finally:
+            self.busy = False

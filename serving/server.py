@@ -1,0 +1,140 @@
+"""Wires config, model manager, batching, metrics, gRPC and REST into one running server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+
+from serving import config as config_lib
+from serving.config import ServerOptions
+from serving.errors import ServingError
+
+log = logging.getLogger("serving")
+
+
+class ModelServer:
+    """Build with options, start(), then wait() or stop(). Used by the CLI and by tests."""
+
+    def __init__(self, options: ServerOptions):
+        config_lib.validate_options(options)
+        self.options = options
+        # Parse every config file before the expensive TensorFlow import, so typos fail fast.
+        self.model_config = config_lib.model_server_config(options)
+        self.batching_params = config_lib.batching_parameters(options) if options.enable_batching else None
+        self.monitoring = config_lib.monitoring_config(options)
+        self.grpc_port = None
+        self.rest_port = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        from serving.batching import BatchOptions, BatchScheduler
+        from serving.grpc_service import HealthServicer, build_grpc_server
+        from serving.inference import InferenceService
+        from serving.metrics import ServingMetrics
+        from serving.model_manager import ModelManager
+        from serving.servable import load_servable
+
+        options = self.options
+        tags = {t for t in options.saved_model_tags.split(",") if t}
+        self.metrics = ServingMetrics()
+        self.batcher = (BatchScheduler(BatchOptions(self.batching_params), self.metrics.record_batch)
+                        if self.batching_params is not None else None)
+        self.manager = ModelManager(
+            loader=lambda name, version, path: load_servable(name, version, path, tags),
+            poll_wait_seconds=options.file_system_poll_wait_seconds,
+            max_num_load_retries=options.max_num_load_retries,
+            load_retry_interval_micros=options.load_retry_interval_micros,
+            allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models)
+        self.service = InferenceService(self.manager, self.metrics, self.batcher)
+        if options.enable_model_warmup:
+            iterations = options.num_request_iterations_for_warmup or 1
+            self.manager._warmup = lambda servable: self.service.warmup(servable, iterations)
+        self.manager.listeners.append(
+            lambda: self.metrics.set_loaded(self.manager.loaded_versions(), self.manager.model_names()))
+        self.manager.apply_config(self.model_config)
+        self.manager.start()
+
+        cpus = os.cpu_count() or 1
+        self.health = HealthServicer() if options.enable_grpc_healthcheck_service else None
+        self.grpc_server, self.grpc_port = build_grpc_server(
+            self.service, self.manager, host=options.grpc_host, port=options.grpc_port,
+            max_threads=options.grpc_max_threads or 4 * cpus,
+            channel_arguments=config_lib.grpc_channel_arguments(options.grpc_channel_arguments),
+            metrics=self.metrics, health=self.health)
+        self.grpc_server.start()
+        log.info("Running gRPC ModelServer at %s:%d ...", options.grpc_host, self.grpc_port)
+
+        self._config_poller = None
+        if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
+            self._config_poller = threading.Thread(target=self._poll_config_file, daemon=True)
+            self._config_poller.start()
+
+        self.loop = None
+        if options.rest_api_port:
+            if options.rest_api_port == options.grpc_port:
+                log.error("server_options.http_port cannot be same as grpc_port. Please use a "
+                          "different port for HTTP/REST API. Skipped exporting HTTP/REST API.")
+            else:
+                self._start_rest(options, cpus)
+
+    def _start_rest(self, options: ServerOptions, cpus: int) -> None:
+        from serving.rest import RestServer
+
+        try:
+            import uvloop
+            self.loop = uvloop.new_event_loop()
+        except ImportError:
+            self.loop = asyncio.new_event_loop()
+        self.rest = RestServer(
+            self.service, metrics=self.metrics,
+            prometheus_path=config_lib.prometheus_path(self.monitoring),
+            num_threads=options.rest_api_num_threads or 4 * cpus,
+            max_body_bytes=options.rest_api_max_body_bytes,
+            enable_cors=options.rest_api_enable_cors_support,
+            timeout_ms=options.rest_api_timeout_in_ms)
+        self.loop.run_until_complete(self.rest.start(options.rest_host, options.rest_api_port))
+        self.rest_port = options.rest_api_port
+        log.info("Exporting HTTP/REST API at:%s:%d ...", options.rest_host, self.rest_port)
+        self._rest_thread = threading.Thread(target=self.loop.run_forever, name="rest-loop", daemon=True)
+        self._rest_thread.start()
+
+    def _poll_config_file(self) -> None:
+        while not self._stopped.wait(self.options.model_config_file_poll_wait_seconds):
+            try:
+                self.manager.apply_config(config_lib.model_server_config(self.options))
+            except ServingError as e:
+                log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", e.message)
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if getattr(self, "health", None) is not None:
+            self.health.stop()
+        if self.loop is not None:
+            asyncio.run_coroutine_threadsafe(self.rest.stop(), self.loop).result(timeout=5)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if getattr(self, "grpc_server", None) is not None:
+            self.grpc_server.stop(grace=2).wait(5)
+        if getattr(self, "batcher", None) is not None:
+            self.batcher.stop()
+        if getattr(self, "manager", None) is not None:
+            self.manager.stop()
+
+
+def run(options: ServerOptions) -> int:
+    server = ModelServer(options)
+    server.start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server._stopped.set())
+    print(f"pipewright serve: ready grpc={server.grpc_port} rest={server.rest_port or 0}", flush=True)
+    server.wait()
+    server._stopped.clear()
+    server.stop()
+    return 0
