@@ -1,0 +1,130 @@
+"""Pusher: copies a blessed model into the serving directory as a new version."""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from contextlib import contextmanager
+
+from components.artifacts import InfraBlessing, Model, ModelBlessing, PushedModel
+from components.base import Component, Input, OptionalInput, Output, Parameter, Step
+
+ASSETS_EXTRA = "assets.extra"  # TF Serving's warmup requests live here
+
+
+class Pusher(Component):
+    """Pushes the model to `<serving dir>/<model_name>/<version>/` if the Evaluator blessed
+    it (and the InfraValidator, when connected, too); otherwise skips and leaves the
+    serving directory as it was. The version is one more than any version the directory
+    or the metadata store has seen, and appears at once, complete (copy, then rename).
+    Warmup requests the InfraValidator validated (its blessing's `assets.extra/`) are
+    added to the pushed version."""
+
+    model: Input[Model]
+    model_blessing: Input[ModelBlessing]
+    infra_blessing: OptionalInput[InfraBlessing]
+    pushed_model: Output[PushedModel]
+    model_name: Parameter[str]
+    push_destination: Parameter[str] = ""  # default: the home's serving directory
+
+    def execute(self, step: Step) -> None:
+        destination = serving_base(step.home, step.push_destination, step.model_name)
+        step.pushed_model.set(pushed=0, model_id=step.model.id, model_name=step.model_name,
+                              pushed_destination=destination)
+        refusal = _refusal(step.model, step.model_blessing, step.infra_blessing)
+        if refusal:
+            _write_report(step.pushed_model, f"not pushed: {refusal}\n")
+            step.skip(refusal)
+            return
+        version = push(step.model.serving_dir, destination, step.metadata,
+                       extra_assets=_validated_extra_assets(step.infra_blessing))
+        _write_report(step.pushed_model, f"pushed model {step.model.id} as version {version} "
+                                         f"to {destination}\n")
+        step.pushed_model.set(pushed=1, pushed_version=version)
+        step.log.info("pushed model %s to %s/%d", step.model.id, destination, version)
+
+
+def serving_base(home: str, push_destination: str, model_name: str) -> str:
+    """`<serving dir>/<model name>`: the directory a model server polls for versions."""
+    if not model_name or "/" in model_name or model_name.startswith("."):
+        raise ValueError(f"model_name {model_name!r} is not a valid directory name")
+    from pipelines.home import Home
+
+    root = push_destination or Home(home).serving_dir
+    return os.path.join(os.path.abspath(root), model_name)
+
+
+def _refusal(model: Model, blessing: ModelBlessing, infra: InfraBlessing | None) -> str:
+    if blessing.model_id is not None and blessing.model_id != model.id:
+        return f"the blessing {blessing.id} is for model {blessing.model_id}, not {model.id}"
+    if not blessing.blessed:
+        return f"model {model.id} is not blessed by the Evaluator: {blessing.reason or '?'}"
+    if infra is not None and not infra.blessed:
+        return f"model {model.id} failed infra validation: {infra.reason or '?'}"
+    return ""
+
+
+def push(saved_model_dir: str, destination: str, metadata=None,
+         extra_assets: str | None = None) -> int:
+    """Copies a SavedModel to `destination/<new version>` atomically; returns the version.
+    `extra_assets` (e.g. validated warmup requests) is added as the version's assets.extra/."""
+    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
+        raise FileNotFoundError(f"{saved_model_dir} holds no SavedModel (saved_model.pb)")
+    os.makedirs(destination, exist_ok=True)
+    with _locked(destination):
+        version = next_version(destination, metadata)
+        staging = os.path.join(destination, f".tmp-{version}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(saved_model_dir, staging)
+        if extra_assets:
+            shutil.copytree(extra_assets, os.path.join(staging, ASSETS_EXTRA),
+                            dirs_exist_ok=True)
+        os.rename(staging, os.path.join(destination, str(version)))
+    return version
+
+
+def _validated_extra_assets(infra: InfraBlessing | None) -> str | None:
+    """The InfraValidator's assets.extra/ (warmup requests it replayed), if it wrote one."""
+    if infra is None or not os.path.isdir(infra.path(ASSETS_EXTRA)):
+        return None
+    return infra.path(ASSETS_EXTRA)
+
+
+def versions_on_disk(destination: str) -> list[int]:
+    if not os.path.isdir(destination):
+        return []
+    return sorted(int(name) for name in os.listdir(destination) if name.isdigit())
+
+
+def next_version(destination: str, metadata=None) -> int:
+    """One more than every version on disk or ever recorded as pushed there, so versions
+    only grow, even after a rollback or a version directory removed by hand."""
+    seen = versions_on_disk(destination)
+    if metadata is not None:
+        seen += [p.pushed_version for p in pushes_to(metadata, destination)]
+    return max(seen, default=0) + 1
+
+
+def pushes_to(metadata, destination: str) -> list[PushedModel]:
+    """The successful pushes recorded for a destination, oldest version first."""
+    destination = os.path.abspath(destination)
+    pushes = [p for p in metadata.artifacts_of_type(PushedModel)
+              if p.pushed and p.pushed_version and p.pushed_destination == destination]
+    return sorted(pushes, key=lambda p: p.pushed_version)
+
+
+@contextmanager
+def _locked(destination: str):
+    """Serializes pushers (and rollbacks) choosing versions in one destination. The lock
+    file's name is not a number, so model servers ignore it."""
+    with open(os.path.join(destination, ".push.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_report(pushed: PushedModel, text: str) -> None:
+    with open(pushed.path("report.txt"), "w") as fh:
+        fh.write(text)

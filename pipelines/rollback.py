@@ -1,0 +1,96 @@
+"""`pipewright rollback MODEL`: serve the previous blessed model again.
+
+The model served now is the newest version in `<serving dir>/MODEL/`. Rolling back pushes
+the newest model trained before it (among the models ever pushed there, i.e. blessed) as
+a new, higher version, so model servers pick it up like any push and versions stay
+monotonic. The version it was served as before is copied when still there (warmup
+requests included), else the model's SavedModel. The push is recorded in the metadata store, so a second rollback goes one
+model further back. No TensorFlow is imported.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from components.artifacts import Model, PushedModel
+from components.pusher import push, pushes_to, serving_base, versions_on_disk
+from pipelines.home import Home
+from pipelines.metadata import Metadata
+
+
+class RollbackError(RuntimeError):
+    pass
+
+
+def rollback(model_name: str, home: str | None = None, push_destination: str = "") -> PushedModel:
+    """Pushes the model before the one now served; returns the recorded push."""
+    home_dir = Home.resolve(home)
+    destination = serving_base(home_dir.root, push_destination, model_name)
+    metadata = Metadata(home_dir.metadata_uri)
+    served = versions_on_disk(destination)
+    if not served:
+        raise RollbackError(f"nothing is served under {destination}: no version to roll back")
+    pushes = pushes_to(metadata, destination)
+    by_version = {p.pushed_version: p for p in pushes}
+    current = by_version.get(served[-1])
+    if current is None:
+        raise RollbackError(f"version {served[-1]} in {destination} was not pushed by "
+                            f"pipewright (no record in {metadata.uri}); cannot tell which "
+                            f"model it is")
+    earlier = sorted((p for p in pushes if p.model_id < current.model_id),
+                     key=lambda p: (p.model_id, p.pushed_version), reverse=True)
+    for previous in earlier:
+        # The exact version served before (with its warmup requests), else the model.
+        source = os.path.join(destination, str(previous.pushed_version))
+        [model] = metadata.artifacts_by_id([previous.model_id]) or [None]
+        if not os.path.isfile(os.path.join(source, "saved_model.pb")) and model is not None:
+            source = model.serving_dir
+        if model is not None and os.path.isfile(os.path.join(source, "saved_model.pb")):
+            version = push(source, destination, metadata)
+            return _record(metadata, model, destination, model_name, version, served[-1])
+    raise RollbackError(f"version {served[-1]} (model {current.model_id}) is the oldest "
+                        f"blessed model pushed to {destination}: nothing to roll back to")
+
+
+def _record(metadata: Metadata, model: Model, destination: str, model_name: str,
+            version: int, replaced: int) -> PushedModel:
+    """A one-step run of the pipeline named like the model, for lineage and history."""
+    from pipelines.local_runner import new_run_id
+
+    run_id = "rollback-" + new_run_id()
+    run = metadata.run_context(model_name, run_id, parameters={"rollback_from": replaced},
+                               orchestrator="rollback")
+    pushed = PushedModel(uri=os.path.join(destination, str(version)),
+                         name="rollback.pushed_model")
+    pushed.set(pushed=1, pushed_version=version, pushed_destination=destination,
+               model_id=model.id, model_name=model_name)
+    execution_id = metadata.begin_execution(
+        type_name="Rollback", component_id="rollback", pipeline_name=model_name, run=run,
+        inputs={"model": model}, cache_key="", parameters={"replaced_version": replaced},
+        log_path="")
+    metadata.publish_execution(execution_id, pipeline_name=model_name, run=run,
+                               outputs={"pushed_model": pushed}, outcome="ok",
+                               outcome_reason=f"re-pushed model {model.id} as version {version}",
+                               duration_s=0.0)
+    metadata.finish_run(run, "succeeded")
+    return pushed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pipewright rollback",
+        description="Serve the previous blessed model again, as a new version.")
+    parser.add_argument("model", help="model name (the directory under the serving dir)")
+    parser.add_argument("--home", help="pipeline home; default $PIPEWRIGHT_HOME or .pipewright/")
+    parser.add_argument("--push-destination", default="",
+                        help="serving directory, if the Pusher was given one")
+    args = parser.parse_args(argv)
+    try:
+        pushed = rollback(args.model, args.home, args.push_destination)
+    except (RollbackError, ValueError, FileNotFoundError) as exc:
+        print(f"pipewright rollback: {exc}", file=sys.stderr)
+        return 1
+    print(f"rolled back {args.model}: model {pushed.model_id} is now version "
+          f"{pushed.pushed_version} in {pushed.pushed_destination}")
+    return 0

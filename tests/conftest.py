@@ -1,0 +1,54 @@
+"""Shared, session-scoped fixtures. Training is the expensive part of many tests, so ONE
+penguin model is trained (by the real penguin pipeline) for the whole session; tests
+read it and must not change its home. A test that needs to run more of the pipeline
+(new models, rollbacks) uses a home of its own."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TFT and TFMA need Keras 2
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclass(frozen=True)
+class TrainedPenguin:
+    """The outcome of one full penguin pipeline run in a fresh home."""
+
+    home: str
+    run: object  # pipelines.local_runner.RunResult
+    model_name: str  # "penguin": the directory under the serving dir
+    serving_base: str  # <home>/serving/penguin, the directory a model server polls
+    version: int  # the version the Pusher gave the model
+    model_dir: str  # <serving_base>/<version>: the pushed SavedModel
+    eval_examples: str  # glob of the raw eval split (gzip TFRecord of tf.Example)
+    labels: tuple[str, ...]  # species names, in the order of the model's `scores`
+
+
+def run_penguin(home: str, **params):
+    """Runs the real penguin pipeline in `home` with run parameters, quietly."""
+    from pipelines import registry
+    from pipelines.local_runner import run_pipeline
+
+    return run_pipeline(registry.load("penguin"), home=home, params=params,
+                        echo=lambda line: None)
+
+
+@pytest.fixture(scope="session")
+def trained_penguin(tmp_path_factory) -> TrainedPenguin:
+    home = str(tmp_path_factory.mktemp("penguin-home"))
+    os.environ.pop("PIPEWRIGHT_SERVING_DIR", None)
+    run = run_penguin(home)
+    assert run.ok, run.summary()
+    pushed = run.steps["Pusher"].outputs["pushed_model"]
+    assert pushed.pushed, run.summary()
+    model_dir = os.path.join(pushed.pushed_destination, str(pushed.pushed_version))
+    examples = run.steps["ExampleGen"].outputs["examples"]
+    with open(os.path.join(model_dir, "assets", "species")) as fh:
+        labels = tuple(line.strip() for line in fh if line.strip())
+    return TrainedPenguin(home=home, run=run, model_name=pushed.model_name,
+                          serving_base=pushed.pushed_destination,
+                          version=pushed.pushed_version, model_dir=model_dir,
+                          eval_examples=examples.file_pattern("eval"), labels=labels)
