@@ -9,12 +9,14 @@ from components.base import ExternalPath, Param
 from components.evaluator import Evaluator
 from components.example_gen import ExampleGen
 from components.example_validator import ExampleValidator
+from components.infra_validator import InfraValidator
 from components.pusher import Pusher
 from components.resolver import LatestBlessedModel
 from components.schema_gen import ImportSchemaGen
 from components.statistics_gen import StatisticsGen
 from components.trainer import Trainer
 from components.transform import Transform
+from components.tuner import Tuner
 from pipelines.pipeline import Pipeline
 
 HERE = Path(__file__).resolve().parent
@@ -31,6 +33,7 @@ def create_pipeline() -> Pipeline:
     train_steps = Param("train_steps", int, 300, "training steps")
     accuracy_threshold = Param("accuracy_threshold", float, 0.6,
                                "lowest eval accuracy a model may have to be pushed")
+    tune = Param("tune", bool, False, "search hyperparameters with KerasTuner before training")
 
     example_gen = ExampleGen(input_base=data_root, input_pattern=input_pattern)
     schema_gen = ImportSchemaGen(schema_file=SCHEMA_FILE)
@@ -40,22 +43,30 @@ def create_pipeline() -> Pipeline:
                                          schema=schema_gen.outputs.schema)
     transform = Transform(examples=example_gen.outputs.examples, schema=schema_gen.outputs.schema,
                           module_file=MODULE_FILE).after(example_validator)
+    tuner = Tuner(examples=transform.outputs.transformed_examples,
+                  transform_graph=transform.outputs.transform_graph, module_file=MODULE_FILE,
+                  enabled=tune)
     trainer = Trainer(examples=transform.outputs.transformed_examples,
                       transform_graph=transform.outputs.transform_graph,
-                      schema=schema_gen.outputs.schema, module_file=MODULE_FILE,
-                      train_steps=train_steps)
+                      schema=schema_gen.outputs.schema,
+                      hyperparameters=tuner.outputs.best_hyperparameters,
+                      module_file=MODULE_FILE, train_steps=train_steps)
     baseline = LatestBlessedModel(model=trainer.outputs.model)
     evaluator = Evaluator(examples=example_gen.outputs.examples, model=trainer.outputs.model,
                           baseline_model=baseline.outputs.baseline_model,
                           schema=schema_gen.outputs.schema, label_key="species",
+                          preprocessing_function_names=["transform_label"],
                           slice_features=[["island"], ["sex"]],
                           accuracy_threshold=accuracy_threshold)
+    infra_validator = InfraValidator(model=trainer.outputs.model,
+                                     examples=example_gen.outputs.examples,
+                                     model_name="penguin", write_warmup=True)
     pusher = Pusher(model=trainer.outputs.model, model_blessing=evaluator.outputs.blessing,
-                    model_name="penguin")
+                    infra_blessing=infra_validator.outputs.blessing, model_name="penguin")
     return Pipeline(
         "penguin",
-        [example_gen, schema_gen, statistics_gen, example_validator, transform, trainer,
-         baseline, evaluator, pusher],
-        parameters=[data_root, input_pattern, train_steps, accuracy_threshold],
+        [example_gen, schema_gen, statistics_gen, example_validator, transform, tuner, trainer,
+         baseline, evaluator, infra_validator, pusher],
+        parameters=[data_root, input_pattern, train_steps, accuracy_threshold, tune],
         description=__doc__,
     )
