@@ -6,7 +6,7 @@ import os
 import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TFT and TFMA need Keras 2
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ noise; step errors still surface
 
 
 def _parse_params(pairs: list[str]) -> dict[str, str]:
@@ -94,8 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _console_logging() -> None:
     """Warnings on the console; each step's full log goes to its own file."""
     import logging
+    logging.captureWarnings(True)  # library warnings become records, so they follow the thread
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)
+    # What a step's libraries say belongs in that step's log file, not on the console.
+    handler.addFilter(lambda record: not record.threadName.startswith("step"))
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
 
