@@ -7,10 +7,15 @@ batch_timeout_micros (0: as soon as a thread is free, which batches whatever arr
 previous batch ran). A task that does not fit the open batch starts a new one; with
 max_enqueued_batches batches already waiting the task is refused with UNAVAILABLE. Batches are
 padded up to the next allowed_batch_sizes entry by repeating the last row.
+
+Callers on threads get a concurrent.futures.Future; callers on an event loop get an asyncio
+future, and a finished batch settles all of one loop's futures in a single loop callback, so a
+batch of n costs the loop one wake-up rather than n.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -45,12 +50,13 @@ class BatchOptions:
 
 
 class _Task:
-    __slots__ = ("inputs", "rows", "future", "enqueued")
+    __slots__ = ("inputs", "rows", "future", "loop", "enqueued")
 
-    def __init__(self, inputs, rows):
+    def __init__(self, inputs, rows, loop: asyncio.AbstractEventLoop | None = None):
         self.inputs = inputs
         self.rows = rows
-        self.future: Future = Future()
+        self.loop = loop  # None: a thread waits on a concurrent Future
+        self.future = Future() if loop is None else loop.create_future()
         self.enqueued = time.monotonic()
 
 
@@ -68,6 +74,7 @@ class BatchScheduler:
         self._queues: dict[tuple, _Queue] = {}
         self._ready: deque[_Queue] = deque()  # queues with work, round robin
         self._cond = threading.Condition()
+        self._deferred_wakeups: dict[asyncio.AbstractEventLoop, int] = {}  # per loop, its thread only
         self._stopped = False
         self._threads = [threading.Thread(target=self._worker, name=f"batch-{i}", daemon=True)
                          for i in range(max(1, options.num_batch_threads))]
@@ -80,21 +87,60 @@ class BatchScheduler:
             self._cond.notify_all()
 
     def submit(self, runner, inputs: dict[str, np.ndarray]) -> Future:
+        rows = self._check_rows(inputs)
+        if rows > self.options.max_execution_batch_size:
+            return self._submit_split(runner, inputs, rows)
+        task = _Task(inputs, rows)
+        if self._enqueue(runner, task):
+            with self._cond:
+                self._cond.notify()
+        return task.future
+
+    def submit_on_loop(self, runner, inputs: dict[str, np.ndarray]) -> asyncio.Future:
+        """Like submit, for a coroutine: call from the running loop, await the result.
+
+        The batch threads are woken once at the end of the loop's current turn rather than per
+        task, so the requests the loop takes in during one turn can share a batch instead of a
+        batch thread grabbing the first of them alone.
+        """
+        rows = self._check_rows(inputs)
+        if rows > self.options.max_execution_batch_size:
+            return asyncio.wrap_future(self._submit_split(runner, inputs, rows))
+        loop = asyncio.get_running_loop()
+        task = _Task(inputs, rows, loop)
+        if self._enqueue(runner, task):
+            owed = self._deferred_wakeups.get(loop, 0)
+            self._deferred_wakeups[loop] = owed + 1
+            if not owed:
+                loop.call_soon(self._wake_deferred, loop)
+        return task.future
+
+    def _wake_deferred(self, loop: asyncio.AbstractEventLoop) -> None:
+        owed = self._deferred_wakeups.pop(loop, 0)
+        with self._cond:
+            self._cond.notify(owed)
+
+    def _check_rows(self, inputs: dict[str, np.ndarray]) -> int:
         rows = _batch_rows(inputs)
         limit = self.options.max_batch_size
         if rows > limit and not self.options.enable_large_batch_splitting:
             raise ServingError(errors.INVALID_ARGUMENT,
                                f"Task size {rows} is larger than maximum input batch size {limit}")
-        if rows > self.options.max_execution_batch_size:
-            return self._submit_split(runner, inputs, rows)
+        return rows
+
+    def _enqueue(self, runner, task: _Task) -> bool:
+        """Queue the task; True if a batch thread should be woken for it."""
+        rows = task.rows
+        inputs = task.inputs
         key = (id(runner),) + tuple((alias, a.dtype.str, a.shape[1:]) for alias, a in sorted(inputs.items()))
-        task = _Task(inputs, rows)
         with self._cond:
             queue = self._queues.get(key)
             if queue is None or queue.runner is not runner:
                 queue = self._queues[key] = _Queue(runner)
             batches = queue.batches
-            if not batches or queue.open_rows + rows > self.options.max_execution_batch_size:
+            limit = self.options.max_execution_batch_size
+            opened = not batches or queue.open_rows + rows > limit
+            if opened:
                 if len(batches) >= self.options.max_enqueued_batches:
                     raise ServingError(errors.UNAVAILABLE,
                                        "The batch scheduling queue to which this task was submitted is full")
@@ -104,8 +150,9 @@ class BatchScheduler:
                     self._ready.append(queue)
             batches[-1].append(task)
             queue.open_rows += rows
-            self._cond.notify()
-        return task.future
+        # A thread was already woken for an open batch that just grew; wake another only for a
+        # new batch or a batch that became full (and so runnable before its timeout).
+        return opened or queue.open_rows >= limit
 
     def _submit_split(self, runner, inputs, rows) -> Future:
         size = self.options.max_execution_batch_size
@@ -163,36 +210,69 @@ class BatchScheduler:
         if self._on_batch is not None:
             self._on_batch(runner.key, sum(t.rows for t in batch))
         try:
-            if len(batch) == 1 and not self.options.allowed_batch_sizes:
-                batch[0].future.set_result(runner.run(batch[0].inputs))
-                return
-            aliases = list(batch[0].inputs)
-            merged = {a: np.concatenate([t.inputs[a] for t in batch]) for a in aliases}
-            total = sum(t.rows for t in batch)
-            padded = self._padded_size(total)
-            if padded > total:
-                merged = {a: np.concatenate([v, np.repeat(v[-1:], padded - total, axis=0)])
-                          for a, v in merged.items()}
-            outputs = runner.run(merged)
-            for alias, value in outputs.items():
-                if value.ndim == 0 or value.shape[0] != padded:
-                    raise ServingError(errors.FAILED_PRECONDITION,
-                                       "Batched output tensor's 0th dimension does not equal the sum "
-                                       "of the 0th dimension sizes of the input tensors")
-            offset = 0
-            for task in batch:
-                task.future.set_result({a: v[offset:offset + task.rows] for a, v in outputs.items()})
-                offset += task.rows
+            outcomes = [(task, result, None) for task, result in zip(batch, self._results(runner, batch))]
         except BaseException as e:
-            for task in batch:
-                if not task.future.done():
-                    task.future.set_exception(e)
+            outcomes = [(task, None, e) for task in batch]
+        _settle(outcomes)
+
+    def _results(self, runner, batch: list[_Task]) -> list[dict[str, np.ndarray]]:
+        if len(batch) == 1 and not self.options.allowed_batch_sizes:
+            return [runner.run(batch[0].inputs)]
+        aliases = list(batch[0].inputs)
+        merged = {a: np.concatenate([t.inputs[a] for t in batch]) for a in aliases}
+        total = sum(t.rows for t in batch)
+        padded = self._padded_size(total)
+        if padded > total:
+            merged = {a: np.concatenate([v, np.repeat(v[-1:], padded - total, axis=0)])
+                      for a, v in merged.items()}
+        outputs = runner.run(merged)
+        for value in outputs.values():
+            if value.ndim == 0 or value.shape[0] != padded:
+                raise ServingError(errors.FAILED_PRECONDITION,
+                                   "Batched output tensor's 0th dimension does not equal the sum "
+                                   "of the 0th dimension sizes of the input tensors")
+        results = []
+        offset = 0
+        for task in batch:
+            results.append({a: v[offset:offset + task.rows] for a, v in outputs.items()})
+            offset += task.rows
+        return results
 
     def _padded_size(self, rows: int) -> int:
         for size in self.options.allowed_batch_sizes:
             if size >= rows:
                 return size
         return rows
+
+
+def _settle(outcomes: list[tuple[_Task, dict | None, BaseException | None]]) -> None:
+    """Hand each task its result or error; one callback per event loop. A future whose caller
+    gave up (cancelled) is skipped, so it cannot take its batch-mates' results down with it."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for task, result, error in outcomes:
+        if task.loop is not None:
+            by_loop.setdefault(task.loop, []).append((task.future, result, error))
+        else:
+            _set(task.future, result, error)
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_on_loop, items)
+        except RuntimeError:  # loop closed: the server is shutting down, nobody is waiting
+            pass
+
+
+def _settle_on_loop(items) -> None:
+    for future, result, error in items:
+        _set(future, result, error)
+
+
+def _set(future, result, error) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
 
 def _batch_rows(inputs: dict[str, np.ndarray]) -> int:

@@ -1,18 +1,25 @@
-"""tensorflow.serving.PredictionService and ModelService (plus grpc.health.v1) on grpcio.
+"""tensorflow.serving.PredictionService and ModelService (plus grpc.health.v1) on grpc.aio.
 
 Servicers derive from the stubs shipped in tensorflow-serving-api, so method names, message
 types and the wire format are TF Serving's. Errors carry TF Serving's status codes and messages
 (truncated to 1024 characters as grpc_status_util.cc does).
+
+Handlers are coroutines on one event loop: parsing, checks and response building run inline
+(tens of microseconds), model calls are awaited on the batch scheduler or, without batching, on
+a thread pool, so any number of requests can wait for a batch without holding a thread each.
+Calls that may block for long (MultiInference, config reloads) run on the thread pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import numpy as np
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, inference_pb2, model_management_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
@@ -30,10 +37,11 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 2 ** 31 - 1  # builder.SetMaxMessageSize(kint32max)
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 SIGNATURE_DEF = "signature_def"
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 
 
-def _abort(context, error: ServingError):
-    context.abort(_STATUS_CODES.get(error.code, grpc.StatusCode.UNKNOWN), error.grpc_message())
+async def _abort(context, error: ServingError):
+    await context.abort(_STATUS_CODES.get(error.code, grpc.StatusCode.UNKNOWN), error.grpc_message())
 
 
 def _as_serving_error(exc: Exception) -> ServingError:
@@ -54,27 +62,34 @@ def _model_spec(spec, name: str, signature_name: str | None, version: int | None
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, service: InferenceService, metrics=None):
+    def __init__(self, service: InferenceService, executor: ThreadPoolExecutor, metrics=None):
         self.service = service
+        self.executor = executor
         self.metrics = metrics
 
     def _record(self, name: str, api: str, start: float, code_name: str) -> None:
         if self.metrics is not None:
             self.metrics.record_request(name, api, "GRPC", code_name, (time.perf_counter() - start) * 1e6)
 
-    def Predict(self, request, context):
+    async def _execute(self, runner, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        future = self.service.submit_on_loop(runner, inputs)
+        if future is None:
+            future = asyncio.get_running_loop().run_in_executor(self.executor, runner.run, inputs)
+        return await future
+
+    async def Predict(self, request, context):
         start = time.perf_counter()
         name = request.model_spec.name
         try:
-            response = self._predict(request)
+            response = await self._predict(request)
         except Exception as e:
             error = _as_serving_error(e)
             self._record(name, "Predict", start, error.code_name)
-            _abort(context, error)
+            await _abort(context, error)
         self._record(name, "Predict", start, "OK")
         return response
 
-    def _predict(self, request):
+    async def _predict(self, request):
         if not request.HasField("model_spec"):
             raise ServingError(errors.INVALID_ARGUMENT, "Missing ModelSpec")
         servable = self.service.servable_for(request.model_spec)
@@ -85,20 +100,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         _verify_inputs(runner, request.inputs)
         inputs = {alias: to_ndarray(request.inputs[alias], alias) for alias in runner.input_order}
         runner, outputs = self.service.prepare_predict(servable, key, inputs, request.output_filter)
-        results = self.service.execute(runner, inputs)
+        results = await self._execute(runner, inputs)
         response = predict_pb2.PredictResponse()
         _model_spec(response.model_spec, request.model_spec.name, key, servable.version)
         for alias in outputs:
             from_ndarray(results[alias], response.outputs[alias])
         return response
 
-    def Classify(self, request, context):
-        return self._classify_or_regress(request, context, "Classify")
+    async def Classify(self, request, context):
+        return await self._classify_or_regress(request, context, "Classify")
 
-    def Regress(self, request, context):
-        return self._classify_or_regress(request, context, "Regress")
+    async def Regress(self, request, context):
+        return await self._classify_or_regress(request, context, "Regress")
 
-    def _classify_or_regress(self, request, context, api: str):
+    async def _classify_or_regress(self, request, context, api: str):
         start = time.perf_counter()
         name = request.model_spec.name
         try:
@@ -115,7 +130,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             _model_spec(response.model_spec, name, signature_name, servable.version)
             inputs = self.service.examples_input(serialized_examples(request.input))
             n = len(inputs["inputs"])
-            outputs = self.service.execute(runner, inputs)
+            outputs = await self._execute(runner, inputs)
             if api == "Classify":
                 _fill_classification(response.result, classification_result(runner, outputs, n))
             else:
@@ -123,13 +138,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         except Exception as e:
             error = _as_serving_error(e)
             self._record(name, api, start, error.code_name)
-            _abort(context, error)
+            await _abort(context, error)
         self._record(name, api, start, "OK")
         return response
 
-    def MultiInference(self, request, context):
+    async def MultiInference(self, request, context):
         try:
-            servable, results = self.service.multi_inference(request)
+            # Runs its tasks one after another, blocking on each model call: off the loop.
+            servable, results = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.service.multi_inference, request)
             response = inference_pb2.MultiInferenceResponse()
             for task, kind, result in results:
                 entry = response.results.add()
@@ -139,11 +156,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     _fill_classification(entry.classification_result, result)
                 else:
                     _fill_regression(entry.regression_result, result)
-            return response
         except Exception as e:
-            _abort(context, _as_serving_error(e))
+            await _abort(context, _as_serving_error(e))
+        return response
 
-    def GetModelMetadata(self, request, context):
+    async def GetModelMetadata(self, request, context):
         try:
             if not request.HasField("model_spec"):
                 raise ServingError(errors.INVALID_ARGUMENT, "Missing ModelSpec")
@@ -154,9 +171,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if field != SIGNATURE_DEF:
                     raise ServingError(errors.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
             servable = self.service.servable_for(request.model_spec)
-            return servable.cached("grpc_metadata", lambda: _metadata_response(servable))
+            response = servable.cached("grpc_metadata", lambda: _metadata_response(servable))
         except Exception as e:
-            _abort(context, _as_serving_error(e))
+            await _abort(context, _as_serving_error(e))
+        return response
 
 
 def _metadata_response(servable):
@@ -184,10 +202,11 @@ def _fill_regression(result_proto, values) -> None:
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager):
+    def __init__(self, manager, executor: ThreadPoolExecutor):
         self.manager = manager
+        self.executor = executor
 
-    def GetModelStatus(self, request, context):
+    async def GetModelStatus(self, request, context):
         try:
             if not request.HasField("model_spec"):
                 raise ServingError(errors.INVALID_ARGUMENT, "Missing ModelSpec")
@@ -199,20 +218,22 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 if error is not None:
                     entry.status.error_code = error.code
                     entry.status.error_message = error.message
-            return response
         except Exception as e:
-            _abort(context, _as_serving_error(e))
+            await _abort(context, _as_serving_error(e))
+        return response
 
-    def HandleReloadConfigRequest(self, request, context):
+    async def HandleReloadConfigRequest(self, request, context):
         response = model_management_pb2.ReloadConfigResponse()
         try:
             if request.config.WhichOneof("config") != "model_config_list":
                 raise ServingError(errors.INVALID_ARGUMENT,
                                    "ServerModelConfig type not supported by HandleReloadConfigRequest."
                                    " Only ModelConfigList is currently supported")
-            self.manager.apply_config(request.config)
+            # Loads new versions before answering: seconds, off the loop.
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.manager.apply_config, request.config)
         except Exception as e:
-            _abort(context, _as_serving_error(e))
+            await _abort(context, _as_serving_error(e))
         for metric_name in request.metric_names:
             response.metric.add(name=metric_name, int64_value_increase=0)
         response.status.error_code = 0
@@ -223,6 +244,7 @@ class HealthServicer:
     """grpc.health.v1.Health as grpc++'s default service: "", ModelService, PredictionService."""
 
     SERVICES = ("", "ModelService", "PredictionService")
+    WATCH_POLL_SECONDS = 0.5
 
     def __init__(self):
         self.serving = True
@@ -233,21 +255,21 @@ class HealthServicer:
             return None
         return 1 if self.serving else 2  # SERVING / NOT_SERVING
 
-    def Check(self, request, context):
+    async def Check(self, request, context):
         status = self._status(request.service)
         if status is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "")
+            await context.abort(grpc.StatusCode.NOT_FOUND, "")
         return protos.HealthCheckResponse(status=status)
 
-    def Watch(self, request, context):
+    async def Watch(self, request, context):
         last = None
-        while context.is_active() and not self._stopped.is_set():
+        while not context.done() and not self._stopped.is_set():
             status = self._status(request.service)
             status = 3 if status is None else status  # SERVICE_UNKNOWN
             if status != last:
                 last = status
                 yield protos.HealthCheckResponse(status=status)
-            self._stopped.wait(0.5)
+            await asyncio.sleep(self.WATCH_POLL_SECONDS)
 
     def stop(self):
         self.serving = False
@@ -266,15 +288,25 @@ class HealthServicer:
 
 def build_grpc_server(service: InferenceService, manager, *, host: str, port: int, max_threads: int,
                       channel_arguments=(), metrics=None, health: HealthServicer | None = None):
+    """A bound, not yet started grpc.aio server; call from a coroutine on the loop that will run it.
+
+    max_threads sizes the pool for model calls without batching and for blocking calls.
+    """
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.so_reuseport", 0)]
     options += list(channel_arguments)
-    server = grpc.server(ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
-                         options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(service, metrics), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+    executor = ThreadPoolExecutor(max_workers=max(1, max_threads), thread_name_prefix="grpc")
+    server = grpc.aio.server(options=options)
+    prediction = PredictionServicer(service, executor, metrics)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+    # The hot method also as a registered method: core matches it without a method-name lookup
+    # and accepts its calls on a request chain of their own (registered handlers take precedence).
+    server.add_registered_method_handlers(PREDICTION_SERVICE, {
+        "Predict": grpc.unary_unary_rpc_method_handler(
+            prediction.Predict, request_deserializer=predict_pb2.PredictRequest.FromString,
+            response_serializer=predict_pb2.PredictResponse.SerializeToString)})
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager, executor), server)
     if health is not None:
         server.add_generic_rpc_handlers((health.handler(),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -283,5 +315,6 @@ def build_grpc_server(service: InferenceService, manager, *, host: str, port: in
     except RuntimeError:
         bound = 0
     if not bound:
+        executor.shutdown(wait=False)
         raise ServingError(errors.INVALID_ARGUMENT, "Failed to BuildAndStart gRPC server")
-    return server, bound
+    return server, bound, executor

@@ -2,12 +2,13 @@
 
 Mirrors TF Serving's predict_util.cc, classifier.cc, regressor.cc, multi_inference.cc and
 util.cc: the same checks in the same order, with the same messages. Each API is split into
-prepare (checks, in the caller's thread), execute (the model call, which REST awaits and gRPC
-blocks on, batched when batching is on) and finish (result shaping).
+prepare (checks, in the caller's thread), execute (the model call, batched when batching is on;
+REST and gRPC await it on their event loops, warmup blocks on it) and finish (result shaping).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import struct
@@ -56,6 +57,12 @@ class InferenceService:
         if self.batcher is None:
             return None
         return self.batcher.submit(runner, inputs)
+
+    def submit_on_loop(self, runner: SignatureRunner, inputs: dict[str, np.ndarray]) -> asyncio.Future | None:
+        """submit for a coroutine on the running event loop: await the future it returns."""
+        if self.batcher is None:
+            return None
+        return self.batcher.submit_on_loop(runner, inputs)
 
     def execute(self, runner: SignatureRunner, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         future = self.submit(runner, inputs)

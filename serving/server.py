@@ -59,12 +59,26 @@ class ModelServer:
 
         cpus = os.cpu_count() or 1
         self.health = HealthServicer() if options.enable_grpc_healthcheck_service else None
-        self.grpc_server, self.grpc_port = build_grpc_server(
-            self.service, self.manager, host=options.grpc_host, port=options.grpc_port,
-            max_threads=options.grpc_max_threads or 4 * cpus,
-            channel_arguments=config_lib.grpc_channel_arguments(options.grpc_channel_arguments),
-            metrics=self.metrics, health=self.health)
-        self.grpc_server.start()
+
+        async def start_grpc():
+            server, port, executor = build_grpc_server(
+                self.service, self.manager, host=options.grpc_host, port=options.grpc_port,
+                max_threads=options.grpc_max_threads or 4 * cpus,
+                channel_arguments=config_lib.grpc_channel_arguments(options.grpc_channel_arguments),
+                metrics=self.metrics, health=self.health)
+            await server.start()
+            return server, port, executor
+
+        self.grpc_loop = _new_event_loop()
+        self._grpc_thread = threading.Thread(target=self.grpc_loop.run_forever, name="grpc-loop",
+                                             daemon=True)
+        self._grpc_thread.start()
+        try:
+            self.grpc_server, self.grpc_port, self._grpc_executor = asyncio.run_coroutine_threadsafe(
+                start_grpc(), self.grpc_loop).result()
+        except BaseException:
+            self.grpc_loop.call_soon_threadsafe(self.grpc_loop.stop)
+            raise
         log.info("Running gRPC ModelServer at %s:%d ...", options.grpc_host, self.grpc_port)
 
         self._config_poller = None
@@ -83,11 +97,7 @@ class ModelServer:
     def _start_rest(self, options: ServerOptions, cpus: int) -> None:
         from serving.rest import RestServer
 
-        try:
-            import uvloop
-            self.loop = uvloop.new_event_loop()
-        except ImportError:
-            self.loop = asyncio.new_event_loop()
+        self.loop = _new_event_loop()
         self.rest = RestServer(
             self.service, metrics=self.metrics,
             prometheus_path=config_lib.prometheus_path(self.monitoring),
@@ -121,11 +131,24 @@ class ModelServer:
             asyncio.run_coroutine_threadsafe(self.rest.stop(), self.loop).result(timeout=5)
             self.loop.call_soon_threadsafe(self.loop.stop)
         if getattr(self, "grpc_server", None) is not None:
-            self.grpc_server.stop(grace=2).wait(5)
+            try:
+                asyncio.run_coroutine_threadsafe(self.grpc_server.stop(grace=2), self.grpc_loop).result(timeout=5)
+            except Exception:
+                log.exception("gRPC server did not stop cleanly")
+            self.grpc_loop.call_soon_threadsafe(self.grpc_loop.stop)
+            self._grpc_executor.shutdown(wait=False, cancel_futures=True)
         if getattr(self, "batcher", None) is not None:
             self.batcher.stop()
         if getattr(self, "manager", None) is not None:
             self.manager.stop()
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
 
 
 def run(options: ServerOptions) -> int:

@@ -24,6 +24,8 @@ _FIELDS = {
     DT_UINT64: "uint64_val", DT_COMPLEX64: "scomplex_val", DT_COMPLEX128: "dcomplex_val",
 }
 DTYPE_OF_NUMPY = {np.dtype(v): k for k, v in NUMPY_DTYPES.items() if k != DT_STRING}
+# Typed fields whose values convert to the numpy dtype as they are (no narrowing, no pairs).
+_EXACT_FIELD_DTYPES = {DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT64, DT_BOOL, DT_UINT32, DT_UINT64}
 
 
 def _parse_error(alias: str) -> ServingError:
@@ -56,28 +58,35 @@ def _decode_string_content(content: bytes, n: int) -> list[bytes] | None:
 
 def to_ndarray(proto, alias: str) -> np.ndarray:
     dtype = proto.dtype
+    field_name = _FIELDS.get(dtype)
     shape_proto = proto.tensor_shape
-    if shape_proto.unknown_rank or dtype not in _FIELDS or dtype == DT_BFLOAT16:
+    if field_name is None or shape_proto.unknown_rank:
         raise _parse_error(alias)
     shape = [d.size for d in shape_proto.dim]
-    if any(d < 0 for d in shape):
-        raise _parse_error(alias)
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = 1
+    for size in shape:
+        if size < 0:
+            raise _parse_error(alias)
+        n *= size
     np_dtype = NUMPY_DTYPES[dtype]
     if n == 0:
         return np.zeros(shape, dtype=np_dtype)
-    if proto.tensor_content:
+    content = proto.tensor_content
+    if content:
         if dtype == DT_STRING:
-            values = _decode_string_content(proto.tensor_content, n)
+            values = _decode_string_content(content, n)
             if values is None:
                 raise _parse_error(alias)
             array = np.empty(n, dtype=object)
             array[:] = values
             return array.reshape(shape)
-        if len(proto.tensor_content) != n * np.dtype(np_dtype).itemsize:
+        if len(content) != n * np.dtype(np_dtype).itemsize:
             raise _parse_error(alias)
-        return np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(shape).copy()
-    field = getattr(proto, _FIELDS[dtype])
+        # Copied: TensorFlow may reuse an input buffer it believes it owns.
+        return np.frombuffer(content, dtype=np_dtype).reshape(shape).copy()
+    field = getattr(proto, field_name)
+    if dtype in _EXACT_FIELD_DTYPES and len(field) == n:  # the common case: one value per element
+        return np.fromiter(field, np_dtype, n).reshape(shape)
     if dtype in (DT_COMPLEX64, DT_COMPLEX128):
         pairs = list(field)
         values = [complex(pairs[i], pairs[i + 1]) for i in range(0, len(pairs) - 1, 2)]
@@ -109,9 +118,12 @@ def to_ndarray(proto, alias: str) -> np.ndarray:
 
 
 def dtype_of(array: np.ndarray) -> int:
+    dtype = DTYPE_OF_NUMPY.get(array.dtype)
+    if dtype is not None:
+        return dtype
     if array.dtype == np.object_ or array.dtype.kind in "SU":
         return DT_STRING
-    return DTYPE_OF_NUMPY.get(array.dtype, 0)
+    return 0
 
 
 def from_ndarray(array: np.ndarray, proto=None):
@@ -121,7 +133,7 @@ def from_ndarray(array: np.ndarray, proto=None):
     proto.dtype = dtype
     dims = proto.tensor_shape.dim
     for size in array.shape:
-        dims.add().size = size
+        dims.add(size=size)
     flat = array.reshape(-1)
     if dtype == DT_STRING:
         proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist())
