@@ -17,8 +17,14 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 env: $(VENV)/.synced
 
+# Airflow (api-server, scheduler, dag-processor, triggerer) and the model server on
+# 127.0.0.1, state under $(PIPEWRIGHT_HOME) or .pipewright/; `make down` stops them all.
 up: env
-	$(VENV)/bin/pipewright run penguin
+	$(VENV)/bin/python -m pipelines.services up
+
+down:
+	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python -m pipelines.services down; \
+	else echo "nothing to stop: no environment in $(VENV)"; fi
 
 test: env
 	$(VENV)/bin/python -m pytest -q

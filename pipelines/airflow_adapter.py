@@ -1,0 +1,191 @@
+"""Turns a pipeline into an Airflow 3 DAG: one task per component, the pipeline's graph as
+the task dependencies, its runtime parameters as validated DAG params.
+
+Every task runs its component through `pipelines.launcher.launch`, the code path of the
+local runner, so caching, atomic publication, metadata and step logs behave the same.
+The tasks of one Airflow run share one run context in the metadata store; it records the
+Airflow run id, and a task finds its inputs among the outputs its upstream tasks recorded
+there.
+
+Building a DAG imports no TensorFlow, Beam or ML Metadata: the scheduler and the DAG
+processor parse DAG files often. The heavy libraries load inside the task that needs them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import re
+import types
+import typing
+from typing import Any
+
+from airflow.sdk import DAG, BaseOperator, CronTriggerTimetable
+from airflow.sdk import Param as AirflowParam
+
+from components.base import Component, ExternalPath, Param
+from pipelines.pipeline import Pipeline
+
+DEFAULT_RETRIES = 2
+DEFAULT_RETRY_DELAY = dt.timedelta(minutes=1)
+DEFAULT_MAX_RETRY_DELAY = dt.timedelta(minutes=15)
+DEFAULT_EXECUTION_TIMEOUT = dt.timedelta(hours=2)
+TAGS = ["pipewright"]
+
+
+# -- parameters ---------------------------------------------------------------------------
+def json_schema(value_type: Any) -> dict[str, Any]:
+    """The JSON-schema of a parameter type, as Airflow's trigger form and API validate it."""
+    origin = typing.get_origin(value_type)
+    if origin in (typing.Union, types.UnionType):
+        options = [t for t in typing.get_args(value_type) if t is not type(None)]
+        nullable = len(options) < len(typing.get_args(value_type))
+        if len(options) != 1:
+            return {}  # a union of several types: let the component's own check decide
+        schema = json_schema(options[0])
+        if nullable and "type" in schema:
+            schema["type"] = [schema["type"], "null"]
+        return schema
+    if origin in (list, tuple):
+        (item_type, *_) = typing.get_args(value_type) or (Any,)
+        return {"type": "array", "items": json_schema(item_type)}
+    if origin is dict or value_type is dict:
+        return {"type": "object"}
+    if value_type is bool:
+        return {"type": "boolean"}
+    if value_type is int:
+        return {"type": "integer"}
+    if value_type is float:
+        return {"type": "number"}
+    if value_type is ExternalPath or (isinstance(value_type, type) and issubclass(value_type, str)):
+        return {"type": "string"}
+    return {}
+
+
+def airflow_param(param: Param) -> AirflowParam:
+    schema = json_schema(param.type)
+    if param.default is None and isinstance(schema.get("type"), str):
+        schema["type"] = [schema["type"], "null"]
+    # Bounds and choices, when the pipeline's Param declares them.
+    for key in ("minimum", "maximum", "enum"):
+        value = getattr(param, key, None)
+        if value is not None:
+            schema[key] = list(value) if key == "enum" else value
+    default = list(param.default) if isinstance(param.default, tuple) else param.default
+    return AirflowParam(default, description=param.description or None,
+                        title=param.name, **schema)
+
+
+def dag_params(pipeline: Pipeline) -> dict[str, AirflowParam]:
+    return {p.name: airflow_param(p) for p in pipeline.parameters}
+
+
+# -- the DAG ------------------------------------------------------------------------------
+def nightly_schedule(cron: str | None) -> CronTriggerTimetable | None:
+    """Runs at the cron times (UTC) from now on: enabling a DAG starts no run for a past
+    night, and a scheduler that was down over several nights starts only the latest."""
+    if not cron:
+        return None
+    return CronTriggerTimetable(cron, timezone="UTC", run_immediately=dt.timedelta(0))
+
+
+def build_dag(pipeline: Pipeline, *, dag_id: str | None = None,
+              schedule: Any = ...,
+              retries: int = DEFAULT_RETRIES,
+              retry_delay: dt.timedelta = DEFAULT_RETRY_DELAY,
+              execution_timeout: dt.timedelta = DEFAULT_EXECUTION_TIMEOUT,
+              timeouts: dict[str, dt.timedelta] | None = None) -> DAG:
+    """The pipeline as a DAG. `schedule` (cron, or None for triggered runs only) defaults to
+    the pipeline's; `timeouts` overrides `execution_timeout` per component id."""
+    cron = pipeline.schedule if schedule is ... else schedule
+    timeouts = dict(timeouts or {})
+    unknown = sorted(set(timeouts) - {c.id for c in pipeline.components})
+    if unknown:
+        raise KeyError(f"pipeline {pipeline.name!r} has no component(s) {unknown} to time out")
+    dag = DAG(
+        dag_id=dag_id or pipeline.name,
+        description=(pipeline.description or f"Pipewright pipeline {pipeline.name}")[:200],
+        doc_md=_dag_doc(pipeline),
+        schedule=nightly_schedule(cron),
+        catchup=False,
+        max_active_runs=1,  # runs of one pipeline push to one serving directory
+        params=dag_params(pipeline),
+        tags=TAGS,
+        default_args={
+            "owner": "pipewright",
+            "retries": retries,
+            "retry_delay": retry_delay,
+            "retry_exponential_backoff": True,
+            "max_retry_delay": DEFAULT_MAX_RETRY_DELAY,
+        },
+        on_success_callback=functools.partial(_record_run_state, pipeline.name, "succeeded"),
+        on_failure_callback=functools.partial(_record_run_state, pipeline.name, "failed"),
+    )
+    tasks: dict[str, ComponentOperator] = {}
+    for component in pipeline.order:
+        task = ComponentOperator(
+            pipeline=pipeline, component=component, dag=dag,
+            execution_timeout=timeouts.get(component.id, execution_timeout))
+        for upstream in component.upstream:
+            tasks[upstream.id] >> task
+        tasks[component.id] = task
+    return dag
+
+
+def _dag_doc(pipeline: Pipeline) -> str:
+    lines = [f"### {pipeline.name}", "", pipeline.description or "", "",
+             "Steps: " + " → ".join(c.id for c in pipeline.order)]
+    if pipeline.parameters:
+        lines += ["", "| parameter | type | default | description |", "|---|---|---|---|"]
+        lines += [f"| `{p.name}` | {getattr(p.type, '__name__', p.type)} | `{p.default!r}` | "
+                  f"{p.description} |" for p in pipeline.parameters]
+    return "\n".join(lines)
+
+
+# -- the task -----------------------------------------------------------------------------
+class ComponentOperator(BaseOperator):
+    """Runs one component of the pipeline for the current Airflow run."""
+
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, pipeline: Pipeline, component: Component, **kwargs: Any):
+        super().__init__(task_id=component.id, doc_md=_component_doc(component), **kwargs)
+        self.pipeline = pipeline
+        self.component = component
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from pipelines import airflow_task  # the launcher and ML Metadata load here only
+
+        return airflow_task.run_component(self.pipeline, self.component, context, self.log)
+
+
+def _component_doc(component: Component) -> str:
+    doc = (type(component).__doc__ or "").strip()
+    return f"**{type(component).__name__}** — {doc}" if doc else type(component).__name__
+
+
+def pipewright_run_id(airflow_run_id: str) -> str:
+    """A path-safe run id derived from the Airflow run id (which the metadata also keeps)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", airflow_run_id).strip("_")
+
+
+def _record_run_state(pipeline_name: str, state: str, context: Any) -> None:
+    from pipelines import airflow_task
+
+    airflow_task.record_run_state(pipeline_name, state, context)
+
+
+# -- all registered pipelines ---------------------------------------------------------------
+def registered_dags(environ: typing.Mapping[str, str] = os.environ) -> dict[str, DAG]:
+    """A DAG for every registered pipeline. $PIPEWRIGHT_SCHEDULE (a cron, or "none")
+    overrides every pipeline's schedule; $PIPEWRIGHT_AIRFLOW_RETRIES the retry count."""
+    from pipelines import registry
+
+    options: dict[str, Any] = {}
+    if environ.get("PIPEWRIGHT_SCHEDULE"):
+        schedule = environ["PIPEWRIGHT_SCHEDULE"].strip()
+        options["schedule"] = None if schedule.lower() in ("none", "off", "") else schedule
+    if environ.get("PIPEWRIGHT_AIRFLOW_RETRIES"):
+        options["retries"] = int(environ["PIPEWRIGHT_AIRFLOW_RETRIES"])
+    return {name: build_dag(registry.load(name), **options) for name in registry.names()}
+

@@ -1,0 +1,90 @@
+"""The DAG file parses as Airflow's DAG processor parses it: no import errors, one DAG per
+registered pipeline with one task per component and the pipeline's dependencies, params
+from the runtime parameters, and no TensorFlow/Beam/TFDV imported (checked in a fresh
+process). The parse time is printed by bench/bench_dag_parse.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from components.base import ExternalPath
+from pipelines import registry
+from pipelines.airflow_adapter import json_schema
+from pipelines.airflow_dag_check import report_from_output
+from tests.airflow.conftest import DAGS_FOLDER, REPO_ROOT, WORDCOUNT_PIPELINE
+
+
+@pytest.fixture(scope="module")
+def report():
+    done = subprocess.run([sys.executable, "-m", "pipelines.airflow_dag_check", str(DAGS_FOLDER)],
+                          capture_output=True, text=True, cwd=str(REPO_ROOT), env=os.environ,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return report_from_output(done.stdout)
+
+
+def expected_pipelines():
+    pipelines = {name: registry.load(name) for name in registry.names()}
+    pipelines["wordcount"] = registry.load(str(WORDCOUNT_PIPELINE))
+    return pipelines
+
+
+def test_every_registered_pipeline_parses_without_errors_or_heavy_imports(report):
+    assert report["import_errors"] == {}
+    assert sorted(report["dags"]) == sorted(expected_pipelines())
+    assert "penguin" in report["dags"], "the penguin pipeline is registered and has a DAG"
+    assert report["heavy_modules_loaded"] == [], "parsing imported " + \
+        ", ".join(report["heavy_modules_loaded"])
+
+
+def test_tasks_and_dependencies_follow_the_pipeline_graph(report):
+    for name, pipeline in expected_pipelines().items():
+        tasks = report["dags"][name]["tasks"]
+        assert sorted(tasks) == sorted(c.id for c in pipeline.components), name
+        for component in pipeline.components:
+            assert tasks[component.id] == sorted(u.id for u in component.upstream), component.id
+
+
+def test_runtime_parameters_become_typed_dag_params(report):
+    for name, pipeline in expected_pipelines().items():
+        params = report["dags"][name]["params"]
+        assert sorted(params) == sorted(p.name for p in pipeline.parameters), name
+        for param in pipeline.parameters:
+            schema = params[param.name]["schema"]
+            assert params[param.name]["default"] == param.default, param.name
+            expected_type = json_schema(param.type).get("type")
+            assert schema.get("type") in (expected_type, [expected_type, "null"]), param.name
+
+
+def test_nightly_schedule_without_catch_up_retries_and_timeouts(report):
+    for name, pipeline in expected_pipelines().items():
+        dag = report["dags"][name]
+        assert pipeline.schedule and f"expression='{pipeline.schedule}'" in dag["schedule"]
+        assert dag["catchup"] is False and dag["max_active_runs"] == 1
+        assert set(dag["execution_timeout_s"]) == set(dag["tasks"]), "every task has a timeout"
+    # The conftest sets PIPEWRIGHT_AIRFLOW_RETRIES=0 for the registered DAGs.
+    assert set(report["dags"]["penguin"]["retries"].values()) == {0}
+
+
+def test_registered_dags_default_to_retries_and_honour_the_schedule_override():
+    from pipelines.airflow_adapter import registered_dags
+
+    dags = registered_dags({"PIPEWRIGHT_SCHEDULE": "30 3 * * *"})
+    dag = dags["penguin"]
+    assert all(task.retries == 2 and task.retry_exponential_backoff for task in dag.tasks)
+    assert dag.timetable.expression == "30 3 * * *"
+    unscheduled = registered_dags({"PIPEWRIGHT_SCHEDULE": "none"})["penguin"]
+    assert type(unscheduled.timetable).__name__ == "NullTimetable"
+
+
+def test_json_schema_of_parameter_types():
+    assert json_schema(int) == {"type": "integer"}
+    assert json_schema(float) == {"type": "number"}
+    assert json_schema(bool) == {"type": "boolean"}
+    assert json_schema(ExternalPath) == {"type": "string"}
+    assert json_schema(list[str]) == {"type": "array", "items": {"type": "string"}}
+    assert json_schema(int | None) == {"type": ["integer", "null"]}
+    assert json_schema(dict[str, int]) == {"type": "object"}
