@@ -102,15 +102,27 @@ class Channel:
 @dataclass(frozen=True)
 class Param:
     """A pipeline runtime parameter: set from the CLI (--param), Airflow's trigger form, or
-    the REST API, under the same name. Pass it as a component parameter's value."""
+    the REST API, under the same name. Pass it as a component parameter's value.
+    `minimum`, `maximum` and `choices` bound it, here and in Airflow's form alike."""
 
     name: str
     type: type
     default: Any
     description: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple | None = None
 
     def coerce(self, value: Any) -> Any:
-        return coerce_value(value, self.type, f"pipeline parameter {self.name!r}")
+        what = f"pipeline parameter {self.name!r}"
+        value = coerce_value(value, self.type, what)
+        if self.minimum is not None and value is not None and value < self.minimum:
+            raise ValueError(f"{what}: {value!r} is below its minimum {self.minimum!r}")
+        if self.maximum is not None and value is not None and value > self.maximum:
+            raise ValueError(f"{what}: {value!r} is above its maximum {self.maximum!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{what}: {value!r} is not one of {list(self.choices)}")
+        return value
 
 
 def coerce_value(value: Any, expected: Any, what: str) -> Any:

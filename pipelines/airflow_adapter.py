@@ -67,10 +67,12 @@ def airflow_param(param: Param) -> AirflowParam:
     if param.default is None and isinstance(schema.get("type"), str):
         schema["type"] = [schema["type"], "null"]
     # Bounds and choices, when the pipeline's Param declares them.
-    for key in ("minimum", "maximum", "enum"):
-        value = getattr(param, key, None)
-        if value is not None:
-            schema[key] = list(value) if key == "enum" else value
+    if param.minimum is not None:
+        schema["minimum"] = param.minimum
+    if param.maximum is not None:
+        schema["maximum"] = param.maximum
+    if param.choices is not None:
+        schema["enum"] = list(param.choices)
     default = list(param.default) if isinstance(param.default, tuple) else param.default
     return AirflowParam(default, description=param.description or None,
                         title=param.name, **schema)

@@ -235,3 +235,16 @@ def test_cli_commands_that_run_no_heavy_step_import_no_tensorflow(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_runtime_parameter_bounds_and_choices_are_enforced(tmp_path):
+    steps = Param("steps", int, 10, minimum=1, maximum=100)
+    mode = Param("mode", str, "fast", choices=("fast", "slow"))
+    pipeline = Pipeline("bounded", [MakeNumbers(count=steps)], parameters=[steps, mode])
+    assert pipeline.resolve_params({"steps": "5"}) == {"steps": 5, "mode": "fast"}
+    with pytest.raises(ValueError, match="'steps': 0 is below its minimum 1"):
+        pipeline.resolve_params({"steps": 0})
+    with pytest.raises(ValueError, match="'steps': 101 is above its maximum 100"):
+        pipeline.resolve_params({"steps": 101})
+    with pytest.raises(ValueError, match=r"'mode': 'medium' is not one of \['fast', 'slow'\]"):
+        pipeline.resolve_params({"mode": "medium"})

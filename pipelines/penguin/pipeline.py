@@ -30,9 +30,10 @@ def create_pipeline() -> Pipeline:
     data_root = Param("data_root", str, PACKAGED_DATA, "directory of the input CSV files")
     input_pattern = Param("input_pattern", str, "penguins.csv",
                           "files under data_root; may hold {SPAN} or {YYYY}{MM}{DD}")
-    train_steps = Param("train_steps", int, 300, "training steps")
+    train_steps = Param("train_steps", int, 300, "training steps", minimum=1)
+    # Not capped at 1: an unreachable threshold is how to train without pushing.
     accuracy_threshold = Param("accuracy_threshold", float, 0.6,
-                               "lowest eval accuracy a model may have to be pushed")
+                               "lowest eval accuracy a model may have to be pushed", minimum=0)
     tune = Param("tune", bool, False, "search hyperparameters with KerasTuner before training")
 
     example_gen = ExampleGen(input_base=data_root, input_pattern=input_pattern)
