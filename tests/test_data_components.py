@@ -244,3 +244,21 @@ def test_statistics_gen_runs_beam_with_the_pipeline_beam_args(penguin_run, tmp_p
     assert result.steps["ExampleGen"].status == "executed"
     assert result.steps["StatisticsGen"].status == "failed"
     assert "NoSuchRunner" in result.failure
+
+
+def test_show_summarizes_statistics_schema_and_anomalies(penguin_run, capsys):
+    from pipelines import cli
+
+    _, home, result = penguin_run
+    shown = {}
+    for component_id, key in (("StatisticsGen", "statistics"), ("ImportSchemaGen", "schema"),
+                              ("ExampleValidator", "anomalies")):
+        artifact = result.steps[component_id].outputs[key]
+        assert cli.main(["show", str(artifact.id), "--home", str(home)]) == 0
+        shown[key] = capsys.readouterr().out
+    counts = {split: read_statistics(result.steps["StatisticsGen"].outputs["statistics"], split)
+              .datasets[0].num_examples for split in ("train", "eval")}
+    assert f"split train: {counts['train']} examples" in shown["statistics"]
+    assert "bill_length_mm" in shown["statistics"] and "HTML view:" in shown["statistics"]
+    assert "species" in shown["schema"] and "Adelie" in shown["schema"]
+    assert "split eval: no anomalies" in shown["anomalies"]
