@@ -363,10 +363,6 @@ def fingerprint_path(path: str) -> str:
     return digest.hexdigest()
 
 
-class StepHalted(Exception):
-    """Raised by `step.halt`: outputs are published, then nothing downstream runs."""
-
-
 @dataclass
 class Step:
     """What an executor sees: its inputs, outputs and parameters by name, and the run."""

@@ -17,16 +17,15 @@ class LatestBlessedModel(Resolver):
     baseline_model: Output[Model]
 
     def resolve(self, step: Step) -> dict[str, Model | None]:
-        return {"baseline_model": latest_blessed_model_before(step.metadata, step.model)}
+        return {"baseline_model": latest_blessed_model_before(
+            step.metadata, step.pipeline_name, step.model)}
 
 
-def latest_blessed_model_before(metadata, candidate: Model) -> Model | None:
+def latest_blessed_model_before(metadata, pipeline_name: str, candidate: Model) -> Model | None:
     blessed_ids = {blessing.model_id for blessing in metadata.artifacts_of_type(ModelBlessing)
                    if blessing.blessed and blessing.model_id is not None}
-    earlier = sorted((i for i in blessed_ids if i < candidate.id), reverse=True)
-    # Same producer: artifact directories are <home>/artifacts/<pipeline>/<step>/<output>/<id>.
-    producer_dir = os.path.dirname(candidate.uri.rstrip("/"))
-    for model in metadata.artifacts_by_id(earlier):
-        if os.path.dirname(model.uri.rstrip("/")) == producer_dir and os.path.isdir(model.uri):
-            return model
-    return None
+    # Same pipeline and same producing output ("Trainer.model"), newest first.
+    earlier = sorted((m for m in metadata.artifacts_in_pipeline(pipeline_name, Model)
+                      if m.id in blessed_ids and m.id < candidate.id and m.name == candidate.name),
+                     key=lambda m: m.id, reverse=True)
+    return next((m for m in earlier if os.path.isdir(m.uri)), None)
