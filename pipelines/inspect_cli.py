@@ -74,16 +74,22 @@ def print_artifact(home: str | None, ref: str) -> int:
     return 0
 
 
+def _per_split(artifact, file_name: str, message_class):
+    """(split, parsed proto) for every split that has `file_name`."""
+    for split in artifact.splits:
+        path = os.path.join(artifact.split_uri(split), file_name)
+        if os.path.exists(path):
+            message = message_class()
+            with open(path, "rb") as fh:
+                message.ParseFromString(fh.read())
+            yield split, message
+
+
 def _show_statistics(artifact) -> None:
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
-    for split in artifact.splits:
-        path = os.path.join(artifact.split_uri(split), "FeatureStats.pb")
-        if not os.path.exists(path):
-            continue
-        stats = statistics_pb2.DatasetFeatureStatisticsList()
-        with open(path, "rb") as fh:
-            stats.ParseFromString(fh.read())
+    for split, stats in _per_split(artifact, "FeatureStats.pb",
+                                   statistics_pb2.DatasetFeatureStatisticsList):
         for dataset in stats.datasets:
             print(f"  split {split}: {dataset.num_examples} examples")
             for feature in dataset.features:
@@ -124,13 +130,7 @@ def _show_schema(artifact) -> None:
 def _show_anomalies(artifact) -> None:
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-    for split in artifact.splits:
-        path = os.path.join(artifact.split_uri(split), "SchemaDiff.pb")
-        if not os.path.exists(path):
-            continue
-        anomalies = anomalies_pb2.Anomalies()
-        with open(path, "rb") as fh:
-            anomalies.ParseFromString(fh.read())
+    for split, anomalies in _per_split(artifact, "SchemaDiff.pb", anomalies_pb2.Anomalies):
         if not anomalies.anomaly_info and not anomalies.HasField("dataset_anomaly_info"):
             print(f"  split {split}: no anomalies")
         for feature, info in sorted(anomalies.anomaly_info.items()):
