@@ -30,4 +30,4 @@ test: env
 	$(VENV)/bin/python -m pytest -q
 
 bench: env
-	for b in bench/*.py; do $(VENV)/bin/python $$b || exit 1; done
+	for b in bench/bench_*.py bench/serving_bench.py; do $(VENV)/bin/python $$b || exit 1; done
