@@ -248,3 +248,17 @@ def test_runtime_parameter_bounds_and_choices_are_enforced(tmp_path):
         pipeline.resolve_params({"steps": 101})
     with pytest.raises(ValueError, match=r"'mode': 'medium' is not one of \['fast', 'slow'\]"):
         pipeline.resolve_params({"mode": "medium"})
+
+
+def test_metadata_store_is_sqlite_by_default_and_mysql_by_uri(tmp_path, monkeypatch):
+    from pipelines.metadata import connection_config
+
+    monkeypatch.delenv("PIPEWRIGHT_METADATA", raising=False)
+    home = Home.resolve(tmp_path)
+    sqlite = connection_config(home.metadata_uri)
+    assert sqlite.sqlite.filename_uri == str(tmp_path / "metadata.sqlite")
+
+    monkeypatch.setenv("PIPEWRIGHT_METADATA", "mysql://ml%40team:s3cret@db.internal:3307/mlmd")
+    mysql = connection_config(Home.resolve(tmp_path).metadata_uri)
+    assert (mysql.mysql.host, mysql.mysql.port, mysql.mysql.database) == ("db.internal", 3307, "mlmd")
+    assert (mysql.mysql.user, mysql.mysql.password) == ("ml@team", "s3cret")
