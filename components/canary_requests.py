@@ -56,18 +56,11 @@ def read_serialized_examples(file_pattern: str, limit: int) -> list[bytes]:
 
 def example_signature(grpc_target: str, model_name: str, signature_name: str) -> ExampleSignature:
     """Reads the signature from GetModelMetadata, checking it takes serialized examples."""
-    import grpc
-    from tensorflow_serving.apis import (get_model_metadata_pb2, prediction_service_pb2_grpc)
+    from tensorflow_serving.apis import get_model_metadata_pb2
 
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = model_name
-    with grpc.insecure_channel(grpc_target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        try:
-            response = stub.GetModelMetadata(request, timeout=30)
-        except grpc.RpcError as error:
-            raise CanaryFailed(f"GetModelMetadata failed: {error.code().name}: "
-                               f"{error.details()}") from None
+    response = _call_prediction_service(grpc_target, "GetModelMetadata", request, timeout=30)
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
     if signature_name not in signatures.signature_def:
@@ -107,19 +100,25 @@ def predict_request(model_name: str, signature: ExampleSignature, examples: list
 
 def grpc_predict(grpc_target: str, request) -> dict:
     """Output alias -> numpy array, from gRPC Predict."""
-    import grpc
     import tensorflow as tf
+
+    response = _call_prediction_service(grpc_target, "Predict", request, timeout=60)
+    return {alias: tf.make_ndarray(tensor) for alias, tensor in response.outputs.items()}
+
+
+def _call_prediction_service(grpc_target: str, method: str, request, *, timeout: float):
+    """One PredictionService call; a gRPC error becomes CanaryFailed naming the method."""
+    import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     options = [("grpc.max_receive_message_length", 1 << 30)]
     with grpc.insecure_channel(grpc_target, options=options) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         try:
-            response = stub.Predict(request, timeout=60)
+            return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as error:
-            raise CanaryFailed(f"gRPC Predict failed: {error.code().name}: "
+            raise CanaryFailed(f"gRPC {method} failed: {error.code().name}: "
                                f"{error.details()}") from None
-    return {alias: tf.make_ndarray(tensor) for alias, tensor in response.outputs.items()}
 
 
 def rest_predict(rest_url: str, model_name: str, signature: ExampleSignature,

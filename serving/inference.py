@@ -323,24 +323,24 @@ def _dtype_name(array: np.ndarray) -> str:
     return _DATATYPE_NAMES.get(dtype_of(array), f"DT_{array.dtype.name.upper()}")
 
 
+def _check_class_output(name: str, array: np.ndarray, dtype, dtype_name: str, n: int) -> None:
+    """TF Serving's checks of a classify output: [batch, num_classes], its dtype, batch n."""
+    if array.ndim != 2:
+        raise _invalid(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(array.shape)}")
+    if array.dtype != dtype:
+        raise _invalid(f"Expected {name} Tensor of {dtype_name}. Got: {_dtype_name(array)}")
+    if array.shape[0] != n:
+        raise _invalid(f"Expected {name} output batch size of {n}. Got: {array.shape[0]}")
+
+
 def classification_result(runner: SignatureRunner, outputs: dict, n: int) -> list[list[tuple[bytes, float]]]:
     """PostProcessClassificationResult -> per example [(label, score)]."""
     classes = outputs.get("classes") if "classes" in runner.outputs else None
     scores = outputs.get("scores") if "scores" in runner.outputs else None
     if classes is not None:
-        if classes.ndim != 2:
-            raise _invalid(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(classes.shape)}")
-        if classes.dtype != np.object_:
-            raise _invalid(f"Expected classes Tensor of DT_STRING. Got: {_dtype_name(classes)}")
-        if classes.shape[0] != n:
-            raise _invalid(f"Expected classes output batch size of {n}. Got: {classes.shape[0]}")
+        _check_class_output("classes", classes, np.object_, "DT_STRING", n)
     if scores is not None:
-        if scores.ndim != 2:
-            raise _invalid(f"Expected Tensor shape: [batch_size num_classes] but got {_shape(scores.shape)}")
-        if scores.dtype != np.float32:
-            raise _invalid(f"Expected scores Tensor of DT_FLOAT. Got: {_dtype_name(scores)}")
-        if scores.shape[0] != n:
-            raise _invalid(f"Expected scores output batch size of {n}. Got: {scores.shape[0]}")
+        _check_class_output("scores", scores, np.float32, "DT_FLOAT", n)
     if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
         raise _invalid(f"Tensors class and score should match in dim_size(1). Got "
                        f"{classes.shape[1]} vs. {scores.shape[1]}")
