@@ -378,6 +378,7 @@ class Step:
     metadata: Any = None  # pipelines.metadata.Metadata, for resolvers and history lookups
     outcome: str = "ok"
     outcome_reason: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
         values = self.__dict__.get("values", {})
@@ -385,6 +386,13 @@ class Step:
             return values[name]
         raise AttributeError(f"{self.__dict__.get('component')!r} has no input, output or "
                              f"parameter {name!r}")
+
+    def note(self, text: str) -> None:
+        """Adds a key fact to the step's one-line summary (console line, run summary, Airflow
+        XCom), e.g. "validated by pipewright". Kept with the execution, so a cached reuse
+        shows it too."""
+        self.notes.append(text)
+        self.log.info("%s", text)
 
     def skip(self, reason: str) -> None:
         """Marks the step skipped (e.g. Pusher without a blessing); outputs still publish."""

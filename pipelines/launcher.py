@@ -141,11 +141,12 @@ def launch(component: Component, *, run: RunInfo, inputs: dict[str, Artifact | N
     try:
         logger.info("executing %s (execution %d)", component.id, execution_id)
         component.execute(step)
+        reason = "; ".join(filter(None, [step.outcome_reason, *step.notes]))
         shutil.rmtree(tmp_dir, ignore_errors=True)
         published = _move_into_place(outputs, home, run.pipeline_name, component.id, execution_id)
         metadata.publish_execution(execution_id, pipeline_name=run.pipeline_name,
                                    run=run.context, outputs=published, outcome=step.outcome,
-                                   outcome_reason=step.outcome_reason,
+                                   outcome_reason=reason,
                                    duration_s=time.monotonic() - started)
     except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt must be recorded too
         cause = f"{type(exc).__name__}: {exc}"
@@ -160,7 +161,7 @@ def launch(component: Component, *, run: RunInfo, inputs: dict[str, Artifact | N
         logging.getLogger().removeHandler(handler)
         handler.close()
     result.status, result.outputs = "executed", published
-    result.outcome, result.reason = step.outcome, step.outcome_reason
+    result.outcome, result.reason = step.outcome, reason
     result.duration_s = time.monotonic() - started
     return result
 

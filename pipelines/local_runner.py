@@ -132,7 +132,8 @@ def _blocker(component: Component, result: RunResult) -> str:
 
 def _step_line(step: StepResult) -> str:
     status = step.status.upper() if step.status == "failed" else step.status
-    note = f" ({step.outcome}: {step.reason})" if step.outcome != "ok" else ""
+    note = (f" ({step.outcome}: {step.reason})" if step.outcome != "ok" else
+            f" ({step.reason})" if step.reason else "")
     if step.status == "failed":
         note = f" — see {step.log_path}"
     return f"[{step.duration_s:6.1f}s] {step.component_id:<22} {status}{note}"

@@ -1,0 +1,43 @@
+"""Telling an interrupted step from a finished one.
+
+A step that was cut short from outside — a termination signal to its process, a timeout,
+or a child process it supervises (a sandbox model server, a tuning worker) killed by
+someone else — has not finished its work, so it must not publish a verdict, positive or
+negative. It raises `StepInterrupted`; the launcher records the execution FAILED,
+publishes nothing and so caches nothing.
+
+A child that exits by itself (a non-zero exit code, or a crash signal such as SIGSEGV or
+SIGABRT raised by its own code) has finished: that outcome is evidence about the work
+(e.g. a model that crashes the server) and may become a verdict.
+"""
+from __future__ import annotations
+
+import signal
+
+# Signals that come from outside the process (an operator, `make down`, Airflow, the OOM
+# killer) rather than from a fault in the code the process ran.
+EXTERNAL_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP,
+                              signal.SIGQUIT})
+
+
+class StepInterrupted(RuntimeError):
+    """The step's work was cut short from outside; it publishes nothing and is not cached."""
+
+
+def killed_from_outside(returncode: int | None) -> bool:
+    """True when `returncode` (as `subprocess.Popen.returncode` gives it: -N for signal N)
+    says the child was ended by an external signal (SIGTERM, SIGKILL, SIGINT, SIGHUP,
+    SIGQUIT). Shells report signal N as 128 + N; that form counts too."""
+    if returncode is None:
+        return False
+    number = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    return number in {int(s) for s in EXTERNAL_SIGNALS}
+
+
+def check_child_exit(returncode: int | None, what: str) -> None:
+    """Raises StepInterrupted if the child `what` (e.g. "the sandbox model server, pid 42")
+    was killed from outside; returns otherwise."""
+    if killed_from_outside(returncode):
+        number = -returncode if returncode < 0 else returncode - 128
+        raise StepInterrupted(f"{what} was killed by {signal.Signals(number).name} from outside "
+                              f"the step; no verdict is published — re-run the step")
