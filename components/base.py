@@ -26,7 +26,6 @@ import hashlib
 import inspect
 import logging
 import os
-import threading
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,9 +34,6 @@ from typing import Any, ClassVar, Generic, TypeVar
 from components.artifacts import Artifact
 
 A = TypeVar("A", bound=Artifact)
-# inspect.getsource parses modules with `ast`, which CPython 3.11 cannot do in two threads
-# at once ("AST constructor recursion depth mismatch", gh-106905); steps launch in threads.
-_SOURCE_LOCK = threading.Lock()
 T = TypeVar("T")
 
 
@@ -234,6 +230,12 @@ class Component:
         overlap = set(cls.INPUTS) & set(cls.OUTPUTS)
         if overlap:
             raise ComponentDefinitionError(f"{cls.__name__}: {sorted(overlap)} both input and output")
+        for name in [*cls.INPUTS, *cls.OUTPUTS, *cls.PARAMETERS]:
+            clash = reserved_name_clash(name)
+            if clash:
+                raise ComponentDefinitionError(
+                    f"{cls.__name__}: {name!r} cannot name an input, output or parameter: it "
+                    f"is {clash}; choose another name (e.g. {cls.__name__.lower()}_{name})")
 
     def __init__(self, *, id: str | None = None, enable_cache: bool = True, **wiring: Any):
         self.id = id or type(self).__name__
@@ -307,31 +309,55 @@ class Component:
 
     # -- caching --------------------------------------------------------------------------
     def code_fingerprint(self) -> str:
-        """Changes when the component's own source changes."""
+        """Changes when the code that runs this component changes: the source file of its
+        class and of every base class (up to Component), with every module of the project
+        those files import, transitively (see components.source_fingerprint). A class with
+        no source file (defined in a REPL) falls back to its qualified name."""
+        from components.source_fingerprint import PROJECT_ROOT, fingerprint_sources
+
         digest = hashlib.sha256()
         for cls in type(self).__mro__:
-            if cls in (Component, object):
+            if cls in (Component, Resolver, object):
                 break
+            digest.update(cls.__qualname__.encode())
             try:
-                with _SOURCE_LOCK:
-                    source = inspect.getsource(cls)
-                digest.update(source.encode())
-            except (OSError, TypeError):
-                digest.update(cls.__qualname__.encode())
+                path = inspect.getfile(cls)
+            except TypeError:
+                continue
+            if not os.path.isfile(path):
+                continue
+            digest.update(fingerprint_sources(path, [PROJECT_ROOT, os.path.dirname(path)])
+                          .encode())
         return digest.hexdigest()
 
     def external_fingerprint(self, params: dict[str, Any]) -> str:
-        """Fingerprint of what the step reads from outside the pipeline. By default the
-        content of every ExternalPath parameter; components reading other files override."""
+        """Fingerprint of what the step reads from outside the pipeline: the content of
+        every ExternalPath parameter — for a Python file (a user module), with the modules
+        it imports from its own directory, transitively. Components reading other files
+        override this."""
         digest = hashlib.sha256()
         for name, spec in sorted(self.PARAMETERS.items()):
             if spec.type is ExternalPath and params.get(name):
                 digest.update(name.encode())
-                digest.update(fingerprint_path(params[name]).encode())
+                digest.update(fingerprint_external(params[name]).encode())
         return digest.hexdigest()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"
+
+
+def reserved_name_clash(name: str) -> str:
+    """What a spec name would shadow (a field or method of Step, which executors read
+    inputs, outputs and parameters through, or an attribute of Component), or ""."""
+    import dataclasses
+
+    step_fields = {f.name for f in dataclasses.fields(Step)}
+    if name in step_fields or (hasattr(Step, name) and not name.startswith("__")):
+        return f"a field of Step (step.{name} is the framework's)"
+    component_attrs = {"id", "enable_cache", "inputs", "outputs", "parameters", "upstream_order"}
+    if name in component_attrs or (name in dir(Resolver) and not name.startswith("__")):
+        return f"an attribute of Component"
+    return ""
 
 
 class Resolver(Component):
@@ -341,6 +367,16 @@ class Resolver(Component):
 
     def resolve(self, step: "Step") -> dict[str, Artifact | None]:
         raise NotImplementedError
+
+
+def fingerprint_external(path: str) -> str:
+    """A user module with its local imports (see components.source_fingerprint), or any
+    other file or directory by content (fingerprint_path)."""
+    if path.endswith(".py") and os.path.isfile(path):
+        from components.source_fingerprint import fingerprint_sources
+
+        return fingerprint_sources(path, [os.path.dirname(os.path.abspath(path))])
+    return fingerprint_path(path)
 
 
 def fingerprint_path(path: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 from components.anomaly_report import feature_anomalies, halt_message, split_section
 from components.artifacts import ExampleAnomalies, ExampleStatistics, Schema
 from components.base import Component, Input, Output, Parameter, Step
-from components.source_fingerprint import with_modules
 from components.split_names import included_splits
 from components.tfmd_files import read_schema, read_statistics, write_anomalies
 
@@ -31,10 +30,6 @@ class ExampleValidator(Component):
     skew_thresholds: Parameter[dict[str, float]] = {}
     skew_splits: Parameter[list[str]] = ["train", "eval"]
     fail_on_anomalies: Parameter[bool] = True
-
-    def code_fingerprint(self) -> str:
-        return with_modules(super().code_fingerprint(), __name__, "components.anomaly_report",
-                            "components.tfmd_files", "components.split_names")
 
     def execute(self, step: Step) -> None:
         import tensorflow_data_validation as tfdv

@@ -6,12 +6,10 @@ import shutil
 
 from components.artifacts import ExampleStatistics, Schema
 from components.base import Component, ExternalPath, Input, Output, Parameter, Step
-from components.source_fingerprint import with_modules
 from components.split_names import included_splits
 from components.tfmd_files import read_schema, read_statistics, write_schema
 
 TRAIN = "train"
-_HELPERS = ("components.tfmd_files", "components.split_names")
 
 
 class SchemaGen(Component):
@@ -24,9 +22,6 @@ class SchemaGen(Component):
     schema: Output[Schema]
     infer_feature_shape: Parameter[bool] = True
     exclude_splits: Parameter[list[str]] = []
-
-    def code_fingerprint(self) -> str:
-        return with_modules(super().code_fingerprint(), __name__, *_HELPERS)
 
     def execute(self, step: Step) -> None:
         import tensorflow_data_validation as tfdv
@@ -54,9 +49,6 @@ class ImportSchemaGen(Component):
 
     schema: Output[Schema]
     schema_file: Parameter[ExternalPath]
-
-    def code_fingerprint(self) -> str:
-        return with_modules(super().code_fingerprint(), __name__, *_HELPERS)
 
     def execute(self, step: Step) -> None:
         path = os.path.abspath(step.schema_file)

@@ -5,7 +5,6 @@ import os
 
 from components.artifacts import Examples, ExampleStatistics, Schema
 from components.base import Component, Input, OptionalInput, Output, Parameter, Step
-from components.source_fingerprint import with_modules
 from components.split_names import included_splits
 from components.tfmd_files import read_schema, read_statistics, statistics_path
 
@@ -21,10 +20,6 @@ class StatisticsGen(Component):
     schema: OptionalInput[Schema]
     statistics: Output[ExampleStatistics]
     exclude_splits: Parameter[list[str]] = []
-
-    def code_fingerprint(self) -> str:
-        return with_modules(super().code_fingerprint(), __name__, "components.tfmd_files",
-                            "components.split_names")
 
     def execute(self, step: Step) -> None:
         import apache_beam as beam
