@@ -31,6 +31,9 @@ DEFAULT_RETRY_DELAY = dt.timedelta(minutes=1)
 DEFAULT_MAX_RETRY_DELAY = dt.timedelta(minutes=15)
 DEFAULT_EXECUTION_TIMEOUT = dt.timedelta(hours=2)
 TAGS = ["pipewright"]
+# The DAG param naming steps whose cached executions this run does not reuse (the
+# counterpart of `pipewright run --rerun STEP`).
+RERUN_STEPS = "rerun_steps"
 
 
 # -- parameters ---------------------------------------------------------------------------
@@ -79,7 +82,18 @@ def airflow_param(param: Param) -> AirflowParam:
 
 
 def dag_params(pipeline: Pipeline) -> dict[str, AirflowParam]:
-    return {p.name: airflow_param(p) for p in pipeline.parameters}
+    """The pipeline's runtime parameters, plus `rerun_steps`: the steps (by id, chosen in
+    the trigger form) that execute again instead of reusing a cached execution."""
+    if RERUN_STEPS in {p.name for p in pipeline.parameters}:
+        raise ValueError(f"pipeline {pipeline.name!r}: the parameter name {RERUN_STEPS!r} is "
+                         f"reserved for choosing steps to re-run")
+    params = {p.name: airflow_param(p) for p in pipeline.parameters}
+    params[RERUN_STEPS] = AirflowParam(
+        [], type="array", items={"type": "string", "enum": [c.id for c in pipeline.order]},
+        uniqueItems=True, title=RERUN_STEPS,
+        description="steps to execute again instead of reusing their cached result "
+                    "(their downstream steps then execute too)")
+    return params
 
 
 # -- the DAG ------------------------------------------------------------------------------

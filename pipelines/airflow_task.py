@@ -16,11 +16,10 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
-from components.artifacts import Artifact
 from components.base import Component
-from pipelines.airflow_adapter import pipewright_run_id
+from pipelines.airflow_adapter import RERUN_STEPS, pipewright_run_id
 from pipelines.home import Home
-from pipelines.launcher import RunInfo, StepFailed, StepResult, launch
+from pipelines.launcher import InputsUnavailable, RunInfo, StepFailed, StepResult, launch
 from pipelines.metadata import Metadata
 from pipelines.pipeline import Pipeline
 
@@ -32,6 +31,7 @@ def run_component(pipeline: Pipeline, component: Component, context: Any,
     a failed one AirflowException (retried with backoff)."""
     airflow_run_id = context["dag_run"].run_id
     values = run_parameters(pipeline, context)
+    rerun = component.id in (context["dag_run"].conf or {}).get(RERUN_STEPS, [])
     home = Home.resolve()
     metadata = Metadata(home.metadata_uri)
     run_id = pipewright_run_id(airflow_run_id)
@@ -40,15 +40,19 @@ def run_component(pipeline: Pipeline, component: Component, context: Any,
     for dead in metadata.abandon_dead_executions(pipeline.name):
         log.warning("recorded execution %d (%s) as failed: its process died", dead.id,
                     dead.component_id)
-    inputs = upstream_inputs(metadata, run_context, component)
-    log.info("%s: pipewright run %s of %s, home %s, inputs %s", component.id, run_id,
-             pipeline.name, home.root,
-             {key: (a.id if a is not None else None) for key, a in inputs.items()})
+    log.info("%s: pipewright run %s of %s, home %s%s", component.id, run_id, pipeline.name,
+             home.root, " (re-run: the cache is not used)" if rerun else "")
     run = RunInfo(pipeline.name, run_id, values, list(pipeline.beam_args), run_context)
     try:
-        result = launch(component, run=run, inputs=inputs, metadata=metadata, home=home)
+        result = launch(component, run=run, metadata=metadata, home=home,
+                        enable_cache=not rerun)
     except StepFailed as failure:
+        if isinstance(failure.__cause__, InputsUnavailable):  # a retry cannot make them appear
+            raise AirflowFailException(f"{failure}; run the whole DAG (or clear the upstream "
+                                       f"task too)") from None
         raise AirflowException(str(failure)) from None
+    log.info("%s: inputs %s", component.id,
+             {k: a.id for k, a in metadata.inputs_of_execution(result.execution_id).items()})
     if result.status == "cached":
         log.info("%s: cached, reusing the outputs of an earlier execution (its log: %s)",
                  component.id, result.log_path)
@@ -67,6 +71,11 @@ def run_parameters(pipeline: Pipeline, context: Any) -> dict[str, Any]:
     and `dag.test` only the given ones: the others take the pipeline's defaults, which are
     the DAG params' defaults). A conf key the pipeline does not declare is an error."""
     conf = dict(context["dag_run"].conf or {})
+    rerun = conf.pop(RERUN_STEPS, [])
+    steps = [c.id for c in pipeline.order]
+    if not isinstance(rerun, list) or sorted(set(rerun) - set(steps)):
+        raise AirflowFailException(f"{RERUN_STEPS} must list steps of {pipeline.name!r} "
+                                   f"({steps}), got {rerun!r}")
     declared = [p.name for p in pipeline.parameters]
     unknown = sorted(set(conf) - set(declared))
     if unknown:
@@ -76,25 +85,6 @@ def run_parameters(pipeline: Pipeline, context: Any) -> dict[str, Any]:
         return pipeline.resolve_params(conf)
     except (KeyError, TypeError, ValueError) as exc:
         raise AirflowFailException(str(exc)) from None
-
-
-def upstream_inputs(metadata: Metadata, run_context: Any,
-                    component: Component) -> dict[str, Artifact | None]:
-    """The component's input artifacts: the outputs its producers recorded in this run."""
-    inputs: dict[str, Artifact | None] = {}
-    for key, channel in component.inputs.items():
-        if channel is None:
-            inputs[key] = None
-            continue
-        producer = channel.producer.id
-        record = metadata.latest_in_run(run_context, producer)
-        if record is None or record.state not in ("complete", "cached"):
-            state = "no execution" if record is None else f"execution {record.id} {record.state}"
-            raise AirflowFailException(
-                f"{component.id}.{key} reads {producer}.outputs.{channel.key}, but {producer} "
-                f"has {state} in this run; run the whole DAG (or clear {producer} too)")
-        inputs[key] = metadata.outputs_of_execution(record.id).get(channel.key)
-    return inputs
 
 
 def step_summary(result: StepResult) -> dict[str, Any]:

@@ -25,7 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     pipeline = registry.load(args.pipeline)
     result = run_pipeline(pipeline, home=args.home, params=_parse_params(args.param),
-                          enable_cache=not args.no_cache, max_parallel=args.max_parallel)
+                          enable_cache=not args.no_cache, rerun=args.rerun,
+                          max_parallel=args.max_parallel)
     return 0 if result.ok else 1
 
 
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--home", help=home_help)
     run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     run.add_argument("--no-cache", action="store_true", help="execute every step")
+    run.add_argument("--rerun", action="append", default=[], metavar="STEP",
+                     help="execute STEP again instead of reusing its cached result (its "
+                          "downstream steps follow); repeatable")
     run.add_argument("--max-parallel", type=int, default=2, help="steps run at once (default 2)")
     run.set_defaults(func=cmd_run)
 

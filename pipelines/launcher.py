@@ -1,7 +1,11 @@
 """Runs one component of one run: the code path shared by the local runner and Airflow.
 
-cache lookup -> record RUNNING -> execute into staging -> rename into place -> record
-COMPLETE with the outputs, all or nothing. A failure records FAILED and publishes nothing.
+resolve inputs from ML Metadata -> cache lookup -> record RUNNING -> execute into staging
+-> rename into place -> record COMPLETE with the outputs, all or nothing. A failure, or an
+interruption (a termination signal or timeout while the step ran, a supervised child
+process killed from outside), records FAILED and publishes — so caches — nothing.
+Inputs are read from the metadata store here, for every runner, as TFX's portable launcher
+resolves them: the runners only decide when a step runs.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from typing import Any
 
 from components.artifacts import Artifact
 from components.base import Component, Resolver, Step
+from components.interruption import StepInterrupted
+from pipelines import interrupts
 from pipelines.home import Home
 from pipelines.metadata import Metadata
 
@@ -56,8 +62,29 @@ class StepFailed(RuntimeError):
         self.cause = cause
 
 
+class InputsUnavailable(RuntimeError):
+    """An upstream step has no usable outputs in this run."""
+
+
 def cache_key(component: Component, params: dict[str, Any],
               inputs: dict[str, Artifact | None]) -> str:
+    """The key under which a step's outputs are reused. Its ingredients, all of them:
+
+    - `format`: CACHE_FORMAT, bumped when the launcher's publishing changes;
+    - `component`: the component class's module and qualified name, and `id`: its id in
+      the pipeline;
+    - `code`: Component.code_fingerprint() — the source files of the class and its bases
+      with every project module they import, transitively (components.source_fingerprint);
+    - `params`: every parameter value after runtime parameters are resolved (JSON);
+    - `inputs`: the ML Metadata id of each input artifact (None when unconnected or
+      resolved to nothing) — ids, so an upstream re-execution changes the key;
+    - `external`: Component.external_fingerprint(params) — the content of every
+      ExternalPath parameter; a user module with the modules it imports from its own
+      directory; components reading other files add those.
+
+    Not in the key: library versions (pinned by uv.lock), Beam arguments, the run id, the
+    home. A hit also needs the earlier execution COMPLETE with its output directories
+    still on disk (Metadata.find_cached)."""
     payload = {
         "format": CACHE_FORMAT,
         "component": f"{type(component).__module__}.{type(component).__qualname__}",
@@ -92,15 +119,48 @@ def _step_logger(component_id: str, log_path: str) -> tuple[logging.Logger, logg
     return logger, handler
 
 
-def launch(component: Component, *, run: RunInfo, inputs: dict[str, Artifact | None],
-           metadata: Metadata, home: Home, enable_cache: bool = True) -> StepResult:
-    """Runs `component` for `run` with resolved input artifacts; raises StepFailed."""
+def resolve_inputs(component: Component, run: RunInfo,
+                   metadata: Metadata) -> dict[str, Artifact | None]:
+    """Each input's artifact: the output its producer recorded (executed, cached or
+    resolved) in this run, newest execution first. An unconnected optional input, or a
+    Resolver that found nothing, gives None. Raises InputsUnavailable naming the producer
+    when it has no finished execution in the run or lacks the output."""
+    inputs: dict[str, Artifact | None] = {}
+    for key, channel in component.inputs.items():
+        if channel is None:
+            inputs[key] = None
+            continue
+        producer = channel.producer
+        record = metadata.latest_in_run(run.context, producer.id)
+        if record is None or record.state not in ("complete", "cached"):
+            state = "no execution" if record is None else f"execution {record.id} {record.state}"
+            raise InputsUnavailable(
+                f"{component.id}.{key} reads {producer.id}.outputs.{channel.key}, but "
+                f"{producer.id} has {state} in run {run.run_id}")
+        artifact = metadata.outputs_of_execution(record.id).get(channel.key)
+        if artifact is None and not (isinstance(producer, Resolver)
+                                     and component.INPUTS[key].optional):
+            raise InputsUnavailable(
+                f"{component.id}.{key} reads {producer.id}.outputs.{channel.key}, but "
+                f"execution {record.id} of {producer.id} recorded no such output")
+        inputs[key] = artifact
+    return inputs
+
+
+def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home,
+           enable_cache: bool = True) -> StepResult:
+    """Runs `component` for `run`: resolves its inputs from the metadata store, reuses a
+    cached execution or executes it. Returns the StepResult; raises StepFailed (the
+    failure recorded as a FAILED execution) when it cannot run, fails or is interrupted."""
     started = time.monotonic()
+    interrupts.watch()
     log_path = home.log_path(run.pipeline_name, run.run_id, component.id)
     result = StepResult(component.id, "failed", log_path=log_path)
     try:
         params = component.resolve_parameters(run.params)
-    except (TypeError, ValueError) as exc:
+        inputs = resolve_inputs(component, run, metadata)
+    except (TypeError, ValueError, InputsUnavailable) as exc:
+        _record_failure(component, run, metadata, {}, {}, str(exc), result, started)
         raise StepFailed(result, str(exc)) from exc
 
     if isinstance(component, Resolver):
@@ -141,6 +201,10 @@ def launch(component: Component, *, run: RunInfo, inputs: dict[str, Artifact | N
     try:
         logger.info("executing %s (execution %d)", component.id, execution_id)
         component.execute(step)
+        signal_name = interrupts.since(started)
+        if signal_name:
+            raise StepInterrupted(f"{signal_name} arrived while the step ran; its outputs "
+                                  f"are discarded")
         reason = "; ".join(filter(None, [step.outcome_reason, *step.notes]))
         shutil.rmtree(tmp_dir, ignore_errors=True)
         published = _move_into_place(outputs, home, run.pipeline_name, component.id, execution_id)
@@ -166,6 +230,19 @@ def launch(component: Component, *, run: RunInfo, inputs: dict[str, Artifact | N
     return result
 
 
+def _record_failure(component: Component, run: RunInfo, metadata: Metadata,
+                    inputs: dict[str, Artifact | None], params: dict[str, Any], cause: str,
+                    result: StepResult, started: float) -> None:
+    """A FAILED execution for a step that failed before executing (bad parameters,
+    missing inputs, a Resolver's error), so every failure is in the metadata store."""
+    result.duration_s = time.monotonic() - started
+    result.execution_id = metadata.begin_execution(
+        type_name=type(component).__name__, component_id=component.id,
+        pipeline_name=run.pipeline_name, run=run.context, inputs=inputs, cache_key="",
+        parameters=params, log_path="")
+    metadata.fail_execution(result.execution_id, cause, result.duration_s)
+
+
 def _resolve(component: Resolver, run: RunInfo, inputs, params, metadata, home,
              result: StepResult, started: float) -> StepResult:
     logger = logging.getLogger(f"pipewright.step.{component.id}")
@@ -175,7 +252,9 @@ def _resolve(component: Resolver, run: RunInfo, inputs, params, metadata, home,
     try:
         found = component.resolve(step)
     except Exception as exc:
-        raise StepFailed(result, f"{type(exc).__name__}: {exc}") from exc
+        cause = f"{type(exc).__name__}: {exc}"
+        _record_failure(component, run, metadata, inputs, params, cause, result, started)
+        raise StepFailed(result, cause) from exc
     outputs = {key: artifact for key, artifact in found.items() if artifact is not None}
     execution_id = metadata.begin_execution(
         type_name=type(component).__name__, component_id=component.id,

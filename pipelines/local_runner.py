@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from components.base import Component
+from components.interruption import StepInterrupted
+from pipelines import interrupts
 from pipelines.home import Home
 from pipelines.launcher import RunInfo, StepFailed, StepResult, launch
 from pipelines.metadata import Metadata
@@ -54,12 +56,24 @@ def new_run_id() -> str:
 
 def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
                  params: dict[str, Any] | None = None, enable_cache: bool = True,
-                 max_parallel: int = 2, run_id: str | None = None,
+                 rerun: list[str] | tuple[str, ...] = (), max_parallel: int = 2,
+                 run_id: str | None = None,
                  echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr,
                                                                   flush=True)) -> RunResult:
+    """Runs every step of `pipeline` in dependency order through the launcher, at most
+    `max_parallel` at once. `enable_cache=False` executes every step; `rerun` names steps
+    whose cached executions are not reused this time (their downstream steps then see new
+    inputs and execute too). Raises ValueError naming an unknown step in `rerun`. A
+    termination signal stops scheduling; the steps running then fail (nothing they did is
+    published) and the run is recorded failed."""
     started = time.monotonic()
     home = home if isinstance(home, Home) else Home.resolve(home)
     values = pipeline.resolve_params(params)
+    unknown = sorted(set(rerun) - {c.id for c in pipeline.order})
+    if unknown:
+        raise ValueError(f"--rerun names no step of {pipeline.name}: {unknown}; its steps are "
+                         f"{[c.id for c in pipeline.order]}")
+    interrupts.watch()
     metadata = Metadata(home.metadata_uri)
     for dead in metadata.abandon_dead_executions(pipeline.name):
         echo(f"recorded execution {dead.id} ({dead.component_id}) as failed: its process died")
@@ -84,11 +98,9 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
                     pending.remove(component)
                 elif all(u.id in result.steps for u in component.upstream) and \
                         len(running) < max(1, max_parallel):
-                    inputs = {key: (result.steps[ch.producer.id].outputs.get(ch.key)
-                                    if ch is not None else None)
-                              for key, ch in component.inputs.items()}
-                    future = pool.submit(launch, component, run=run, inputs=inputs,
-                                         metadata=metadata, home=home, enable_cache=enable_cache)
+                    future = pool.submit(launch, component, run=run, metadata=metadata,
+                                         home=home,
+                                         enable_cache=enable_cache and component.id not in rerun)
                     running[future] = component
                     pending.remove(component)
             if halted:
@@ -97,7 +109,14 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
                 pending.clear()
             if not running:
                 continue
-            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            try:
+                done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            except (StepInterrupted, KeyboardInterrupt) as exc:
+                halted = halted or f"interrupted ({exc or type(exc).__name__})"
+                result.failure = result.failure or halted
+                echo(f"{halted}: waiting for {len(running)} running step(s) to stop; "
+                     f"they publish nothing")
+                continue
             for future in done:
                 component = running.pop(future)
                 try:

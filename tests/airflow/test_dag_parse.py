@@ -51,7 +51,10 @@ def test_tasks_and_dependencies_follow_the_pipeline_graph(report):
 def test_runtime_parameters_become_typed_dag_params(report):
     for name, pipeline in expected_pipelines().items():
         params = report["dags"][name]["params"]
-        assert sorted(params) == sorted(p.name for p in pipeline.parameters), name
+        assert sorted(params) == sorted([p.name for p in pipeline.parameters] + ["rerun_steps"])
+        rerun = params["rerun_steps"]
+        assert rerun["default"] == [] and rerun["schema"]["type"] == "array", name
+        assert rerun["schema"]["items"]["enum"] == [c.id for c in pipeline.order], name
         for param in pipeline.parameters:
             schema = params[param.name]["schema"]
             assert params[param.name]["default"] == param.default, param.name
