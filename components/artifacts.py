@@ -131,26 +131,35 @@ class HyperParameters(Artifact):
 class ModelEvaluation(Artifact):
     """TFMA evaluation output and a readable report of metrics per slice."""
 
-    PROPERTIES = {"baseline_model_id": INT}
+    PROPERTIES = {"baseline_model_id": INT, "baseline_version": INT}
 
 
 class ModelBlessing(Artifact):
     """Whether the Evaluator judged the model good enough to push."""
 
-    PROPERTIES = {"blessed": INT, "model_id": INT, "baseline_model_id": INT, "reason": STRING}
+    PROPERTIES = {"blessed": INT, "model_id": INT, "baseline_model_id": INT,
+                  "baseline_version": INT, "reason": STRING}
 
 
 class InfraBlessing(Artifact):
-    """Whether the model loaded and answered in a real model server."""
+    """Whether the model loaded and answered canary requests in a model server, and which:
+    `server` is the one that validated ("tensorflow_model_server" or "docker": TF Serving's
+    C++ binary; "pipewright": our Python server, which loads the model with this
+    environment's TensorFlow and so cannot catch ops missing from TF Serving's binary);
+    `requested_server` is the InfraValidator's `serving_binary` ("auto" or one of those).
+    They differ after "auto" chose, or after a fallback (report.txt says why)."""
 
-    PROPERTIES = {"blessed": INT, "model_id": INT, "reason": STRING}
+    PROPERTIES = {"blessed": INT, "model_id": INT, "reason": STRING, "server": STRING,
+                  "requested_server": STRING}
 
 
 class PushedModel(Artifact):
-    """Where a model was pushed: the serving directory and the version it got."""
+    """Where a model was pushed: the serving directory and the version it got.
+    `rolled_back` is set to 1 when `pipewright rollback` replaced this version: it is then
+    never an Evaluator baseline again (a new push of the model makes a new record)."""
 
     PROPERTIES = {"pushed": INT, "pushed_version": INT, "pushed_destination": STRING,
-                  "model_id": INT, "model_name": STRING}
+                  "model_id": INT, "model_name": STRING, "rolled_back": INT}
 
 
 def artifact_class(type_name: str) -> type[Artifact]:

@@ -311,8 +311,9 @@ class Component:
     def code_fingerprint(self) -> str:
         """Changes when the code that runs this component changes: the source file of its
         class and of every base class (up to Component), with every module of the project
-        those files import, transitively (see components.source_fingerprint). A class with
-        no source file (defined in a REPL) falls back to its qualified name."""
+        those files import, transitively (see components.source_fingerprint). The project
+        is this repository and the directory the class's top-level package lives in. A
+        class with no source file (defined in a REPL) falls back to its qualified name."""
         from components.source_fingerprint import PROJECT_ROOT, fingerprint_sources
 
         digest = hashlib.sha256()
@@ -326,8 +327,11 @@ class Component:
                 continue
             if not os.path.isfile(path):
                 continue
-            digest.update(fingerprint_sources(path, [PROJECT_ROOT, os.path.dirname(path)])
-                          .encode())
+            # Absolute imports resolve where the class's top-level package lives.
+            import_root = os.path.dirname(os.path.abspath(path))
+            for _ in range(cls.__module__.count(".")):
+                import_root = os.path.dirname(import_root)
+            digest.update(fingerprint_sources(path, [PROJECT_ROOT, import_root]).encode())
         return digest.hexdigest()
 
     def external_fingerprint(self, params: dict[str, Any]) -> str:
@@ -411,6 +415,7 @@ class Step:
     tmp_dir: str
     log: logging.Logger
     beam_args: list[str] = field(default_factory=list)
+    serving_dir: str = ""  # the home's serving directory: <serving_dir>/<model>/<version>/
     metadata: Any = None  # pipelines.metadata.Metadata, for resolvers and history lookups
     outcome: str = "ok"
     outcome_reason: str = ""

@@ -28,7 +28,7 @@ class Pusher(Component):
     push_destination: Parameter[str] = ""  # default: the home's serving directory
 
     def execute(self, step: Step) -> None:
-        destination = serving_base(step.home, step.push_destination, step.model_name)
+        destination = serving_base(step.serving_dir, step.push_destination, step.model_name)
         step.pushed_model.set(pushed=0, model_id=step.model.id, model_name=step.model_name,
                               pushed_destination=destination)
         refusal = _refusal(step.model, step.model_blessing, step.infra_blessing)
@@ -44,13 +44,14 @@ class Pusher(Component):
         step.log.info("pushed model %s to %s/%d", step.model.id, destination, version)
 
 
-def serving_base(home: str, push_destination: str, model_name: str) -> str:
-    """`<serving dir>/<model name>`: the directory a model server polls for versions."""
+def serving_base(serving_dir: str, push_destination: str, model_name: str) -> str:
+    """`<push_destination or serving_dir>/<model name>`: the directory a model server
+    polls for versions. Raises ValueError for a model name that is no directory name."""
     if not model_name or "/" in model_name or model_name.startswith("."):
         raise ValueError(f"model_name {model_name!r} is not a valid directory name")
-    from pipelines.home import Home
-
-    root = push_destination or Home(home).serving_dir
+    root = push_destination or serving_dir
+    if not root:
+        raise ValueError("no serving directory: give push_destination")
     return os.path.join(os.path.abspath(root), model_name)
 
 
@@ -90,10 +91,17 @@ def _validated_extra_assets(infra: InfraBlessing | None) -> str | None:
     return infra.path(ASSETS_EXTRA)
 
 
+INT64_MAX = 2**63 - 1
+
+
 def versions_on_disk(destination: str) -> list[int]:
+    """The version directories a model server sees, ascending: names that are decimal
+    int64 numbers, as TF Serving's file-system source parses them (others are ignored)."""
     if not os.path.isdir(destination):
         return []
-    return sorted(int(name) for name in os.listdir(destination) if name.isdigit())
+    return sorted(int(name) for name in os.listdir(destination)
+                  if name.isascii() and name.isdigit() and int(name) <= INT64_MAX
+                  and os.path.isdir(os.path.join(destination, name)))
 
 
 def next_version(destination: str, metadata=None) -> int:

@@ -8,6 +8,8 @@ there before (Airflow's raises AirflowTaskTerminated / AirflowTaskTimeout in the
 or, where there was none, by raising `StepInterrupted` in the main thread. Step threads
 keep running, but `since(t)` tells the launcher a signal arrived after the step started,
 and it fails the step instead of publishing (components.interruption explains why).
+Python runs handlers in the main thread only, so a main thread that waits on steps wakes
+up often (the local runner: every POLL_S) to record a signal the kernel gave a step thread.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ _WATCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _received: list[tuple[float, int]] = []  # (time.monotonic(), signal number)
 _previous: dict[int, Any] = {}
 _lock = threading.Lock()
+POLL_S = 0.2
 
 
 def _on_signal(number: int, frame: Any) -> None:

@@ -197,6 +197,7 @@ def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home
     logger, handler = _step_logger(component.id, log_path)
     step = Step(component=component, values={**inputs, **outputs, **params},
                 pipeline_name=run.pipeline_name, run_id=run.run_id, home=home.root,
+                serving_dir=home.serving_dir,
                 tmp_dir=tmp_dir, log=logger, beam_args=list(run.beam_args), metadata=metadata)
     try:
         logger.info("executing %s (execution %d)", component.id, execution_id)
@@ -247,7 +248,8 @@ def _resolve(component: Resolver, run: RunInfo, inputs, params, metadata, home,
              result: StepResult, started: float) -> StepResult:
     logger = logging.getLogger(f"pipewright.step.{component.id}")
     step = Step(component=component, values={**inputs, **params}, pipeline_name=run.pipeline_name,
-                run_id=run.run_id, home=home.root, tmp_dir="", log=logger,
+                run_id=run.run_id, home=home.root, serving_dir=home.serving_dir, tmp_dir="",
+                log=logger,
                 beam_args=list(run.beam_args), metadata=metadata)
     try:
         found = component.resolve(step)
@@ -266,7 +268,8 @@ def _resolve(component: Resolver, run: RunInfo, inputs, params, metadata, home,
                                    f"{k}={a.id}" for k, a in outputs.items()),
                                duration_s=time.monotonic() - started)
     result.status, result.outputs, result.execution_id = "resolved", outputs, execution_id
-    result.reason = ", ".join(f"{k}: artifact {a.id}" for k, a in outputs.items()) or "nothing found"
+    result.reason = "; ".join(step.notes) or (
+        ", ".join(f"{k}: artifact {a.id}" for k, a in outputs.items()) or "nothing found")
     result.duration_s = time.monotonic() - started
     return result
 

@@ -110,7 +110,9 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
             if not running:
                 continue
             try:
-                done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+                # A timeout, so a signal the kernel gave a step thread is handled soon.
+                done, _ = futures.wait(running, timeout=interrupts.POLL_S,
+                                       return_when=futures.FIRST_COMPLETED)
             except (StepInterrupted, KeyboardInterrupt) as exc:
                 halted = halted or f"interrupted ({exc or type(exc).__name__})"
                 result.failure = result.failure or halted

@@ -169,6 +169,13 @@ class Metadata:
         name = proto.custom_properties["name"].string_value if "name" in proto.custom_properties else ""
         return cls(uri=proto.uri, properties=properties, id=proto.id, name=name)
 
+    def update_artifact(self, artifact: Artifact) -> None:
+        """Writes a recorded artifact's properties again (e.g. a push marked rolled back);
+        its URI and id stay as they are."""
+        if artifact.id is None:
+            raise ValueError(f"{artifact!r} is not recorded in the metadata store")
+        self._retry(lambda: self._store.put_artifacts([self._to_proto(artifact)]))
+
     def artifacts_by_id(self, ids: Iterable[int]) -> list[Artifact]:
         ids = list(ids)
         if not ids:

@@ -4,7 +4,9 @@ The model served now is the newest version in `<serving dir>/MODEL/`. Rolling ba
 the newest model trained before it (among the models ever pushed there, i.e. blessed) as
 a new, higher version, so model servers pick it up like any push and versions stay
 monotonic. The version it was served as before is copied when still there (warmup
-requests included), else the model's SavedModel. The push is recorded in the metadata store, so a second rollback goes one
+requests included), else the model's SavedModel. The push is recorded in the metadata
+store, and the replaced version's push is marked `rolled_back`: it is skipped by later
+rollbacks and never becomes the Evaluator's baseline again, so a second rollback goes one
 model further back. No TensorFlow is imported.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ class RollbackError(RuntimeError):
 def rollback(model_name: str, home: str | None = None, push_destination: str = "") -> PushedModel:
     """Pushes the model before the one now served; returns the recorded push."""
     home_dir = Home.resolve(home)
-    destination = serving_base(home_dir.root, push_destination, model_name)
+    destination = serving_base(home_dir.serving_dir, push_destination, model_name)
     metadata = Metadata(home_dir.metadata_uri)
     served = versions_on_disk(destination)
     if not served:
@@ -38,7 +40,7 @@ def rollback(model_name: str, home: str | None = None, push_destination: str = "
         raise RollbackError(f"version {served[-1]} in {destination} was not pushed by "
                             f"pipewright (no record in {metadata.uri}); cannot tell which "
                             f"model it is")
-    earlier = sorted((p for p in pushes if p.model_id < current.model_id),
+    earlier = sorted((p for p in pushes if p.model_id < current.model_id and not p.rolled_back),
                      key=lambda p: (p.model_id, p.pushed_version), reverse=True)
     for previous in earlier:
         # The exact version served before (with its warmup requests), else the model.
@@ -48,6 +50,8 @@ def rollback(model_name: str, home: str | None = None, push_destination: str = "
             source = model.serving_dir
         if model is not None and os.path.isfile(os.path.join(source, "saved_model.pb")):
             version = push(source, destination, metadata)
+            current.set(rolled_back=1)  # never a baseline again unless pushed again
+            metadata.update_artifact(current)
             return _record(metadata, model, destination, model_name, version, served[-1])
     raise RollbackError(f"version {served[-1]} (model {current.model_id}) is the oldest "
                         f"blessed model pushed to {destination}: nothing to roll back to")

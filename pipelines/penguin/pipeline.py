@@ -11,7 +11,7 @@ from components.example_gen import ExampleGen
 from components.example_validator import ExampleValidator
 from components.infra_validator import InfraValidator
 from components.pusher import Pusher
-from components.resolver import LatestBlessedModel
+from components.resolver import LatestPushedModel
 from components.schema_gen import ImportSchemaGen
 from components.statistics_gen import StatisticsGen
 from components.trainer import Trainer
@@ -52,9 +52,10 @@ def create_pipeline() -> Pipeline:
                       schema=schema_gen.outputs.schema,
                       hyperparameters=tuner.outputs.best_hyperparameters,
                       module_file=MODULE_FILE, train_steps=train_steps)
-    baseline = LatestBlessedModel(model=trainer.outputs.model)
+    baseline = LatestPushedModel(model=trainer.outputs.model, model_name="penguin")
     evaluator = Evaluator(examples=example_gen.outputs.examples, model=trainer.outputs.model,
                           baseline_model=baseline.outputs.baseline_model,
+                          baseline_pushed_model=baseline.outputs.baseline_pushed_model,
                           schema=schema_gen.outputs.schema, label_key="species",
                           preprocessing_function_names=["transform_label"],
                           slice_features=[["island"], ["sex"]],
