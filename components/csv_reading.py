@@ -4,6 +4,8 @@ Two passes over the files, neither holding more than one row: the first checks e
 file's header and field counts and infers each column's type (int, float or string: a
 column with any non-numeric value is a string column), the second yields typed values.
 "NA" and the empty string are missing values; they are yielded as None, never filled.
+Quoting is checked strictly (see `_records`): malformed quoting fails naming the file and
+line instead of merging or changing rows.
 """
 from __future__ import annotations
 
@@ -49,26 +51,134 @@ def _widen(current: str | None, seen: str) -> str:
     return _WIDER.get((current, seen), STRING)
 
 
-def _records(path: str) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) for every non-blank record, the header included."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: drop an Excel BOM
-        reader = csv.reader(fh)
-        try:
-            for fields in reader:
-                if fields:
-                    yield reader.line_num, fields
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise CsvInputError(f"{path} line {reader.line_num + 1}: cannot be read as "
-                                f"UTF-8 CSV ({exc})") from None
+def _records(path: str) -> Iterator[tuple[int, int, list[str]]]:
+    """(first line, last line, fields) for every non-blank record, the header included.
+
+    Quoting is read strictly, as RFC 4180 writes it: a quoted field is closed by a quote
+    followed by a delimiter or the end of the line, a quote inside it is doubled, and an
+    unquoted field holds no quote. Anything else fails naming the line, so a quote left open
+    never swallows the rows after it and a stray quote never changes a value silently. A
+    quoted field may span lines (legal CSV); line numbers count physical lines, so they stay
+    right after it.
+    """
+    # surrogateescape: undecodable bytes are found line by line (_lines), not per buffer
+    # chunk, so the error names the right line. -sig: drop an Excel BOM.
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
+        raw: list[str] = []  # the physical lines of the record being read, nothing more
+        reader = csv.reader(_lines(fh, path, raw), strict=True)
+        while True:
+            start = reader.line_num + 1
+            raw.clear()
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise CsvInputError(_malformed(path, start, raw, reader.line_num, exc)) from None
+            if not fields:
+                continue
+            # Fast path: a one-line record without a quote cannot be misquoted. Otherwise a
+            # quote left in a value is either doubled inside a quoted field or stray.
+            if (len(raw) > 1 or '"' in raw[0]) and any('"' in value for value in fields):
+                problem = _quote_problem(raw)
+                if problem:
+                    raise CsvInputError(_describe(path, start, problem))
+            yield start, reader.line_num, fields
 
 
-def _check_header(path: str, header: list[str]) -> None:
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a bad byte
+
+
+def _lines(fh, path: str, raw: list[str]) -> Iterator[str]:
+    for number, line in enumerate(fh, 1):
+        if not line.isascii():
+            bad = _UNDECODABLE.search(line)
+            if bad:
+                raise CsvInputError(
+                    f"{path} line {number}: cannot be read as UTF-8 CSV (byte "
+                    f"0x{ord(bad.group()) - 0xDC00:02x} at character {bad.start() + 1} is "
+                    f"not UTF-8)")
+        raw.append(line)
+        yield line
+
+
+@dataclass(frozen=True)
+class _QuoteProblem:
+    kind: str  # "stray", "after_close" or "unclosed"
+    line: int  # the line of the offending quote or text, as an offset into the record's lines
+    field: int  # which field of the record, from 1
+    opened: int  # the line (offset) where that field's opening quote is; -1: unquoted field
+
+
+def _quote_problem(lines: list[str]) -> _QuoteProblem | None:
+    """The first quoting error in one record's raw lines, by RFC 4180; None if it has none.
+
+    Only run on records that hold a quote in a value or failed to parse, so its
+    character-by-character pace does not matter.
+    """
+    state, field, opened = "start", 1, -1
+    for offset, line in enumerate(lines):
+        for char in line:
+            if state == "quoted":
+                if char == '"':
+                    state = "quote_in_quoted"
+            elif char == ",":
+                state, field, opened = "start", field + 1, -1
+            elif char in "\r\n":  # outside quotes: the end of the record
+                state, field, opened = "start", 1, -1
+            elif state == "start":
+                state, opened = ("quoted", offset) if char == '"' else ("unquoted", -1)
+            elif state == "unquoted":
+                if char == '"':
+                    return _QuoteProblem("stray", offset, field, -1)
+            elif state == "quote_in_quoted":
+                if char != '"':
+                    return _QuoteProblem("after_close", offset, field, opened)
+                state = "quoted"  # a doubled quote inside the field
+    if state == "quoted":
+        return _QuoteProblem("unclosed", opened, field, opened)
+    return None
+
+
+def _describe(path: str, start: int, problem: _QuoteProblem) -> str:
+    where = f"{path} line {start + problem.line}: unbalanced quotes"
+    if problem.kind == "stray":
+        return (f"{where}: a quote inside unquoted field {problem.field}; a field holding a "
+                f"quote must be quoted whole, with the quote doubled (\"ab\"\"c\")")
+    if problem.kind == "after_close":
+        opened = ("" if problem.opened == problem.line
+                  else f", whose quote opened on line {start + problem.opened}")
+        return (f"{where}: text after the closing quote of field {problem.field}{opened}; a "
+                f"quote inside a quoted field is doubled (\"ab\"\"c\")")
+    return (f"{where}: the quote opening field {problem.field} here is never closed, so "
+            f"every line after it would be read into that field")
+
+
+def _malformed(path: str, start: int, raw: list[str], line: int, exc: csv.Error) -> str:
+    problem = _quote_problem(raw)
+    if problem is None:
+        return f"{path} line {line}: cannot be read as CSV ({exc})"
+    if problem.kind == "unclosed" and "field limit" in str(exc):
+        # In a large file an open quote hits csv's size limit for one field long before the
+        # end of the file; a field that large is almost always an unbalanced quote.
+        return (f"{path} line {start + problem.opened}: unbalanced quotes: the quote opening "
+                f"field {problem.field} here is not closed within {csv.field_size_limit()} "
+                f"characters (by line {line}), csv's limit for one field")
+    return _describe(path, start, problem)
+
+
+def _check_header(path: str, line: int, header: list[str]) -> None:
     blank = [i + 1 for i, name in enumerate(header) if not name.strip()]
     if blank:
-        raise CsvInputError(f"{path} line 1: header column(s) {blank} have no name")
+        raise CsvInputError(f"{path} line {line}: header column(s) {blank} have no name")
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
-        raise CsvInputError(f"{path} line 1: header repeats column(s) {duplicates}")
+        raise CsvInputError(f"{path} line {line}: header repeats column(s) {duplicates}")
+
+
+def _lines_of(start: int, end: int) -> str:
+    """Where a record is: its first line, and its last when a quoted field spans lines."""
+    return f"line {start}" if start == end else f"line {start} (a record over lines {start}-{end})"
 
 
 def infer_layout(paths: list[str]) -> CsvLayout:
@@ -80,21 +190,21 @@ def infer_layout(paths: list[str]) -> CsvLayout:
     for path in paths:
         records = _records(path)
         try:
-            _, header = next(records)
+            header_line, _, header = next(records)
         except StopIteration:
             raise CsvInputError(f"{path} is empty: expected a header line and rows") from None
-        _check_header(path, header)
+        _check_header(path, header_line, header)
         if columns is None:
             columns, first_path = header, path
             types = {name: None for name in header}
         elif header != columns:
-            raise CsvInputError(f"{path} line 1: header {header} does not match the header "
-                                f"{columns} of {first_path}")
+            raise CsvInputError(f"{path} line {header_line}: header {header} does not match "
+                                f"the header {columns} of {first_path}")
         file_rows = 0
-        for line, fields in records:
+        for line, end, fields in records:
             if len(fields) != len(columns):
-                raise CsvInputError(f"{path} line {line}: expected {len(columns)} fields "
-                                    f"({','.join(columns)}), found {len(fields)}")
+                raise CsvInputError(f"{path} {_lines_of(line, end)}: expected {len(columns)} "
+                                    f"fields ({','.join(columns)}), found {len(fields)}")
             for name, value in zip(columns, fields):
                 if value not in MISSING and types[name] != STRING:
                     types[name] = _widen(types[name], _kind_of(value))
@@ -115,9 +225,9 @@ def typed_rows(path: str, layout: CsvLayout) -> Iterator[tuple[int, list]]:
     converters = [_CONVERT[layout.types[name]] for name in layout.columns]
     records = _records(path)
     next(records)  # the header, checked in the first pass
-    for line, fields in records:
+    for line, end, fields in records:
         if len(fields) != len(converters):  # the file changed since the first pass
-            raise CsvInputError(f"{path} line {line}: expected {len(converters)} fields, "
-                                f"found {len(fields)}")
+            raise CsvInputError(f"{path} {_lines_of(line, end)}: expected {len(converters)} "
+                                f"fields, found {len(fields)}")
         yield line, [None if value in MISSING else convert(value)
                      for convert, value in zip(converters, fields)]

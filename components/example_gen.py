@@ -28,6 +28,10 @@ class ExampleGen(Component):
       sharing a value share a split.
     - The input is streamed one example at a time. Missing values stay missing: the
       feature is absent from that example.
+    - CSV quoting is read as RFC 4180 writes it (a quoted field may hold delimiters, doubled
+      quotes and line breaks). A quote left open, a quote inside an unquoted field, text
+      after a closing quote or a row with too many or too few fields fails the step naming
+      the file and line, rather than merging or altering rows.
     - The cache key includes the content of the files read, so changed input re-runs it.
     """
 

@@ -1,9 +1,10 @@
 """Input files as a stream of tf.Example: CSV, TFRecord of tf.Example, Parquet.
 
 Every reader yields one example at a time with where it came from ("line 12",
-"row 7", "record 3"), so memory does not grow with the input and errors can name the
-file and row. Missing values (CSV "NA"/"", Parquet nulls) leave the feature out of the
-example: they stay missing, nothing is filled in.
+"row 7", "record 3"; a CSV record whose quoted field spans lines is named by its first
+line), so memory does not grow with the input and errors can name the file and row.
+Missing values (CSV "NA"/"", Parquet nulls) leave the feature out of the example: they
+stay missing, nothing is filled in.
 """
 from __future__ import annotations
 

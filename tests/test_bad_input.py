@@ -86,6 +86,93 @@ def test_malformed_row(tmp_path):
     assert "found 9" in error
 
 
+def test_too_few_fields(tmp_path):
+    header, rows = penguin_rows()
+    rows = [r[:] for r in rows[:30]]
+    del rows[9][-1]  # data row 10 is line 11 of the file
+    write_csv(tmp_path / "in" / "p.csv", header, rows)
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{tmp_path / 'in' / 'p.csv'} line 11: expected 8 fields" in error
+    assert "found 7" in error
+
+
+def _write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:  # exactly these characters, these line ends
+        fh.write(text)
+    return path
+
+
+def test_quote_left_open_until_the_end_of_the_file(tmp_path):
+    """The TFX report: the comment swallowed the next two lines, one example, two rows lost."""
+    notes = _write_text(tmp_path / "in" / "notes.csv", 'id,comment\n1,"abc\n2,def\n3,ghi\n')
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{notes} line 2: unbalanced quotes" in error  # where the quote opened
+    assert "never closed" in error
+
+
+# A quoted field spanning lines 2-3 comes first where marked, so the line numbers of the
+# error after it are checked too (physical lines, not records).
+SPANNING = 'id,comment\n1,"first line\nsecond line"\n'
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ('id,comment\n1,ab"c\n2,def\n', 2, "a quote inside unquoted field 2"),
+    (SPANNING + '2,ok\n3,ab"c\n4,def\n', 5, "a quote inside unquoted field 2"),
+    ('id,comment\n1, "abc"\n', 2, "a quote inside unquoted field 2"),  # a space before it
+    ('id,comment\n1,"ab"c\n2,def\n', 2, "text after the closing quote of field 2;"),
+    (SPANNING + '2,"ab"c\n', 4, "text after the closing quote of field 2;"),
+    # Opened on line 2, "closed" by a stray quote on line 4: both lines are named.
+    ('id,comment\n1,"abc\n2,def\n3,g"hi\n4,jkl\n', 4,
+     "text after the closing quote of field 2, whose quote opened on line 2"),
+    (SPANNING + '2,ok\n3,"abc\n4,def\n', 5, "the quote opening field 2 here is never closed"),
+    ('id,"comment\n1,abc\n', 1, "the quote opening field 2 here is never closed"),  # header
+    ('id,comment\r\n1,"a\r\nb"\r\n2,"ab"c\r\n', 4, "text after the closing quote"),
+], ids=["stray", "stray-after-spanning", "space-then-quotes", "text-after-close",
+        "text-after-close-after-spanning", "closed-by-a-stray-quote", "open-after-spanning",
+        "open-in-header", "crlf"])
+def test_malformed_quoting_fails_naming_the_line(tmp_path, text, line, words):
+    path = _write_text(tmp_path / "in" / "notes.csv", text)
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{path} line {line}: unbalanced quotes: {words}" in error
+
+
+def test_quote_left_open_in_a_large_file_names_where_it_opened(tmp_path):
+    # Beyond csv's limit for one field (128 Ki characters) the open field fails before the
+    # end of the file; the error still names the line of the quote, not where it gave up.
+    rows = "".join(f"{i},a comment of some length for row {i}\n" for i in range(3, 9000))
+    path = _write_text(tmp_path / "in" / "notes.csv", f'id,comment\n1,ok\n2,"abc\n{rows}')
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{path} line 3: unbalanced quotes: the quote opening field 2 here is not closed " \
+           f"within 131072 characters" in error
+
+
+def test_line_numbers_stay_right_after_fields_spanning_lines(tmp_path):
+    path = _write_text(tmp_path / "in" / "notes.csv",
+                       SPANNING + '2,"a\n\nb"\n3,ok\n\n4,too,many\n')
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{path} line 9: expected 2 fields (id,comment), found 3" in error
+    # A record whose quoted field spans lines is named by its first line, and its span.
+    path = _write_text(tmp_path / "in2" / "notes.csv", SPANNING + '2,"a\nb",extra\n')
+    error = _example_gen_fails(tmp_path / "2", input_base=str(tmp_path / "in2"))
+    assert f"{path} line 4 (a record over lines 4-5): expected 2 fields" in error
+    # Errors raised per example (second pass) count lines the same way.
+    path = _write_text(tmp_path / "in3" / "notes.csv", SPANNING + '2,"x\ny"\n3,NA\n')
+    error = _example_gen_fails(tmp_path / "3", input_base=str(tmp_path / "in3"),
+                               partition_feature="comment")
+    assert f"{path} line 6: partition feature 'comment' is missing" in error
+
+
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path):
+    path = tmp_path / "in" / "p.csv"
+    path.parent.mkdir()
+    # Far enough in that the reader's buffered decoding would blame an earlier line.
+    lines = [b"id,comment"] + [b"%d,fine" % i for i in range(1, 5000)] + [b"5000,caf\xe9"]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
+    assert f"{path} line 5001: cannot be read as UTF-8 CSV (byte 0xe9" in error
+
+
 def test_corrupt_tfrecord_names_the_file_and_record(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "data.tfrecord").write_bytes(b"this is not a TFRecord file at all")

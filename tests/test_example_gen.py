@@ -46,6 +46,28 @@ def test_csv_columns_get_their_types_and_missing_values_stay_missing(tmp_path):
     assert sum("note" not in r for r in rows) == 6
 
 
+def test_quoted_fields_may_hold_delimiters_doubled_quotes_and_line_breaks(tmp_path):
+    """Legal CSV (RFC 4180) quoting is read as written: the strict quote checks reject
+    none of it, and a field spanning lines neither merges nor drops a row."""
+    base = tmp_path / "in"
+    base.mkdir()
+    with open(base / "notes.csv", "w", newline="") as fh:
+        fh.write('id,comment,score\r\n'
+                 '1,"two\r\nlines",1.5\r\n'
+                 '2,"a, b and ""c""",2\r\n'
+                 '3,plain,NA\r\n'
+                 '"4","",3\r\n'
+                 '5,"""quoted"" start",4\r\n')
+    rows = all_examples(_generate(tmp_path, input_base=str(base), splits={"all": 1}))["all"]
+    assert sorted(rows, key=lambda r: r["id"]) == [
+        {"id": [1], "comment": ["two\r\nlines"], "score": [1.5]},
+        {"id": [2], "comment": ['a, b and "c"'], "score": [2.0]},
+        {"id": [3], "comment": ["plain"]},
+        {"id": [4], "score": [3.0]},  # a quoted empty field is missing like an unquoted one
+        {"id": [5], "comment": ['"quoted" start'], "score": [4.0]},
+    ]
+
+
 def test_hash_split_is_deterministic_and_follows_the_ratios(tmp_path):
     header, rows = penguin_rows()
     base = tmp_path / "in"
