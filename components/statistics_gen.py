@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from components.artifacts import Examples, ExampleStatistics, Schema
+from components.beam_options import pipeline_options
 from components.base import Component, Input, OptionalInput, Output, Parameter, Step
 from components.split_names import included_splits
 from components.tfmd_files import read_schema, read_statistics, statistics_path
@@ -24,7 +25,6 @@ class StatisticsGen(Component):
     def execute(self, step: Step) -> None:
         import apache_beam as beam
         import tensorflow_data_validation as tfdv
-        from apache_beam.options.pipeline_options import PipelineOptions
         from tfx_bsl.public import tfxio
 
         splits = included_splits(step.examples, step.exclude_splits, step.log)
@@ -36,7 +36,7 @@ class StatisticsGen(Component):
                                         f"{split!r} ({step.examples.file_pattern(split)})")
         step.log.info("computing statistics of splits %s with beam args %s", splits,
                       step.beam_args)
-        with beam.Pipeline(options=PipelineOptions(step.beam_args)) as pipeline:
+        with beam.Pipeline(options=pipeline_options(step.beam_args, step.log)) as pipeline:
             for split in splits:
                 # Decoded without the schema: a feature whose type contradicts the schema
                 # must reach ExampleValidator as an anomaly, not fail decoding here.

@@ -7,12 +7,12 @@ import re
 import shutil
 
 from components.artifacts import Examples, Schema, TransformGraph
+from components.beam_options import pipeline_options
 from components.base import Component, ExternalPath, Input, Output, Parameter, Step
 from components.user_module import UserModuleError, function
 
 ANALYZER_CACHE_DIR = "analyzer_cache"
 RAW_METADATA_DIR = "metadata"  # where tft.TFTransformOutput looks for the raw schema
-DEFAULT_BEAM_ARGS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
 
 class Transform(Component):
@@ -53,8 +53,7 @@ class Transform(Component):
                                          schema=schema, telemetry_descriptors=["pipewright"])
 
         adapter_config = source(step.splits_to_analyze[0]).TensorAdapterConfig()
-        options = beam.options.pipeline_options.PipelineOptions(
-            DEFAULT_BEAM_ARGS + list(step.beam_args))
+        options = pipeline_options(step.beam_args, step.log)
         try:
             with beam.Pipeline(options=options) as pipeline, tft_beam.Context(
                     temp_dir=os.path.join(step.tmp_dir, "tft")):

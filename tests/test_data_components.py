@@ -262,3 +262,11 @@ def test_show_summarizes_statistics_schema_and_anomalies(penguin_run, capsys):
     assert "bill_length_mm" in shown["statistics"] and "HTML view:" in shown["statistics"]
     assert "species" in shown["schema"] and "Adelie" in shown["schema"]
     assert "split eval: no anomalies" in shown["anomalies"]
+
+
+def test_beam_steps_name_their_runner_and_never_try_to_download_prism(penguin_run):
+    _, _, result = penguin_run
+    with open(result.steps["StatisticsGen"].log_path) as fh:
+        log = fh.read()
+    assert "Beam runner: FnApiRunner" in log
+    assert "prism" not in log.lower(), "the default DirectRunner tried the Prism runner"
