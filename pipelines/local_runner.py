@@ -38,7 +38,8 @@ class RunResult:
     def summary(self) -> str:
         rows = [("step", "status", "outcome", "seconds", "note")]
         for cid, r in self.steps.items():
-            rows.append((cid, r.status, r.outcome, f"{r.duration_s:.1f}", r.reason[:70]))
+            outcome = "-" if r.status == "failed" else r.outcome
+            rows.append((cid, r.status, outcome, f"{r.duration_s:.1f}", r.reason[:70]))
         for cid, why in self.not_run.items():
             rows.append((cid, "not run", "-", "-", why[:70]))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
