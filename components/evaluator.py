@@ -7,11 +7,11 @@ from typing import Any
 
 from components.artifacts import (Examples, Model, ModelBlessing, ModelEvaluation, PushedModel,
                                   Schema)
+from components.beam_options import pipeline_options
 from components.base import (Component, ExternalPath, Input, OptionalInput, Output, Parameter,
                              Step)
 
 CANDIDATE, BASELINE = "candidate", "baseline"
-DEFAULT_BEAM_ARGS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]
 BLESSED_FILE, NOT_BLESSED_FILE = "BLESSED", "NOT_BLESSED"
 NO_THRESHOLDS = "no thresholds configured"
 CHANGE_SKIPPED = "no baseline: change thresholds skipped"
@@ -108,8 +108,7 @@ class Evaluator(Component):
 
         output_path = step.evaluation.uri
         patterns = [step.examples.file_pattern(split) for split in step.example_splits]
-        options = beam.options.pipeline_options.PipelineOptions(
-            DEFAULT_BEAM_ARGS + list(step.beam_args))
+        options = pipeline_options(step.beam_args, step.log)
         with beam.Pipeline(options=options) as pipeline:
             sources = []
             for split, pattern in zip(step.example_splits, patterns):
