@@ -7,14 +7,19 @@ plain protobuf; tensorflow_serving.apis would pull in all of TensorFlow).
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 from dataclasses import dataclass, field
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import protos
+from serving import errors, protos
 from serving.errors import ServingError, INVALID_ARGUMENT
+from serving.ints import safe_strto32
+
+log = logging.getLogger(__name__)
 
 TENSORFLOW_PLATFORM = "tensorflow"
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
@@ -154,16 +159,28 @@ def validate_options(options: ServerOptions) -> None:
                            "without setting server_options.enable_batching to true.")
 
 
-def parse_text_proto(path: str, message):
+def read_file_bytes(path: str) -> bytes:
+    """Env::NewReadOnlyMemoryRegionFromFile / ReadFileToString: an OS error becomes
+    IOError(path, errno), i.e. the errno's canonical code and "<path>; <strerror>"."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as e:
-        raise ServingError(INVALID_ARGUMENT, f"Failed to read {path}: {e.strerror}") from None
+        number = e.errno
+        if isinstance(e, IsADirectoryError):  # open() succeeds in C; mmap() fails with ENODEV
+            number = errno.ENODEV
+        raise errors.io_error(path, number) from None
+
+
+def parse_text_proto(path: str, message):
+    """util/proto_util.h ParseProtoTextFile: the details go to the log, the status says
+    INVALID_ARGUMENT "Invalid protobuf file: '<path>'"."""
+    data = read_file_bytes(path)
     try:
-        return text_format.Parse(text, message)
-    except text_format.ParseError as e:
-        raise ServingError(INVALID_ARGUMENT, f"Failed to parse {path}: {e}") from None
+        return text_format.Parse(data, message)
+    except (text_format.ParseError, UnicodeDecodeError) as e:
+        log.error("Error parsing text-format %s: %s", message.DESCRIPTOR.full_name, e)
+        raise ServingError(INVALID_ARGUMENT, f"Invalid protobuf file: '{path}'") from None
 
 
 def model_server_config(options: ServerOptions) -> model_server_config_pb2.ModelServerConfig:
@@ -224,11 +241,10 @@ def prometheus_path(config) -> str | None:
 
 
 def grpc_channel_arguments(text: str) -> list[tuple[str, object]]:
+    """server.cc: each value is passed as an int when safe_strto32 takes it, else as a string."""
     args = []
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
-        try:
-            args.append((key, int(value)))
-        except ValueError:
-            args.append((key, value))
+        number = safe_strto32(value)
+        args.append((key, value if number is None else number))
     return args

@@ -83,10 +83,64 @@ def failed_precondition(message: str) -> ServingError:
     return ServingError(FAILED_PRECONDITION, message)
 
 
+# TensorFlow's pybind11 status translation raises these builtins for a C++ status it does not
+# turn into an OpError (pybind11_status.h CodeToPyExc); the SavedModel loader re-raises
+# NOT_FOUND as FileNotFoundError. Mapped back, a load failure keeps the code TF Serving's C++
+# loader would report.
+_BUILTIN_CODES = ((FileNotFoundError, NOT_FOUND), (IndexError, OUT_OF_RANGE),
+                  (NotImplementedError, UNIMPLEMENTED), (ValueError, INVALID_ARGUMENT))
+
+
 def from_tf_error(exc: BaseException) -> ServingError:
-    """TensorFlow OpErrors carry a canonical code; anything else is INTERNAL."""
+    """TensorFlow OpErrors carry a canonical code; builtins raised for a status are mapped back;
+    anything else is INTERNAL."""
     code = getattr(exc, "error_code", None)
     message = getattr(exc, "message", None) or str(exc)
     if isinstance(code, int) and code in CODE_NAMES and code != OK:
         return ServingError(code, message)
+    for kind, mapped in _BUILTIN_CODES:
+        if isinstance(exc, kind):
+            return ServingError(mapped, message)
     return ServingError(INTERNAL, f"{type(exc).__name__}: {message}")
+
+
+def _errno_codes() -> dict[int, int]:
+    """tsl::errors ErrnoToCode (errors not listed there are UNKNOWN)."""
+    import errno as e
+
+    table = {
+        INVALID_ARGUMENT: "EINVAL ENAMETOOLONG E2BIG EDESTADDRREQ EDOM EFAULT EILSEQ ENOPROTOOPT "
+                          "ENOSTR ENOTSOCK ENOTTY EPROTOTYPE ESPIPE",
+        DEADLINE_EXCEEDED: "ETIMEDOUT ETIME",
+        NOT_FOUND: "ENODEV ENOENT ENXIO ESRCH",
+        ALREADY_EXISTS: "EEXIST EADDRNOTAVAIL EALREADY",
+        PERMISSION_DENIED: "EPERM EACCES EROFS",
+        FAILED_PRECONDITION: "ENOTEMPTY EISDIR ENOTDIR EADDRINUSE EBADF EBUSY ECHILD EISCONN "
+                             "ENOTBLK ENOTCONN EPIPE ESHUTDOWN ETXTBSY",
+        RESOURCE_EXHAUSTED: "ENOSPC EDQUOT EMFILE EMLINK ENFILE ENOBUFS ENODATA ENOMEM ENOSR EUSERS",
+        OUT_OF_RANGE: "EFBIG EOVERFLOW ERANGE",
+        UNIMPLEMENTED: "ENOSYS ENOTSUP EAFNOSUPPORT EPFNOSUPPORT EPROTONOSUPPORT ESOCKTNOSUPPORT EXDEV",
+        UNAVAILABLE: "EAGAIN ECONNREFUSED ECONNABORTED ECONNRESET EINTR EHOSTDOWN EHOSTUNREACH "
+                     "ENETDOWN ENETRESET ENETUNREACH ENOLCK ENOLINK ENONET",
+        ABORTED: "EDEADLK ESTALE",
+        CANCELLED: "ECANCELED",
+    }
+    codes = {}
+    for code, names in table.items():
+        for name in names.split():
+            number = getattr(e, name, None)
+            if number is not None:
+                codes.setdefault(number, code)
+    return codes
+
+
+_ERRNO_CODES = _errno_codes()
+
+
+def io_error(context: str, number: int | None) -> ServingError:
+    """tsl::IOError(context, errno): "<context>; <strerror>" with the errno's canonical code."""
+    import os
+
+    if number is None:
+        return ServingError(UNKNOWN, f"{context}; Unknown error")
+    return ServingError(_ERRNO_CODES.get(number, UNKNOWN), f"{context}; {os.strerror(number)}")

@@ -27,8 +27,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from serving import errors, protos
 from serving.errors import ServingError
-from serving.inference import (InferenceService, _verify_inputs, classification_result,
-                               regression_result, serialized_examples)
+from serving.inference import (CLASSIFY_METHOD, REGRESS_METHOD, InferenceService, _verify_inputs,
+                               classification_result, fetched_outputs, regression_result,
+                               serialized_examples)
 from serving.servable import DEFAULT_SIGNATURE
 from serving.tensor_proto import from_ndarray, to_ndarray
 
@@ -71,8 +72,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if self.metrics is not None:
             self.metrics.record_request(name, api, "GRPC", code_name, (time.perf_counter() - start) * 1e6)
 
-    async def _execute(self, runner, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        future = self.service.submit_on_loop(runner, inputs)
+    async def _execute(self, runner, inputs: dict[str, np.ndarray], outputs=None) -> dict[str, np.ndarray]:
+        future = self.service.submit_on_loop(runner, inputs, outputs)
         if future is None:
             future = asyncio.get_running_loop().run_in_executor(self.executor, runner.run, inputs)
         return await future
@@ -100,7 +101,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         _verify_inputs(runner, request.inputs)
         inputs = {alias: to_ndarray(request.inputs[alias], alias) for alias in runner.input_order}
         runner, outputs = self.service.prepare_predict(servable, key, inputs, request.output_filter)
-        results = await self._execute(runner, inputs)
+        results = await self._execute(runner, inputs, outputs)
         response = predict_pb2.PredictResponse()
         _model_spec(response.model_spec, request.model_spec.name, key, servable.version)
         for alias in outputs:
@@ -130,7 +131,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             _model_spec(response.model_spec, name, signature_name, servable.version)
             inputs = self.service.examples_input(serialized_examples(request.input))
             n = len(inputs["inputs"])
-            outputs = await self._execute(runner, inputs)
+            method = CLASSIFY_METHOD if api == "Classify" else REGRESS_METHOD
+            outputs = await self._execute(runner, inputs, fetched_outputs(runner, method))
             if api == "Classify":
                 _fill_classification(response.result, classification_result(runner, outputs, n))
             else:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 import time
 from concurrent.futures import Future
 
@@ -52,20 +51,27 @@ class InferenceService:
 
     # ------------------------------------------------------------ execution
 
-    def submit(self, runner: SignatureRunner, inputs: dict[str, np.ndarray]) -> Future | None:
-        """A future when batching is on; None means: call runner.run(inputs) yourself."""
+    def submit(self, runner: SignatureRunner, inputs: dict[str, np.ndarray],
+               outputs=None) -> Future | None:
+        """A future when batching is on; None means: call runner.run(inputs) yourself.
+
+        `outputs` are the output aliases the caller fetches (None: all of them). BatchingSession
+        queues a Run by its TensorSignature (input and output tensors): a Run fetching a subset
+        (a Predict output_filter) gets a queue of its own, with the same limits."""
         if self.batcher is None:
             return None
-        return self.batcher.submit(runner, inputs)
+        return self.batcher.submit(runner, inputs, batch_signature(runner, outputs))
 
-    def submit_on_loop(self, runner: SignatureRunner, inputs: dict[str, np.ndarray]) -> asyncio.Future | None:
+    def submit_on_loop(self, runner: SignatureRunner, inputs: dict[str, np.ndarray],
+                       outputs=None) -> asyncio.Future | None:
         """submit for a coroutine on the running event loop: await the future it returns."""
         if self.batcher is None:
             return None
-        return self.batcher.submit_on_loop(runner, inputs)
+        return self.batcher.submit_on_loop(runner, inputs, batch_signature(runner, outputs))
 
-    def execute(self, runner: SignatureRunner, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        future = self.submit(runner, inputs)
+    def execute(self, runner: SignatureRunner, inputs: dict[str, np.ndarray],
+                outputs=None) -> dict[str, np.ndarray]:
+        future = self.submit(runner, inputs, outputs)
         return runner.run(inputs) if future is None else future.result()
 
     # ------------------------------------------------------------ predict
@@ -163,7 +169,8 @@ class InferenceService:
         outputs_by_runner: dict[int, dict] = {}
         for task, runner in plan:
             if id(runner) not in outputs_by_runner:
-                outputs_by_runner[id(runner)] = self.execute(runner, inputs)
+                outputs_by_runner[id(runner)] = self.execute(
+                    runner, inputs, fetched_outputs(runner, task.method_name))
             outputs = outputs_by_runner[id(runner)]
             if task.method_name == CLASSIFY_METHOD:
                 results.append((task, "classification", classification_result(runner, outputs, n)))
@@ -201,7 +208,8 @@ class InferenceService:
                 try:
                     log_entry = prediction_log_pb2.PredictionLog.FromString(record)
                 except Exception:
-                    raise _invalid(f"Failed to parse warmup record: {record!r} from {path}") from None
+                    raise _invalid(f"Failed to parse warmup record: "
+                                   f"{record.decode('utf-8', 'replace')} from {path}") from None
                 for _ in range(max(1, iterations)):
                     self._replay(servable, log_entry)
                 count += 1
@@ -224,24 +232,45 @@ class InferenceService:
         if kind == "predict_log":
             request = entry.predict_log.request
             inputs = {alias: to_ndarray(t, alias) for alias, t in request.inputs.items()}
-            runner, _ = self.prepare_predict(servable, request.model_spec.signature_name, inputs,
-                                             request.output_filter)
-            self.execute(runner, inputs)
+            runner, outputs = self.prepare_predict(servable, request.model_spec.signature_name,
+                                                   inputs, request.output_filter)
+            self.execute(runner, inputs, outputs)
         elif kind in ("classify_log", "regress_log"):
             request = getattr(entry, kind).request
             prepare = self.prepare_classify if kind == "classify_log" else self.prepare_regress
             runner = prepare(servable, request.model_spec.signature_name)
-            self.execute(runner, self.examples_input(serialized_examples(request.input)))
+            method = CLASSIFY_METHOD if kind == "classify_log" else REGRESS_METHOD
+            self.execute(runner, self.examples_input(serialized_examples(request.input)),
+                         fetched_outputs(runner, method))
         elif kind == "multi_inference_log":
-            for task in entry.multi_inference_log.request.tasks:
+            request = entry.multi_inference_log.request
+            inputs = self.examples_input(serialized_examples(request.input))
+            for task in request.tasks:
                 runner = self._signature(servable, task.model_spec.signature_name)
-                self.execute(runner, self.examples_input(
-                    serialized_examples(entry.multi_inference_log.request.input)))
+                self.execute(runner, inputs, fetched_outputs(runner, task.method_name))
         else:
             raise ServingError(errors.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def batch_signature(runner: SignatureRunner, aliases):
+    """What, besides the signature, keys a Run's batching queue: None when it fetches all the
+    signature's output tensors, else the set of tensor names it fetches."""
+    if aliases is None:
+        return None
+    wanted = frozenset(runner.outputs[alias].name for alias in aliases if alias in runner.outputs)
+    if wanted == frozenset(spec.name for spec in runner.outputs.values()):
+        return None
+    return wanted
+
+
+def fetched_outputs(runner: SignatureRunner, method_name: str) -> list[str]:
+    """The outputs Classify / Regress fetch: classes and/or scores, or outputs."""
+    if method_name == CLASSIFY_METHOD:
+        return [alias for alias in ("classes", "scores") if alias in runner.outputs]
+    return ["outputs"]
 
 
 def _verify_inputs(runner: SignatureRunner, inputs: dict) -> None:
@@ -367,17 +396,19 @@ def regression_result(runner: SignatureRunner, outputs: dict, n: int) -> list[fl
 
 
 def _tf_records(path: str):
-    """TFRecord framing: u64 length, u32 crc, data, u32 crc (CRCs not checked)."""
-    with open(path, "rb") as f:
-        while True:
-            header = f.read(12)
-            if not header:
-                return
-            if len(header) < 12:
-                raise ServingError(errors.DATA_LOSS, f"truncated record at {path}")
-            (length,) = struct.unpack("<Q", header[:8])
-            data = f.read(length)
-            if len(data) < length or len(f.read(4)) < 4:
-                raise ServingError(errors.DATA_LOSS, f"truncated record at {path}")
-            yield data
+    """The records of a TFRecord file, read by TensorFlow's own reader (SequentialRecordReader),
+    so a damaged file fails as in TF Serving: DATA_LOSS "corrupted record at <offset>" (CRC) or
+    "truncated record at <offset>..."; a partial header at the end is the end of the file."""
+    from tensorflow.python.lib.io import tf_record
+    from tensorflow.python.util import deprecation
 
+    with deprecation.silence():
+        iterator = tf_record.tf_record_iterator(path)
+    try:
+        yield from iterator
+    except Exception as e:
+        error = errors.from_tf_error(e)
+        if error.code == errors.DATA_LOSS:
+            error = ServingError(errors.DATA_LOSS, error.message
+                                 + ". Please verify your warmup data is in TFRecord format.")
+        raise error from None

@@ -1,8 +1,8 @@
 """Model versions on disk -> loaded servables, with TF Serving's lifecycle rules.
 
-- Each model's base path is polled; children named by an integer are versions, anything else
-  (".tmp-*" directories a Pusher is still writing) is ignored, so a version only appears once
-  its directory is renamed into place, complete.
+- Each model's base path is polled; children whose name parses as an int64 are versions,
+  anything else (".tmp-*" directories a Pusher is still writing, numbers beyond int64) is
+  ignored, so a version only appears once its directory is renamed into place, complete.
 - The version policy (latest N, all, specific) picks the aspired versions.
 - AvailabilityPreservingPolicy: a new version is loaded (and warmed up) before an old one is
   unloaded; an old version is unloaded only once an aspired version serves, or when nothing is
@@ -25,6 +25,7 @@ from typing import Callable
 from serving import errors
 from serving.config import validate_model_config_list
 from serving.errors import ServingError
+from serving.ints import safe_strto64
 
 log = logging.getLogger(__name__)
 
@@ -317,15 +318,21 @@ def _versions_on_disk(base_path: str) -> dict[int, str] | None:
         entries = os.listdir(base_path)
     except FileNotFoundError:
         return None
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
         log.warning("cannot list %s: %s", base_path, e)
         return None
+    # FileSystemStoragePathSource: a child is a version iff its whole name parses as an int64
+    # (strings::safe_strto64: "-3" and "007" do, "99999999999999999999" and "1.0" do not).
+    # Children are visited in sorted order, so of two names for one number ("7", "07") the
+    # later one wins, as in IndexChildrenByVersion.
     versions = {}
-    for entry in entries:
-        if entry.isdigit() and entry.isascii():
-            path = os.path.join(base_path, entry)
-            if os.path.isdir(path):
-                versions[int(entry)] = path
+    for entry in sorted(entries):
+        version = safe_strto64(entry)
+        if version is None:
+            continue
+        path = os.path.join(base_path, entry)
+        if os.path.isdir(path):
+            versions[version] = path
     return versions
 
 

@@ -22,22 +22,23 @@ from google.protobuf import json_format
 
 from serving import errors, jsontext, tensors
 from serving.errors import ServingError
-from serving.inference import (InferenceService, classification_result, examples_from_features,
+from serving.ints import simple_atoi64
+from serving.inference import (CLASSIFY_METHOD, REGRESS_METHOD, InferenceService,
+                               classification_result, examples_from_features, fetched_outputs,
                                regression_result)
 from serving.model_manager import STATE_NAMES
 
 log = logging.getLogger(__name__)
 
-_API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL | re.ASCII)
 _PREDICTION_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
-    re.IGNORECASE | re.DOTALL)
+    re.IGNORECASE | re.DOTALL | re.ASCII)
 _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
-    re.IGNORECASE | re.DOTALL)
+    re.IGNORECASE | re.DOTALL | re.ASCII)
 _ORIGIN = re.compile(r"https?://")
 MAX_GZIP_BYTES = 100 * 1024 * 1024  # ZLib::kMaxUncompressedBytes
-_INT64_MAX = (1 << 63) - 1
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             409: "Conflict", 413: "Request Entity Too Large", 429: "Too Many Requests",
             499: "Client Closed Request", 500: "Internal Server Error", 501: "Not Implemented",
@@ -108,7 +109,9 @@ class RestServer:
         if target != self.prometheus_path:
             return 400, headers, (f"Unexpected path: {target}. Should be "
                                   f"{self.prometheus_path}").encode()
-        return 200, headers, self.metrics.render().encode() if self.metrics else b"\n"
+        # Label values are raw bytes in TF Serving (a model name from a URL need not be UTF-8).
+        body = self.metrics.render().encode("utf-8", "surrogateescape") if self.metrics else b"\n"
+        return 200, headers, body
 
     async def _api(self, request: _Request, target: str):
         start = time.perf_counter()
@@ -157,8 +160,8 @@ class RestServer:
             model_name = urllib.parse.unquote(name, errors="surrogateescape") if name else ""
             info["model"], info["api"] = model_name, api
             if version_text:
-                version = int(version_text)
-                if version > _INT64_MAX:
+                version = simple_atoi64(version_text)
+                if version is None:
                     raise ServingError(errors.INVALID_ARGUMENT,
                                        f"Failed to convert version: {version_text} to numeric.")
             if label_text:
@@ -183,8 +186,8 @@ class RestServer:
 
     # ------------------------------------------------------------ APIs
 
-    async def _run(self, runner, inputs):
-        future = self.service.submit(runner, inputs)
+    async def _run(self, runner, inputs, outputs=None):
+        future = self.service.submit(runner, inputs, outputs)
         if future is None:
             future = self.executor.submit(runner.run, inputs)
         wrapped = asyncio.wrap_future(future)
@@ -202,7 +205,7 @@ class RestServer:
         dtypes = self.service.input_dtypes_for_json(servable, signature_name)
         fmt, inputs = tensors.predict_inputs(doc, dtypes, signature_name)
         runner, outputs = self.service.prepare_predict(servable, signature_name, inputs)
-        results = await self._run(runner, inputs)
+        results = await self._run(runner, inputs, outputs)
         return tensors.predict_response_json({alias: results[alias] for alias in outputs}, fmt)
 
     async def _classify_regress(self, api, name, version, label, body: bytes) -> bytes:
@@ -216,7 +219,8 @@ class RestServer:
             runner = self.service.prepare_regress(servable, signature_name)
         inputs = self.service.examples_input(examples_from_features(context, examples))
         n = len(inputs["inputs"])
-        outputs = await self._run(runner, inputs)
+        method = CLASSIFY_METHOD if api == "classify" else REGRESS_METHOD
+        outputs = await self._run(runner, inputs, fetched_outputs(runner, method))
         if api == "classify":
             return tensors.classify_response_json(classification_result(runner, outputs, n))
         return tensors.regress_response_json(regression_result(runner, outputs, n))
@@ -320,7 +324,8 @@ class _HttpProtocol(asyncio.Protocol):
         request.method = self.parser.get_method().decode("latin-1")
         request.keep_alive = self.parser.should_keep_alive()
         length = request.headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.server.max_body_bytes:
+        if (length is not None and length.isdigit()
+                and (len(length) > 19 or int(length) > self.server.max_body_bytes)):
             request.too_large = True
         elif request.headers.get(b"expect", b"").lower() == b"100-continue":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -349,7 +354,12 @@ class _HttpProtocol(asyncio.Protocol):
         try:
             while self.pending and not self.closing:
                 request = self.pending.popleft()
-                status, headers, body = await self.server.handle(request)
+                try:
+                    status, headers, body = await self.server.handle(request)
+                except Exception:  # a bug must neither hang the connection nor stop the server
+                    log.exception("REST request failed")
+                    status, headers, body = 500, [(b"Content-Type", b"text/html")], _evhttp_error_page(500)
+                    request.keep_alive = False
                 if self.closing or self.transport.is_closing():
                     return
                 head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Error").encode())]

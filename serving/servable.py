@@ -130,15 +130,38 @@ class Servable:
         return value
 
 
-def read_meta_graph(path: str, tags: set[str]):
+def read_saved_model(path: str):
+    """cc/saved_model/reader.cc ReadSavedModel: saved_model.pb, else saved_model.pbtxt."""
+    from google.protobuf import message, text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
+    from serving.config import read_file_bytes
+
     pb = os.path.join(path, "saved_model.pb")
-    if not os.path.exists(pb):
-        raise ServingError(errors.NOT_FOUND, "Could not find SavedModel .pb or .pbtxt at supplied "
-                                             f"export directory path: {path}")
-    with open(pb, "rb") as f:
-        saved_model = saved_model_pb2.SavedModel.FromString(f.read())
+    pbtxt = os.path.join(path, "saved_model.pbtxt")
+    saved_model = saved_model_pb2.SavedModel()
+    if os.path.exists(pb):
+        data = read_file_bytes(pb)
+        try:
+            saved_model.ParseFromString(data)
+        except (message.DecodeError, RuntimeError, ValueError):
+            raise ServingError(errors.DATA_LOSS, f"Can't parse {pb} as binary proto") from None
+        return saved_model
+    if os.path.exists(pbtxt):
+        data = read_file_bytes(pbtxt)
+        try:
+            text_format.Parse(data, saved_model)
+        except (text_format.ParseError, UnicodeDecodeError):
+            raise ServingError(errors.DATA_LOSS, f"Can't parse {pbtxt} as text proto") from None
+        return saved_model
+    raise ServingError(errors.NOT_FOUND, "Could not find SavedModel .pb or .pbtxt at supplied "
+                                         f"export directory path: {path}. Check that the "
+                                         "directory exists and that you have the right "
+                                         "permissions for accessing it.")
+
+
+def read_meta_graph(path: str, tags: set[str]):
+    saved_model = read_saved_model(path)
     for meta_graph in saved_model.meta_graphs:
         if set(meta_graph.meta_info_def.tags) == tags:
             return meta_graph

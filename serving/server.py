@@ -24,13 +24,16 @@ class ModelServer:
         # Parse every config file before the expensive TensorFlow import, so typos fail fast.
         self.model_config = config_lib.model_server_config(options)
         self.batching_params = config_lib.batching_parameters(options) if options.enable_batching else None
+        if self.batching_params is not None:
+            from serving.batching import BatchOptions
+            self.batch_options = BatchOptions(self.batching_params)  # bad parameters fail here
         self.monitoring = config_lib.monitoring_config(options)
         self.grpc_port = None
         self.rest_port = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        from serving.batching import BatchOptions, BatchScheduler
+        from serving.batching import BatchScheduler
         from serving.grpc_service import HealthServicer, build_grpc_server
         from serving.inference import InferenceService
         from serving.metrics import ServingMetrics
@@ -40,7 +43,7 @@ class ModelServer:
         options = self.options
         tags = {t for t in options.saved_model_tags.split(",") if t}
         self.metrics = ServingMetrics()
-        self.batcher = (BatchScheduler(BatchOptions(self.batching_params), self.metrics.record_batch)
+        self.batcher = (BatchScheduler(self.batch_options, self.metrics.record_batch)
                         if self.batching_params is not None else None)
         self.manager = ModelManager(
             loader=lambda name, version, path: load_servable(name, version, path, tags),
@@ -114,9 +117,16 @@ class ModelServer:
     def _poll_config_file(self) -> None:
         while not self._stopped.wait(self.options.model_config_file_poll_wait_seconds):
             try:
-                self.manager.apply_config(config_lib.model_server_config(self.options))
+                config = config_lib.model_server_config(self.options)
+            except ServingError as e:
+                log.error("Failed to read ModelServerConfig file: %s", e.message)
+                continue
+            try:
+                self.manager.apply_config(config)
             except ServingError as e:
                 log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", e.message)
+            except Exception:  # keep polling: the next edit of the file may fix it
+                log.exception("PollFilesystemAndReloadConfig failed to ReloadConfig")
 
     def wait(self) -> None:
         self._stopped.wait()

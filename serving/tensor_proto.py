@@ -56,7 +56,19 @@ def _decode_string_content(content: bytes, n: int) -> list[bytes] | None:
     return out
 
 
+_MAX_ELEMENTS = (1 << 63) - 1  # TensorShape: num_elements must fit int64
+
+
 def to_ndarray(proto, alias: str) -> np.ndarray:
+    """Tensor::FromProto; a proto it rejects, or one too large to allocate (FromProto fails
+    when its buffer cannot be allocated), is "tensor parsing error: <alias>"."""
+    try:
+        return _to_ndarray(proto, alias)
+    except (MemoryError, ValueError, OverflowError):
+        raise _parse_error(alias) from None
+
+
+def _to_ndarray(proto, alias: str) -> np.ndarray:
     dtype = proto.dtype
     field_name = _FIELDS.get(dtype)
     shape_proto = proto.tensor_shape
@@ -65,9 +77,9 @@ def to_ndarray(proto, alias: str) -> np.ndarray:
     shape = [d.size for d in shape_proto.dim]
     n = 1
     for size in shape:
-        if size < 0:
-            raise _parse_error(alias)
         n *= size
+        if size < 0 or n > _MAX_ELEMENTS:  # TensorShape::IsValid: overflow checked per step
+            raise _parse_error(alias)
     np_dtype = NUMPY_DTYPES[dtype]
     if n == 0:
         return np.zeros(shape, dtype=np_dtype)

@@ -115,4 +115,5 @@ def test_cli_exits_non_zero_on_bad_config(tmp_path, capsys):
     bad = tmp_path / "models.config"
     bad.write_text("model_config_list { config { name: 1 ")
     assert main([f"--model_config_file={bad}"]) == 1
-    assert "Failed to parse" in capsys.readouterr().err
+    # util/proto_util.h ParseProtoTextFile's status; the parser's details go to the log.
+    assert f"INVALID_ARGUMENT: Invalid protobuf file: '{bad}'" in capsys.readouterr().err
