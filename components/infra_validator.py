@@ -1,8 +1,11 @@
-"""InfraValidator: does the candidate model load and answer in a real model server?"""
+"""InfraValidator: does the candidate model load and answer in a model server — and which
+server was it? The blessing records it (`server`, `requested_server`), because the kinds do
+not prove the same thing (see `WHAT_IT_PROVES`)."""
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 
@@ -15,19 +18,53 @@ from components.serving_sandbox import (SERVER_KINDS, ModelNotAvailable, Sandbox
 
 SANDBOX_VERSION = 1
 
+# What a blessing by each server shows, beyond "the canaries passed" (written into report.txt).
+WHAT_IT_PROVES = {
+    "tensorflow_model_server": (
+        "TF Serving's C++ binary on PATH loaded and served the model: this also catches ops "
+        "and kernels missing from that TF Serving build (custom ops, ops newer than its "
+        "TensorFlow) and SavedModel features its TensorFlow version cannot read"),
+    "docker": (
+        "TF Serving's C++ binary in the docker image loaded and served the model: this also "
+        "catches ops and kernels missing from that image's build (custom ops, ops newer than "
+        "its TensorFlow) and SavedModel features its TensorFlow version cannot read"),
+    "pipewright": (
+        "pipewright serve, our Python server, loaded the model with this environment's "
+        "TensorFlow (the one that exported it) and served it over TF Serving's protocol: it "
+        "CANNOT catch ops or kernels missing from TF Serving's C++ binary, nor a TensorFlow "
+        "version TF Serving cannot read; a model it blesses may still fail to load in "
+        "tensorflow/serving"),
+}
+
 
 class InfraValidator(Component):
-    """Serves a copy of the candidate model from a throwaway base path with a model server
-    (`serving_binary`: "auto" runs a `tensorflow_model_server` on PATH, else our own
-    `pipewright serve`; "docker" runs `docker_image` when a docker engine answers, else falls
-    back to "auto"), waits up to `load_deadline_s` for the version to be AVAILABLE, then sends
-    `num_examples` examples of the `example_split` split to `signature_name` (which must take
-    serialized tf.Example) over gRPC Predict and REST :predict. The answers must hold every
-    output with one row per example, finite numbers, and agree across the two protocols.
+    """Serves a copy of the candidate model from a throwaway base path with a model server,
+    waits up to `load_deadline_s` for the version to be AVAILABLE, then sends `num_examples`
+    examples of the `example_split` split to `signature_name` (which must take serialized
+    tf.Example) over gRPC Predict and REST :predict. The answers must hold every output with
+    one row per example, finite numbers, and agree across the two protocols. Every server
+    catches a missing or unreadable SavedModel, a signature that does not take serialized
+    tf.Example, answers of the wrong shape or not finite, gRPC and REST disagreeing, a load
+    slower than the deadline and (with `write_warmup`) a warmup record the server rejects.
+
+    `serving_binary` picks the server:
+    - "tensorflow_model_server": TF Serving's C++ binary on PATH;
+    - "docker": `docker_image` (TF Serving) under a docker engine;
+    - "pipewright": our own `pipewright serve`. It loads the model with this environment's
+      Python TensorFlow, so it cannot catch ops missing from TF Serving's C++ binary or a
+      TensorFlow version TF Serving cannot read;
+    - "auto" (default): tensorflow_model_server when it is on PATH, else pipewright.
+    A requested server that cannot run here (no docker engine, no binary on PATH) fails the
+    step, naming the fix, unless `fallback_serving_binary` names the server to use instead
+    (e.g. "auto"); the substitute is then recorded in the blessing (`requested_server` vs
+    `server`), its report.txt, the step's log at WARNING and the step's summary note.
 
     The blessing says blessed=1, or blessed=0 with the reason (load failure, timeout, bad
-    answer); the step succeeds either way and the Pusher refuses an unblessed model. The
-    server is stopped by PID whatever happens; its log is kept in the blessing as server.log.
+    answer, the server exiting by itself); the step succeeds either way and the Pusher
+    refuses an unblessed model. A server stopped from outside the step (SIGTERM, SIGKILL,
+    e.g. `make down`) is no verdict: the step fails with StepInterrupted, publishes nothing
+    and is not cached, so the next run validates again. The server is stopped by PID
+    whatever happens; its log is kept in the blessing as server.log.
 
     With `write_warmup`, the canary request also becomes a warmup record: the server must
     load a second sandbox version holding `assets.extra/tf_serving_warmup_requests` (which it
@@ -44,6 +81,8 @@ class InfraValidator(Component):
     signature_name: Parameter[str] = "serving_default"
     load_deadline_s: Parameter[float] = 120.0  # from process start: includes server startup
     serving_binary: Parameter[str] = "auto"
+    # "" (default): a missing serving_binary fails the step; else the kind to use instead.
+    fallback_serving_binary: Parameter[str] = ""
     docker_image: Parameter[str] = "tensorflow/serving:2.16.1"
     write_warmup: Parameter[bool] = False
 
@@ -59,14 +98,22 @@ class InfraValidator(Component):
                              f"they have {step.examples.splits}")
         examples = canary.read_serialized_examples(
             step.examples.file_pattern(step.example_split), step.num_examples)
-        kind, fallback = choose_server(step.serving_binary)
-        if fallback:
-            step.log.warning("%s", fallback)
-        step.blessing.set(model_id=step.model.id)
+        choice = choose_server(step.serving_binary, step.fallback_serving_binary)
+        kind = choice.kind
+        step.blessing.set(model_id=step.model.id, server=kind, requested_server=choice.requested)
+        if choice.fallback:
+            step.log.warning("serving_binary=%r cannot run (%s); validating with the fallback "
+                             "%s instead (fallback_serving_binary=%r)", choice.requested,
+                             choice.why, kind, step.fallback_serving_binary)
+            step.note(f"validated by {kind}, FALLBACK: {choice.requested} missing")
+        else:
+            step.note(f"validated by {kind}")
 
-        report = [f"model {step.model.id} ({step.model.serving_dir})"]
-        if fallback:
-            report.append(f"server: {fallback}")
+        report = [f"model {step.model.id} ({step.model.serving_dir})",
+                  f"validated by: {choice.describe()}",
+                  f"what it proves: {WHAT_IT_PROVES[kind]}"]
+        if kind == "docker":
+            report.append(f"image: {step.docker_image}")
         sandbox = tempfile.mkdtemp(prefix="infra-validation-", dir=step.tmp_dir or None)
         try:
             reason = validate_in_sandbox(step, kind, examples, sandbox, report)
@@ -78,7 +125,8 @@ class InfraValidator(Component):
             step.log.warning("not blessed: %s", reason)
             report.insert(0, f"NOT BLESSED: {reason}")
         else:
-            summary = (f"{kind} served it and answered {len(examples)} canary examples over "
+            by = f"{kind} (fallback for {choice.requested})" if choice.fallback else kind
+            summary = (f"{by} served it and answered {len(examples)} canary examples over "
                        f"gRPC and REST")
             step.blessing.set(blessed=1, reason=summary)
             step.log.info("blessed: %s", summary)
@@ -123,8 +171,27 @@ def validate_in_sandbox(step: Step, kind: str, examples: list[bytes], sandbox: s
             if step.write_warmup:
                 _validate_warmup(step, server, model_copy, request, report)
         except (ModelNotAvailable, CanaryFailed) as failure:
-            return str(failure)
+            # A server going away fails requests too: stopped from outside, it is no verdict
+            # (settle raises StepInterrupted); exiting by itself, it is part of the verdict.
+            exit_code = server.settle()
+            reason = str(failure)
+            if exit_code is not None and f"exited with code {exit_code}" not in reason:
+                reason += (f" (the server exited by itself with code {_exit_text(exit_code)}; "
+                           f"its log ends:\n{server.log_tail()})")
+            return reason
+        except Exception:
+            server.check_not_stopped_from_outside()  # the real cause, if that is what it was
+            raise
     return ""
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
 
 
 def _validate_warmup(step: Step, server, model_copy: str, request, report: list[str]) -> None:
@@ -158,6 +225,13 @@ def _check_parameters(values: dict, component_id: str) -> None:
     if "serving_binary" in values and values["serving_binary"] not in SERVER_KINDS:
         raise ValueError(f"{component_id}: serving_binary must be one of {SERVER_KINDS}, "
                          f"got {values['serving_binary']!r}")
+    fallback = values.get("fallback_serving_binary")
+    if fallback is not None and fallback not in ("", *SERVER_KINDS):
+        raise ValueError(f"{component_id}: fallback_serving_binary must be '' (no fallback) or "
+                         f"one of {SERVER_KINDS}, got {fallback!r}")
+    if fallback and fallback == values.get("serving_binary"):
+        raise ValueError(f"{component_id}: fallback_serving_binary {fallback!r} is the "
+                         f"serving_binary itself; name another server, or '' for none")
     name = values.get("model_name")
     if name is not None and (not name or "/" in name or ":" in name or name.startswith(".")):
         raise ValueError(f"{component_id}: model_name {name!r} is not a valid model name")

@@ -1,9 +1,23 @@
 """A model server for one candidate model, in a throwaway directory: launched as a child
 process on free loopback ports, waited on until the model is AVAILABLE, stopped by PID.
 
-Three servers speak the same protocol and take the same flags: our own `pipewright serve`
-(`python -m serving`), a real `tensorflow_model_server` on PATH, or the TF Serving docker
-image when a docker engine answers.
+Three servers speak the same protocol and take the same flags, and they do not prove the
+same thing:
+
+- "tensorflow_model_server": TF Serving's C++ binary found on PATH;
+- "docker": the TF Serving docker image (the release production serves with, when it uses
+  that image) under a docker engine;
+- "pipewright": our own `pipewright serve` (`python -m serving`), which loads the SavedModel
+  with the Python TensorFlow of this environment — the one that exported it.
+
+Which one runs is `choose_server`'s answer, never a silent substitute: a server that is
+asked for and missing is an error unless a fallback was asked for too, and the choice says
+why it differs from the request.
+
+The server must run until the step stops it. When it ends before that because something
+outside stopped it (a termination signal, or a clean exit, which is how `pipewright serve`
+answers SIGTERM), the step was cut short: `StepInterrupted`, no verdict. When it ends by
+itself (an error exit, a crash), that is evidence about the model.
 """
 from __future__ import annotations
 
@@ -15,10 +29,15 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+
+from components.interruption import StepInterrupted, check_child_exit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVER_KINDS = ("auto", "pipewright", "tensorflow_model_server", "docker")
+# What a blessing records as the server that validated: every kind but "auto".
+SERVERS = ("tensorflow_model_server", "docker", "pipewright")
 TF_SERVING_BINARY = "tensorflow_model_server"
 AVAILABLE, END = 30, 50  # tensorflow.serving.ModelVersionStatus.State
 POLL_INTERVAL_S = 0.5
@@ -29,27 +48,89 @@ class ModelNotAvailable(Exception):
     """The server never served the model: it failed to load, timed out, or the server died."""
 
 
-def docker_engine_available() -> bool:
+def docker_engine_problem() -> str:
+    """Why no docker engine can run a container here, or "" when `docker info` answers."""
     if shutil.which("docker") is None:
-        return False
+        return "no `docker` command on PATH"
     try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=15).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        info = subprocess.run(["docker", "info"], capture_output=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "`docker info` did not answer within 15 s"
+    except OSError as error:
+        return f"`docker info` could not run: {error}"
+    if info.returncode != 0:
+        said = (info.stderr or info.stdout).decode(errors="replace").strip().splitlines()
+        return (f"`docker info` exited with code {info.returncode}"
+                + (f": {said[-1]}" if said else ""))
+    return ""
 
 
-def choose_server(preference: str) -> tuple[str, str]:
-    """The server kind to run and, when it differs from the preference, why."""
+def docker_engine_available() -> bool:
+    return not docker_engine_problem()
+
+
+def server_problem(kind: str) -> str:
+    """Why the server `kind` cannot run here, or "" when it can."""
+    if kind == "docker":
+        return docker_engine_problem()
+    if kind == TF_SERVING_BINARY and shutil.which(TF_SERVING_BINARY) is None:
+        return f"{TF_SERVING_BINARY} is not on PATH"
+    return ""
+
+
+@dataclass(frozen=True)
+class ServerChoice:
+    """The server that will validate (`kind`, one of SERVERS), what was asked for
+    (`requested`, one of SERVER_KINDS), and when the two differ, why (`why`); `fallback` is
+    true when the requested server was missing and the fallback the user named runs."""
+
+    kind: str
+    requested: str
+    why: str = ""
+    fallback: bool = False
+
+    def describe(self) -> str:
+        if self.kind == self.requested:
+            return self.kind
+        if self.fallback:
+            return f"{self.kind}, FALLBACK for the requested {self.requested}: {self.why}"
+        return f"{self.kind} (requested {self.requested}: {self.why})"
+
+
+def choose_server(preference: str, fallback: str = "") -> ServerChoice:
+    """The server to run for `serving_binary=preference`. "auto" is tensorflow_model_server
+    when it is on PATH, else pipewright. A requested server that cannot run here raises
+    ValueError naming the fix, unless `fallback` (a kind of SERVER_KINDS) names what to run
+    instead; the choice then says so."""
     if preference not in SERVER_KINDS:
         raise ValueError(f"serving_binary must be one of {SERVER_KINDS}, got {preference!r}")
-    if preference == "docker" and not docker_engine_available():
-        kind, note = choose_server("auto")
-        return kind, f"no docker engine answers `docker info`; using {kind} instead"
-    if preference == "tensorflow_model_server" and shutil.which(TF_SERVING_BINARY) is None:
-        raise ValueError(f"serving_binary {TF_SERVING_BINARY!r} is not on PATH")
+    if fallback and fallback not in SERVER_KINDS:
+        raise ValueError(f"fallback_serving_binary must be '' or one of {SERVER_KINDS}, "
+                         f"got {fallback!r}")
     if preference == "auto":
-        return ("tensorflow_model_server" if shutil.which(TF_SERVING_BINARY) else "pipewright"), ""
-    return preference, ""
+        if shutil.which(TF_SERVING_BINARY):
+            return ServerChoice(TF_SERVING_BINARY, "auto", f"{TF_SERVING_BINARY} is on PATH")
+        return ServerChoice("pipewright", "auto", f"no {TF_SERVING_BINARY} on PATH")
+    problem = server_problem(preference)
+    if not problem:
+        return ServerChoice(preference, preference)
+    if not fallback or fallback == preference:
+        alternatives = {
+            "docker": "start a docker engine (or point DOCKER_HOST at one)",
+            TF_SERVING_BINARY: f"install TF Serving's {TF_SERVING_BINARY} on PATH",
+        }[preference]
+        raise ValueError(
+            f"serving_binary={preference!r} cannot run: {problem} — to fix: {alternatives}; "
+            f"or choose another serving_binary ('auto', 'pipewright', ...); or set "
+            f"fallback_serving_binary='auto' to validate with another server when "
+            f"{preference} is missing (the blessing then records the substitute)")
+    # No second fallback: a fallback that cannot run fails the step too.
+    fallback_problem = server_problem(fallback)
+    if fallback_problem:
+        raise ValueError(f"serving_binary={preference!r} cannot run: {problem}; nor can "
+                         f"fallback_serving_binary={fallback!r}: {fallback_problem}")
+    chosen = choose_server(fallback)
+    return ServerChoice(chosen.kind, preference, problem, fallback=True)
 
 
 def free_port() -> int:
@@ -136,6 +217,7 @@ class SandboxServer:
             while True:
                 exit_code = self.process.poll()
                 if exit_code is not None:
+                    self.check_not_stopped_from_outside()
                     raise ModelNotAvailable(f"the server exited with code {exit_code} before the "
                                             f"model was AVAILABLE; its log ends:\n{self.log_tail()}")
                 try:
@@ -161,6 +243,58 @@ class SandboxServer:
                     raise ModelNotAvailable(f"the model was not AVAILABLE within {deadline_s:g} s "
                                             f"(last: {last_seen})")
                 time.sleep(POLL_INTERVAL_S)
+
+    @property
+    def what(self) -> str:
+        return f"the sandbox model server ({self.kind}, pid {self.pid})"
+
+    def check_not_stopped_from_outside(self) -> None:
+        """Raises StepInterrupted when the server has exited because something outside the
+        step stopped it: an external signal (SIGTERM, SIGKILL, ...; for docker, the 128 + N
+        exit code of a signalled container), or a clean exit (code 0), which a server never
+        makes by itself before it is asked to stop — `pipewright serve` exits 0 on SIGTERM.
+        Returns when it still runs or exited by itself (an error exit, a crash)."""
+        code = self.process.poll() if self.process is not None else None
+        if code is None:
+            return
+        check_child_exit(code, self.what)
+        if code == 0:
+            raise StepInterrupted(f"{self.what} exited cleanly (code 0) before the step stopped "
+                                  f"it: something outside the step stopped it (pipewright serve "
+                                  f"exits 0 on SIGTERM); no verdict is published — re-run the "
+                                  f"step")
+
+    def settle(self, grace_s: float = STOP_GRACE_S) -> int | None:
+        """After a failed request: tells a server that is up (the failure is the model's)
+        from one that is going away. Returns None when the server still answers
+        GetModelStatus; otherwise waits up to `grace_s` for it to exit, raises
+        StepInterrupted if it was stopped from outside, and returns its exit code (None if
+        it still runs, unresponsive)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None and self._answers():
+            return None
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            return None
+        self.check_not_stopped_from_outside()
+        return self.process.returncode
+
+    def _answers(self) -> bool:
+        import grpc
+        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            try:
+                model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=5)
+            except grpc.RpcError as error:
+                return error.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                                            grpc.StatusCode.CANCELLED)
+        return True
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; the child is reaped either way."""

@@ -4,6 +4,9 @@ With `parallel_trials` > 1 the search is KerasTuner's distributed mode: a chief 
 runs the oracle (a gRPC server on localhost) and that many worker processes each take
 trials from it until the oracle's budget is spent. Each process runs `tuner_fn` itself:
     python -m components.tuner (chief|worker) SPEC.json
+A chief or worker killed from outside the step (SIGTERM, SIGKILL, e.g. `make down`) fails
+the step with StepInterrupted: the trials finished so far are not the search asked for, so
+no "best" hyperparameters are published or cached.
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from components.artifacts import Examples, HyperParameters, Schema, TransformGraph
 from components.base import (Component, ExternalPath, Input, OptionalInput, Output, Parameter,
                              Step)
+from components.interruption import check_child_exit
 from components.user_module import FnArgs, UserModuleError, function
 
 CHIEF_TIMEOUT_S = 3600
@@ -139,21 +144,20 @@ def _distributed_search(step: Step, fn_args: FnArgs) -> tuple[dict[str, Any], fl
                 [sys.executable, "-m", "components.tuner",
                  "chief" if role == "chief" else "worker", spec],
                 env=env, stdout=log, stderr=subprocess.STDOUT)))
-    step.log.info("tuning with %d worker processes, oracle on port %d", step.parallel_trials, port)
+    step.log.info("tuning with %d worker processes, oracle on port %d; pids %s",
+                  step.parallel_trials, port,
+                  ", ".join(f"{role} {process.pid}" for role, _, process in processes))
     failures = []
     try:
-        for role, log_path, process in processes[1:] + processes[:1]:
-            if process.wait(timeout=CHIEF_TIMEOUT_S) != 0:
-                failures.append((role, log_path))
-                break
+        failures = _wait_for_search(processes, CHIEF_TIMEOUT_S)
     finally:
         for _, _, process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    for role, log_path, _ in processes:
-        with open(log_path) as fh:
-            step.log.info("--- tuner %s ---\n%s", role, fh.read()[-4000:])
+        for role, log_path, _ in processes:
+            with open(log_path) as fh:
+                step.log.info("--- tuner %s ---\n%s", role, fh.read()[-4000:])
     if failures:
         role, log_path = failures[0]
         with open(log_path) as fh:
@@ -162,6 +166,31 @@ def _distributed_search(step: Step, fn_args: FnArgs) -> tuple[dict[str, Any], fl
     with open(result_file) as fh:
         result = json.load(fh)
     return result["values"], result["score"]
+
+
+def _wait_for_search(processes: list[tuple[str, str, subprocess.Popen]],
+                     timeout_s: float) -> list[tuple[str, str]]:
+    """Waits for every tuner process together. A process killed from outside (SIGTERM,
+    SIGKILL, ...) raises StepInterrupted at once: the trials that ran are not a search, so
+    no "best" is written. Returns the (role, log) of the first that failed by itself, else
+    []; the caller stops the others."""
+    deadline = time.monotonic() + timeout_s
+    running = list(processes)
+    while running:
+        for entry in list(running):
+            role, log_path, process = entry
+            code = process.poll()
+            if code is None:
+                continue
+            running.remove(entry)
+            check_child_exit(code, f"tuner {role} process (pid {process.pid})")
+            if code != 0:
+                return [(role, log_path)]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"tuning did not finish within {timeout_s:g} s; still running: "
+                               + ", ".join(role for role, _, _ in running))
+        time.sleep(0.2)
+    return []
 
 
 def _free_port() -> int:

@@ -144,11 +144,25 @@ def _show_text_report(artifact) -> None:
             print(fh.read().rstrip())
 
 
+def _show_infra_blessing(artifact) -> None:
+    """Which server validated comes first: our own server proves less than TF Serving."""
+    server = artifact.properties.get("server")
+    requested = artifact.properties.get("requested_server") or ""
+    if not server:
+        print("  server: not recorded (validated before blessings recorded their server)")
+    elif requested not in ("", "auto", server):
+        print(f"  server: {server} — FALLBACK: serving_binary={requested!r} was requested "
+              f"and could not run")
+    else:
+        print(f"  server: {server}" + (f" (serving_binary={requested!r})" if requested else ""))
+    _show_text_report(artifact)
+
+
 _VIEWERS = {
     "ExampleStatistics": _show_statistics,
     "Schema": _show_schema,
     "ExampleAnomalies": _show_anomalies,
     "ModelEvaluation": _show_text_report,
     "ModelBlessing": _show_text_report,
-    "InfraBlessing": _show_text_report,
+    "InfraBlessing": _show_infra_blessing,
 }

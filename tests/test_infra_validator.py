@@ -1,25 +1,38 @@
 """InfraValidator with real model servers: the penguin pipeline's model is served in a
 sandbox and answers canaries over gRPC and REST before the Pusher pushes it; a corrupt model
 and a server that misses its deadline are not blessed, leave no server running, and keep the
-Pusher from pushing."""
+Pusher from pushing. The blessing names the server that validated; a missing server is an
+error unless a fallback is asked for, and then the substitute shows wherever the verdict is
+read. A server stopped from outside (SIGTERM, as `make down` sends) is no verdict: the step
+fails, publishes nothing, and the next run validates again."""
 from __future__ import annotations
 
 import filecmp
 import os
 import re
 import shutil
+import signal
+import socket
+import threading
+import time
 
 import psutil
 import pytest
 
-from components.artifacts import Model
+from components.artifacts import InfraBlessing, Model
 from components.base import Component, ComponentDefinitionError, Output, Step
 from components.canary_requests import WARMUP_FILE
 from components.example_gen import ExampleGen
 from components.infra_validator import InfraValidator
+from components.interruption import StepInterrupted
 from components.pusher import Pusher
-from components.serving_sandbox import choose_server, docker_engine_available
+from components.serving_sandbox import (ModelNotAvailable, SandboxServer, choose_server,
+                                        docker_engine_available)
+from pipelines.home import Home
+from pipelines.metadata import Metadata
 from pipelines.pipeline import Pipeline
+
+NO_DOCKER = pytest.mark.skipif(docker_engine_available(), reason="a docker engine answers here")
 
 
 class CorruptModel(Component):
@@ -74,9 +87,14 @@ def serving_tree(directory: str) -> list[str]:
 @pytest.fixture(scope="module")
 def penguin_copy(trained_penguin, tmp_path_factory):
     """A home of our own holding a copy of the trained penguin's records, so the penguin
-    steps upstream of the InfraValidator are cached here (their artifacts are only read)."""
+    steps upstream of the InfraValidator are cached here (their artifacts are only read).
+    Its serving directory starts empty, as it was when that model was evaluated: a copy
+    of the pushed version would be untraceable here (the records say it was pushed to the
+    original home), which LatestPushedModel refuses."""
     home = tmp_path_factory.mktemp("infra-home") / "home"
-    shutil.copytree(trained_penguin.home, home)
+    shutil.copytree(trained_penguin.home, home,
+                    ignore=lambda directory, names: (["serving"] if os.path.samefile(
+                        directory, trained_penguin.home) else []))
     return str(home)
 
 
@@ -95,10 +113,50 @@ def penguin_with_infra_validator(**infra_args) -> Pipeline:
     return Pipeline("penguin", kept + [infra, pusher], parameters=penguin.parameters)
 
 
-def run_quietly(pipeline: Pipeline, home: str):
+def penguin_model_with(infra: InfraValidator | None = None, **infra_args) -> Pipeline:
+    """The penguin steps up to the Trainer (cached in `penguin_copy`) and an InfraValidator
+    on its model, nothing downstream: no Evaluator, no Pusher."""
+    from pipelines import registry
+
+    penguin = registry.load("penguin")
+    trainer = penguin.component("Trainer")
+    needed, todo = set(), [trainer]
+    while todo:
+        component = todo.pop()
+        if component.id not in needed:
+            needed.add(component.id)
+            todo.extend(component.upstream)
+    infra = infra or InfraValidator(model=trainer.outputs.model,
+                                    examples=penguin.component("ExampleGen").outputs.examples,
+                                    model_name="penguin", **infra_args)
+    return Pipeline("penguin", [c for c in penguin.components if c.id in needed] + [infra],
+                    parameters=penguin.parameters)
+
+
+def run_quietly(pipeline: Pipeline, home: str, echo=lambda line: None):
     from pipelines.local_runner import run_pipeline
 
-    return run_pipeline(pipeline, home=home, echo=lambda line: None)
+    return run_pipeline(pipeline, home=home, echo=echo)
+
+
+def metadata_of(home: str) -> Metadata:
+    return Metadata(Home.resolve(home).metadata_uri)
+
+
+def execution(metadata: Metadata, execution_id: int):
+    return metadata._record(metadata._execution(execution_id))
+
+
+def sandbox_servers() -> list[psutil.Process]:
+    """This process's sandbox model servers (the launcher runs steps in threads here)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("infra-validation-" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
 
 
 def test_penguin_model_answers_canaries_over_grpc_and_rest_before_it_is_pushed(
@@ -111,6 +169,12 @@ def test_penguin_model_answers_canaries_over_grpc_and_rest_before_it_is_pushed(
         report = fh.read()
     assert "signature 'serving_default': input 'examples' (DT_STRING [batch])" in report
     classes = len(trained_penguin.labels)
+    # The blessing, the report and the step's summary name the server that validated.
+    local = "tensorflow_model_server" if shutil.which("tensorflow_model_server") else "pipewright"
+    assert (blessing.server, blessing.requested_server) == (local, "auto")
+    assert f"validated by: {local} (requested auto: " in report
+    assert "what it proves: " in report
+    assert f"validated by {local}" in run.steps["InfraValidator"].reason
     assert f"gRPC Predict: scores [10, {classes}], finite" in report
     assert f"REST :predict: scores [10, {classes}], finite, equal to gRPC's" in report
     assert_server_gone(server_pid(blessing))
@@ -185,17 +249,145 @@ def test_parameters_are_checked_where_the_pipeline_is_defined():
     examples = penguin.component("ExampleGen").outputs.examples
     with pytest.raises(ValueError, match="serving_binary must be one of"):
         InfraValidator(model=model, examples=examples, serving_binary="kubernetes")
+    with pytest.raises(ValueError, match="fallback_serving_binary must be '' "):
+        InfraValidator(model=model, examples=examples, fallback_serving_binary="kubernetes")
+    with pytest.raises(ValueError, match="fallback_serving_binary 'docker' is the serving_binary"):
+        InfraValidator(model=model, examples=examples, serving_binary="docker",
+                       fallback_serving_binary="docker")
     with pytest.raises(ValueError, match="num_examples must be at least 1"):
         InfraValidator(model=model, examples=examples, num_examples=0)
     with pytest.raises(ComponentDefinitionError, match="required input 'examples'"):
         InfraValidator(model=model)
 
 
-@pytest.mark.skipif(docker_engine_available(), reason="a docker engine answers here")
-def test_docker_without_an_engine_falls_back_to_a_local_server():
-    kind, note = choose_server("docker")
-    assert kind in ("pipewright", "tensorflow_model_server")
-    assert "no docker engine" in note
+@NO_DOCKER
+def test_docker_without_an_engine_fails_the_step_naming_the_fix(penguin_copy):
+    blessings = len(metadata_of(penguin_copy).artifacts_of_type(InfraBlessing))
+    run = run_quietly(penguin_model_with(serving_binary="docker"), penguin_copy)
+
+    assert not run.ok
+    assert run.steps["InfraValidator"].status == "failed"
+    assert "ValueError: serving_binary='docker' cannot run: `docker info`" in run.failure
+    assert "start a docker engine" in run.failure
+    assert "fallback_serving_binary='auto'" in run.failure
+    assert len(metadata_of(penguin_copy).artifacts_of_type(InfraBlessing)) == blessings
+    if not shutil.which("tensorflow_model_server"):  # a fallback that cannot run fails too
+        with pytest.raises(ValueError, match="tensorflow_model_server is not on PATH; nor can "
+                                             "fallback_serving_binary='docker': `docker info`"):
+            choose_server("tensorflow_model_server", "docker")
+
+
+@NO_DOCKER
+def test_docker_fallback_is_recorded_wherever_the_verdict_is_read(penguin_copy, capsys):
+    from pipelines.inspect_cli import print_artifact
+
+    lines = []
+    run = run_quietly(penguin_model_with(serving_binary="docker",
+                                         fallback_serving_binary="pipewright"),
+                      penguin_copy, echo=lines.append)
+
+    assert run.ok, run.summary()
+    step = run.steps["InfraValidator"]
+    assert step.status == "executed"
+    blessing = step.outputs["blessing"]
+    assert blessing.blessed == 1, blessing.reason
+    stored = metadata_of(penguin_copy).artifact(blessing.id)
+    assert (stored.server, stored.requested_server) == ("pipewright", "docker")
+    assert stored.reason.startswith("pipewright (fallback for docker) served it")
+    # The run's console lines (the step line and the summary table) show the substitute.
+    assert any("InfraValidator" in line and "validated by pipewright, FALLBACK: docker missing"
+               in line for line in lines[:-1])
+    assert "validated by pipewright, FALLBACK: docker missing" in lines[-1]
+    with open(blessing.path("report.txt")) as fh:
+        report = fh.read()
+    assert "validated by: pipewright, FALLBACK for the requested docker: `docker info`" in report
+    assert "CANNOT catch ops or kernels missing from TF Serving's C++ binary" in report
+    with open(step.log_path) as fh:
+        assert re.search(r"WARNING .*serving_binary='docker' cannot run \(`docker info`.*\); "
+                         r"validating with the fallback pipewright", fh.read())
+
+    capsys.readouterr()
+    assert print_artifact(penguin_copy, str(blessing.id)) == 0
+    shown = capsys.readouterr().out
+    assert "server: pipewright — FALLBACK: serving_binary='docker' was requested" in shown
+    assert "requested_server=docker" in shown and "server=pipewright" in shown
+
+
+def test_server_stopped_from_outside_is_no_verdict_and_the_next_run_validates_again(
+        penguin_copy):
+    """`make down` mid-validation: SIGTERM reaches the sandbox server while it loads."""
+    metadata = metadata_of(penguin_copy)
+    blessings = len(metadata.artifacts_of_type(InfraBlessing))
+    killed, done = {}, threading.Event()
+
+    def make_down():  # SIGTERM the sandbox server as soon as it runs, as `make down` does
+        while not done.is_set():
+            for server in sandbox_servers():
+                killed["pid"] = server.pid
+                server.send_signal(signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=make_down, daemon=True)
+    watcher.start()
+    try:
+        run = run_quietly(penguin_model_with(num_examples=7), penguin_copy)
+    finally:
+        done.set()
+        watcher.join()
+
+    assert "pid" in killed, "no sandbox server was seen"
+    step = run.steps["InfraValidator"]
+    assert not run.ok and step.status == "failed"
+    assert (f"StepInterrupted: the sandbox model server (pipewright, pid {killed['pid']}) was "
+            f"killed by SIGTERM from outside the step") in run.failure
+    record = execution(metadata, step.execution_id)
+    assert record.state == "failed" and "killed by SIGTERM" in record.error
+    assert metadata.outputs_of_execution(step.execution_id) == {}
+    assert len(metadata.artifacts_of_type(InfraBlessing)) == blessings
+    assert_server_gone(killed["pid"])
+
+    rerun = run_quietly(penguin_model_with(num_examples=7), penguin_copy)
+    assert rerun.ok, rerun.summary()
+    assert rerun.steps["InfraValidator"].status == "executed"
+    blessing = rerun.steps["InfraValidator"].outputs["blessing"]
+    assert blessing.blessed == 1, blessing.reason
+    assert len(metadata.artifacts_of_type(InfraBlessing)) == blessings + 1
+
+
+def test_pipewright_serve_stopped_by_sigterm_while_serving_is_no_verdict(trained_penguin,
+                                                                          tmp_path):
+    """pipewright serve answers SIGTERM with a clean exit: code 0 before the step stopped it
+    is a stop from outside, not something the model did."""
+    base = tmp_path / "infra-validation-sigterm" / "penguin"
+    shutil.copytree(trained_penguin.model_dir, base / "1")
+    server = SandboxServer("pipewright", model_name="penguin", base_path=str(base),
+                           log_path=str(tmp_path / "server.log"))
+    with server:
+        server.wait_until_available(120)
+        assert server.settle() is None  # up and answering: a failure would be the model's
+        os.kill(server.pid, signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        with pytest.raises(StepInterrupted, match=r"exited cleanly \(code 0\) before the step"):
+            server.settle()
+        with pytest.raises(StepInterrupted, match="exited cleanly"):
+            server.wait_until_available(5)
+
+
+def test_server_that_exits_by_itself_stays_a_verdict(trained_penguin, tmp_path):
+    """A server that cannot start (its gRPC port is taken) exits 1 by itself: that is an
+    answer (ModelNotAvailable, so blessed=0), not an interruption."""
+    base = tmp_path / "infra-validation-taken" / "penguin"
+    shutil.copytree(trained_penguin.model_dir, base / "1")
+    server = SandboxServer("pipewright", model_name="penguin", base_path=str(base),
+                           log_path=str(tmp_path / "server.log"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", server.grpc_port))
+        taken.listen()
+        with server:
+            with pytest.raises(ModelNotAvailable, match="the server exited with code 1 before"):
+                server.wait_until_available(120)
+            assert server.settle() == 1
 
 
 def _penguin_data() -> str:
