@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,9 @@ class Services:
             self.down(echo=echo)
             raise
         echo(f"DAGs unpaused: {', '.join(dag_ids)}")
+        for dag_id, run_id in self.fail_interrupted_runs(dag_ids):
+            echo(f"run {run_id} of {dag_id} was interrupted by the last `make down`: marked "
+                 f"failed (its steps published nothing; the next run executes them)")
         if first_run and self.model_name in dag_ids and not _has_version(self.model_base_path):
             run = self.trigger(self.model_name, {})
             echo(f"no model is served yet: triggered a first {self.model_name} run "
@@ -285,6 +289,19 @@ class Services:
         for dag_id in dag_ids:
             self.api("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
         return dag_ids
+
+    def fail_interrupted_runs(self, dag_ids: list[str]) -> list[tuple[str, str]]:
+        """Marks failed the DAG runs still "running" when the services start: no task of
+        theirs survived the previous `down`, and with max_active_runs=1 such a run would
+        hold back new runs until Airflow's heartbeat timeout noticed. Returns (dag, run)."""
+        failed = []
+        for dag_id in dag_ids:
+            runs = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns?state=running&limit=100")
+            for run in runs["dag_runs"]:
+                path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['dag_run_id'])}"
+                self.api("PATCH", path, {"state": "failed"})
+                failed.append((dag_id, run["dag_run_id"]))
+        return failed
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> dict[str, Any]:
         return self.api("POST", f"/api/v2/dags/{dag_id}/dagRuns",

@@ -6,7 +6,10 @@ the penguin DAG is triggered over the REST API v2 with a conf, reaches success a
 version 1, which the model server answers for over REST and gRPC; the grid view of the run
 is rendered by headless Chromium. Night 2: span 2 arrives, the run trains again, the
 Evaluator compares the new model with the served one, Pusher pushes version 2, and the
-server answers from it without a restart. Finally `down` leaves no process behind."""
+server answers from it without a restart. A rollback then serves night 1's model again (as
+version 3). Night 3: span 3 arrives and `down` stops everything while the InfraValidator
+validates; after `up`, the next run judges the new model against night 1's model (the one
+served) and pushes it. Finally `down` leaves no process behind."""
 from __future__ import annotations
 
 import datetime as dt
@@ -208,6 +211,69 @@ def test_night_2_new_span_trains_again_and_the_server_moves_to_version_2(system)
     assert version == 2
     assert_probabilities(scores)
     assert_probabilities(predict_rest(system))
+
+
+def outputs_in_run(metadata: Metadata, airflow_run_id: str, component_id: str) -> dict:
+    context = metadata.run_context("penguin", pipewright_run_id(airflow_run_id))
+    record = metadata.latest_in_run(context, component_id)
+    return metadata.outputs_of_execution(record.id) if record else {}
+
+
+def sandbox_servers(services: Services) -> list[psutil.Process]:
+    """The InfraValidator's sandbox model servers among the services' descendants."""
+    found = []
+    for pid in services.running().values():
+        for process in psutil.Process(pid).children(recursive=True):
+            try:
+                if "infra-validation-" in " ".join(process.cmdline()):
+                    found.append(process)
+            except psutil.Error:
+                continue
+    return found
+
+
+def test_night_3_down_during_infra_validation_then_up_pushes_against_the_served_model(system):
+    from pipelines.rollback import rollback
+
+    metadata = Metadata(system.home.metadata_uri)
+    [first] = [p for p in metadata.artifacts_of_type(PushedModel) if p.pushed_version == 1]
+    rolled = rollback("penguin", system.home.root)
+    assert (rolled.model_id, rolled.pushed_version) == (first.model_id, 3)
+    wait_for_version(system, 3)
+
+    incoming = Path(system.home.root) / "incoming"
+    write_span(incoming, "2026-03-03", keep=lambda i: True)
+    conf = {"data_root": str(incoming), "input_pattern": SPAN_PATTERN}
+    interrupted = trigger(system, "penguin", conf)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not sandbox_servers(system):
+        assert time.monotonic() < deadline, "the InfraValidator never started its server"
+        time.sleep(0.5)
+    system.down(echo=lambda line: None)
+
+    # The interrupted validation left no verdict: its execution failed, no blessing exists.
+    assert outputs_in_run(metadata, interrupted, "InfraValidator") == {}
+    assert versions(system) == ["1", "2", "3"]
+    system.up(first_run=False, echo=lambda line: None)
+
+    run, states = finished(system, trigger(system, "penguin", conf))
+    assert set(states.values()) == {"success"}, states
+    # Recorded failed by the task itself, or (if it was killed first) by the next run.
+    context = metadata.run_context("penguin", pipewright_run_id(interrupted))
+    killed = [r.state for r in metadata.executions_in_run(context)
+              if r.component_id == "InfraValidator"]
+    assert killed and set(killed) == {"failed"}, killed
+    evaluator = outputs_in_run(metadata, run["dag_run_id"], "Evaluator")
+    blessing = evaluator["blessing"]
+    assert (blessing.baseline_model_id, blessing.baseline_version) == (first.model_id, 3)
+    with open(evaluator["evaluation"].path("report.txt")) as fh:
+        report = fh.read()
+    assert f"baseline model {first.model_id}" in report and "version 3" in report, report[:400]
+    infra = outputs_in_run(metadata, run["dag_run_id"], "InfraValidator")["blessing"]
+    assert infra.blessed == 1 and infra.server == "pipewright"
+    assert outputs_in_run(metadata, run["dag_run_id"], "Pusher")["pushed_model"].pushed_version == 4
+    wait_for_version(system, 4)
+    assert predict_grpc(system)[0] == 4
 
 
 def test_every_service_listens_on_127_0_0_1_only(system):
