@@ -262,6 +262,7 @@ def plan_eval_config(config, has_baseline: bool, where: str = "Evaluator") -> Ev
                     del metrics_spec.model_names[:]
                     metrics_spec.model_names.extend(kept)
         _drop_change_thresholds(config)
+    _check_metrics_known(config)  # before TFMA instantiates them, failing obscurely
     left = tfma.metrics.metric_thresholds_from_metrics_specs(config.metrics_specs,
                                                              eval_config=config)
     return EvalPlan(config=config, candidate_name=candidate_name, baseline_name=baseline_name,
@@ -347,14 +348,7 @@ def _check_eval_config(config, step: Step) -> None:
     silently ignore: an unknown metric, label or slice feature, a missing signature."""
     import tensorflow as tf
 
-    for spec in config.metrics_specs:
-        for metric in spec.metrics:
-            if not _known_metric(metric):
-                raise EvalConfigError(
-                    f"metric {metric.class_name!r} in the eval config is unknown: it is "
-                    + (f"not defined in module {metric.module!r}" if metric.module else
-                       "neither a TFMA metric (tfma.metrics) nor a Keras metric "
-                       "(tf_keras.metrics)"))
+    _check_metrics_known(config)
     raw_types = _raw_feature_types(step)
     raw_features = set(raw_types)
     candidate = next(spec for spec in config.model_specs if not spec.is_baseline)
@@ -393,6 +387,17 @@ def _check_eval_config(config, step: Step) -> None:
         if unknown:
             raise EvalConfigError(f"slice feature(s) {unknown} are not features of the "
                                   f"examples {step.examples.uri} ({sorted(raw_features)})")
+
+
+def _check_metrics_known(config) -> None:
+    for spec in config.metrics_specs:
+        for metric in spec.metrics:
+            if not _known_metric(metric):
+                raise EvalConfigError(
+                    f"metric {metric.class_name!r} in the eval config is unknown: it is "
+                    + (f"not defined in module {metric.module!r}" if metric.module else
+                       "neither a TFMA metric (tfma.metrics) nor a Keras metric "
+                       "(tf_keras.metrics)"))
 
 
 def _known_metric(metric) -> bool:

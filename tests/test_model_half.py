@@ -1,10 +1,10 @@
-"""The model half on the real penguin pipeline: Transform, Trainer, LatestBlessedModel,
+"""The model half on the real penguin pipeline: Transform, Trainer, LatestPushedModel,
 Evaluator, Pusher, rollback and Tuner, plus the bad-input cases.
 
 `trained_penguin` (tests/conftest.py) is the session's one trained model. The tests that
-train more models, roll back or break steps share one home of their own (`lifecycle`),
-in the order written here: first run, unmet threshold, second model, no-change re-run,
-rollback."""
+train more models, roll back or break steps share one home of their own (`lifecycle`,
+holding the first run). What a test needs beyond it is a fixture (`second`: the second
+model, compared with the first and pushed), so each test also runs alone (`-k rollback`)."""
 from __future__ import annotations
 
 import filecmp
@@ -60,8 +60,8 @@ def test_full_pipeline_pushes_a_model_that_classifies_the_eval_split(trained_pen
 
     run = trained_penguin.run
     assert set(run.executed()) >= {"Transform", "Trainer", "Evaluator", "Pusher"}
-    assert run.steps["LatestBlessedModel"].status == "resolved"
-    assert "baseline_model" not in run.steps["LatestBlessedModel"].outputs
+    assert run.steps["LatestPushedModel"].status == "resolved"
+    assert "baseline_model" not in run.steps["LatestPushedModel"].outputs
     assert trained_penguin.version == 1
     assert sorted(os.listdir(trained_penguin.serving_base)) == [".push.lock", "1"]
     assert sorted(trained_penguin.labels) == ["Adelie", "Chinstrap", "Gentoo"]
@@ -93,9 +93,13 @@ def test_evaluation_reports_metrics_per_slice_and_the_blessing_says_why(trained_
     evaluator = trained_penguin.run.steps["Evaluator"]
     blessing = evaluator.outputs["blessing"]
     assert blessing.blessed == 1 and blessing.baseline_model_id is None
+    assert blessing.baseline_version is None
     with open(evaluator.outputs["evaluation"].path("report.txt")) as fh:
         report = fh.read()
-    assert "no baseline: value thresholds only" in report and "BLESSED" in report
+    assert report.startswith(
+        f"Evaluation of model {trained_penguin.run.steps['Trainer'].outputs['model'].id} "
+        "(no baseline: first push; value thresholds only, change thresholds skipped) on "
+        "split(s) eval\nBLESSED: every threshold holds; no baseline: change thresholds skipped\n")
     for slice_name in ("Overall", "island=Biscoe", "island=Dream", "island=Torgersen",
                        "sex=female", "sex=male"):
         assert slice_name in report
@@ -146,48 +150,63 @@ def _second_model_pipeline():
     return _with_parameter("Evaluator", change_threshold=0.05)
 
 
-def test_second_model_is_compared_against_the_first_as_baseline(lifecycle):
-    first_model = lifecycle["first"].steps["Trainer"].outputs["model"]
+@pytest.fixture(scope="module")
+def second(lifecycle):
+    """The second model (more training steps), compared with the first, served as version
+    1, as its baseline."""
     run = _run(_second_model_pipeline(), lifecycle["home"], train_steps=320)
     assert run.ok, run.summary()
+    return run
+
+
+def test_second_model_is_compared_against_the_first_as_baseline(lifecycle, second):
+    first_model = lifecycle["first"].steps["Trainer"].outputs["model"]
+    run = second
     assert "Transform" not in run.executed()  # the data and preprocessing did not change
-    baseline = run.steps["LatestBlessedModel"].outputs["baseline_model"]
+    baseline = run.steps["LatestPushedModel"].outputs["baseline_model"]
     assert baseline.id == first_model.id
+    served = run.steps["LatestPushedModel"].outputs["baseline_pushed_model"]
+    assert (served.model_id, served.pushed_version) == (first_model.id, 1)
     second_model = run.steps["Trainer"].outputs["model"]
     evaluation = run.steps["Evaluator"].outputs["evaluation"]
-    assert evaluation.baseline_model_id == first_model.id
-    with open(evaluation.path("report.txt")) as fh:
-        report = fh.read()
-    assert f"against baseline model {first_model.id}" in report
-    assert "baseline" in report.splitlines()[3] and "change" in report.splitlines()[3]
+    assert (evaluation.baseline_model_id, evaluation.baseline_version) == (first_model.id, 1)
     blessing = run.steps["Evaluator"].outputs["blessing"]
     assert blessing.model_id == second_model.id and blessing.baseline_model_id == first_model.id
+    assert blessing.baseline_version == 1
     assert blessing.blessed == 1, blessing.reason
+    assert blessing.reason == "every threshold holds, including the change against the baseline"
+    named = (f"Evaluation of model {second_model.id} against baseline model {first_model.id}, "
+             f"served as version 1 in {lifecycle['serving']} on split(s) eval\n")
+    for artifact in (evaluation, blessing):
+        with open(artifact.path("report.txt")) as fh:
+            assert fh.read().startswith(named)
+    with open(evaluation.path("report.txt")) as fh:
+        table_header = fh.read().splitlines()[3].split()
+    assert table_header == ["slice", "metric", "candidate", "baseline", "change"]
     pushed = run.steps["Pusher"].outputs["pushed_model"]
     assert pushed.pushed_version == 2
     assert filecmp.cmp(os.path.join(lifecycle["serving"], "2", "saved_model.pb"),
                        os.path.join(second_model.serving_dir, "saved_model.pb"), shallow=False)
-    lifecycle["second"] = run
 
 
-def test_rerun_with_nothing_changed_executes_no_step(lifecycle):
-    assert "second" in lifecycle, "runs after the second-model test"
+def test_rerun_with_nothing_changed_executes_no_step(lifecycle, second):
     before = _snapshot(lifecycle["serving"])
     run = _run(_second_model_pipeline(), lifecycle["home"], train_steps=320)
     assert run.ok, run.summary()
     assert run.executed() == []
     assert {s.status for s in run.steps.values()} == {"cached", "resolved"}
-    # The baseline resolves as before (the model before the candidate), so Evaluator is cached.
-    assert run.steps["LatestBlessedModel"].outputs["baseline_model"].id == \
+    # The baseline resolves as before (the candidate's own push is passed over), so the
+    # Evaluator is cached.
+    assert run.steps["LatestPushedModel"].outputs["baseline_model"].id == \
         lifecycle["first"].steps["Trainer"].outputs["model"].id
     assert _snapshot(lifecycle["serving"]) == before
 
 
-def test_rollback_repushes_the_previous_blessed_model_as_a_new_version(lifecycle, capsys):
+def test_rollback_repushes_the_previous_blessed_model_as_a_new_version(lifecycle, second,
+                                                                       capsys):
     from components.pusher import next_version
     from pipelines.cli import main
 
-    assert "second" in lifecycle, "runs after the second-model test"
     first_model = lifecycle["first"].steps["Trainer"].outputs["model"]
     serving = lifecycle["serving"]
     assert main(["rollback", "penguin", "--home", lifecycle["home"]]) == 0
@@ -315,6 +334,22 @@ def test_tuner_finds_hyperparameters_that_the_trainer_uses(lifecycle):
         values = json.load(fh)
     assert set(values) == {"learning_rate", "hidden_units", "hidden_layers"}
     assert 0.0 <= best.best_score <= 1.0
-    log = run.steps["TunedTrainer"].log_path
-    with open(log) as fh:
-        assert str(values["hidden_units"]) in fh.read()
+    trainer_step = run.steps["TunedTrainer"]
+    assert_trained_with(values, trainer_step.log_path,
+                        trainer_step.outputs["model"].serving_dir, train_steps=50)
+
+
+def assert_trained_with(values: dict, log_path: str, serving_dir: str, train_steps: int):
+    """The Trainer used exactly `values`: its log states them, and the exported model has
+    that many hidden Dense layers of that width, and that learning rate."""
+    import tf_keras
+
+    with open(log_path) as fh:
+        logged = [line.split(": ", 1)[1].rstrip("\n") for line in fh
+                  if "training " in line and " with hyperparameters " in line]
+    assert logged == [f"training {train_steps} steps with hyperparameters {values}"]
+    model = tf_keras.models.load_model(serving_dir)
+    hidden = [layer.units for layer in model.layers
+              if isinstance(layer, tf_keras.layers.Dense) and layer.name != "scores"]
+    assert hidden == [values["hidden_units"]] * values["hidden_layers"]
+    assert float(model.optimizer.learning_rate) == pytest.approx(values["learning_rate"])
