@@ -26,7 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = registry.load(args.pipeline)
     result = run_pipeline(pipeline, home=args.home, params=_parse_params(args.param),
                           enable_cache=not args.no_cache, rerun=args.rerun,
-                          max_parallel=args.max_parallel)
+                          max_parallel=args.max_parallel, until=args.until, only=args.only)
     return 0 if result.ok else 1
 
 
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun", action="append", default=[], metavar="STEP",
                      help="execute STEP again instead of reusing its cached result (its "
                           "downstream steps follow); repeatable")
+    run.add_argument("--until", action="append", default=[], metavar="STEP",
+                     help="run STEP and every step it depends on, nothing downstream (the "
+                          "cache applies); repeatable")
+    run.add_argument("--only", action="append", default=[], metavar="STEP",
+                     help="run just STEP, reading the outputs of the newest successful "
+                          "execution of each producer it reads from; repeatable")
     run.add_argument("--max-parallel", type=int, default=2, help="steps run at once (default 2)")
     run.set_defaults(func=cmd_run)
 
@@ -76,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(func=cmd_runs)
 
     lineage = sub.add_parser("lineage", help="what produced an artifact and what consumed it")
-    lineage.add_argument("artifact", help="artifact id or URI")
+    lineage.add_argument("artifact", help="artifact id (7 or #7), URI, or a path inside an artifact directory")
     lineage.add_argument("--home", help=home_help)
     lineage.set_defaults(func=cmd_lineage)
 
     show = sub.add_parser("show", help="summarize an artifact (statistics, schema, anomalies, ...)")
-    show.add_argument("artifact", help="artifact id or URI")
+    show.add_argument("artifact", help="artifact id (7 or #7), URI, or a path inside an artifact directory")
     show.add_argument("--home", help=home_help)
     show.set_defaults(func=cmd_show)
 

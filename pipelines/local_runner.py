@@ -16,6 +16,7 @@ from pipelines import interrupts
 from pipelines.home import Home
 from pipelines.launcher import RunInfo, StepFailed, StepResult, launch
 from pipelines.metadata import Metadata
+from pipelines.partial_run import OUTSIDE, plan_reuse, record_reuse, select_steps
 from pipelines.pipeline import Pipeline
 
 
@@ -36,10 +37,15 @@ class RunResult:
         return [cid for cid, r in self.steps.items() if r.status == "executed"]
 
     def summary(self) -> str:
+        """One row per step: status (executed, cached, resolved, reused, failed, not run),
+        outcome, seconds and a note: the step's key facts, then the ML Metadata ids of
+        its output artifacts (`outputs: scaled=#7`, what `pipewright show` takes; the
+        artifact directory is named by execution id, not artifact id)."""
         rows = [("step", "status", "outcome", "seconds", "note")]
         for cid, r in self.steps.items():
             outcome = "-" if r.status == "failed" else r.outcome
-            rows.append((cid, r.status, outcome, f"{r.duration_s:.1f}", r.reason[:70]))
+            note = "; ".join(filter(None, [r.reason[:70], _output_ids(r)]))
+            rows.append((cid, r.status, outcome, f"{r.duration_s:.1f}", note))
         for cid, why in self.not_run.items():
             rows.append((cid, "not run", "-", "-", why[:70]))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -58,15 +64,27 @@ def new_run_id() -> str:
 def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
                  params: dict[str, Any] | None = None, enable_cache: bool = True,
                  rerun: list[str] | tuple[str, ...] = (), max_parallel: int = 2,
-                 run_id: str | None = None,
+                 run_id: str | None = None, until: list[str] | tuple[str, ...] = (),
+                 only: list[str] | tuple[str, ...] = (),
                  echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr,
                                                                   flush=True)) -> RunResult:
     """Runs every step of `pipeline` in dependency order through the launcher, at most
     `max_parallel` at once. `enable_cache=False` executes every step; `rerun` names steps
     whose cached executions are not reused this time (their downstream steps then see new
-    inputs and execute too). Raises ValueError naming an unknown step in `rerun`. A
-    termination signal stops scheduling; the steps running then fail (nothing they did is
-    published) and the run is recorded failed."""
+    inputs and execute too). Raises ValueError naming an unknown step in `rerun`.
+
+    Partial runs (pipelines.partial_run, after TFX's): `until` runs those steps and their
+    upstream closure; `only` runs just those steps, their inputs taken from the newest
+    successful execution of each producer in the pipeline's history, recorded in this run
+    as a CACHED execution (status "reused"); the cache applies to the steps that run as
+    in a full run. Steps not run are listed as not run, "outside --until/--only". Raises
+    ValueError for an unknown step, `until` with `only`, or a `rerun` step that does not
+    run; partial_run.UpstreamUnavailable (a LookupError) naming the producer when an
+    `only` step's producer never succeeded or its outputs are gone — before any run is
+    recorded.
+
+    A termination signal stops scheduling; the steps running then fail (nothing they did
+    is published) and the run is recorded failed."""
     started = time.monotonic()
     home = home if isinstance(home, Home) else Home.resolve(home)
     values = pipeline.resolve_params(params)
@@ -74,17 +92,31 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
     if unknown:
         raise ValueError(f"--rerun names no step of {pipeline.name}: {unknown}; its steps are "
                          f"{[c.id for c in pipeline.order]}")
+    selected = select_steps(pipeline, until=until, only=only)
+    outside_rerun = sorted(set(rerun) - {c.id for c in selected})
+    if outside_rerun:
+        raise ValueError(f"--rerun {outside_rerun} is {OUTSIDE}: this run executes only "
+                         f"{[c.id for c in selected]}")
     interrupts.watch()
     metadata = Metadata(home.metadata_uri)
     for dead in metadata.abandon_dead_executions(pipeline.name):
         echo(f"recorded execution {dead.id} ({dead.component_id}) as failed: its process died")
+    reuse = plan_reuse(pipeline, selected, metadata, only) if only else []
     run_id = run_id or new_run_id()
     context = metadata.run_context(pipeline.name, run_id, parameters=values)
     run = RunInfo(pipeline.name, run_id, values, pipeline.beam_args, context)
     result = RunResult(pipeline.name, run_id)
-    echo(f"run {run_id} of {pipeline.name}: {len(pipeline.order)} steps, home {home.root}")
+    scope = (f"{len(selected)} of {len(pipeline.order)} steps "
+             f"({'--until ' + ' '.join(until) if until else '--only ' + ' '.join(only)})"
+             if until or only else f"{len(pipeline.order)} steps")
+    echo(f"run {run_id} of {pipeline.name}: {scope}, home {home.root}")
+    for item in reuse:
+        step = record_reuse(item, run, metadata)
+        result.steps[item.component.id] = step
+        echo(_step_line(step))
 
-    pending: list[Component] = list(pipeline.order)
+    chosen = {c.id for c in selected}
+    pending: list[Component] = list(selected)
     running: dict[futures.Future, Component] = {}
     halted = ""
     with futures.ThreadPoolExecutor(max_workers=max(1, max_parallel),
@@ -97,7 +129,8 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
                 if blocker:
                     result.not_run[component.id] = blocker
                     pending.remove(component)
-                elif all(u.id in result.steps for u in component.upstream) and \
+                elif all(u.id in result.steps or u.id not in chosen
+                         for u in component.upstream) and \
                         len(running) < max(1, max_parallel):
                     future = pool.submit(launch, component, run=run, metadata=metadata,
                                          home=home,
@@ -134,6 +167,11 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
                     result.failure = result.failure or f"halted by {halted}"
     # Report in pipeline order, whatever order the steps finished in.
     result.steps = {c.id: result.steps[c.id] for c in pipeline.order if c.id in result.steps}
+    for component in pipeline.order:
+        if component.id not in result.steps and component.id not in result.not_run:
+            result.not_run[component.id] = OUTSIDE
+    result.not_run = {c.id: result.not_run[c.id] for c in pipeline.order
+                      if c.id in result.not_run}
     result.duration_s = time.monotonic() - started
     metadata.finish_run(context, "succeeded" if result.ok else "failed")
     echo(result.summary())
@@ -149,7 +187,17 @@ def _blocker(component: Component, result: RunResult) -> str:
             return f"{upstream.id} failed"
         if step is not None and step.outcome == "skipped":
             return f"{upstream.id} was skipped"
+        if step is not None and step.outcome == "halted":  # a reused halt, in an --only run
+            return f"{upstream.id} halted the run"
     return ""
+
+
+def _output_ids(step: StepResult) -> str:
+    """`outputs: examples=#12, ...`: the ML Metadata artifact ids of a step's outputs."""
+    if step.status == "failed" or not step.outputs:
+        return ""
+    return "outputs: " + ", ".join(f"{key}=#{artifact.id}"
+                                   for key, artifact in step.outputs.items())
 
 
 def _step_line(step: StepResult) -> str:
@@ -158,4 +206,6 @@ def _step_line(step: StepResult) -> str:
             f" ({step.reason})" if step.reason else "")
     if step.status == "failed":
         note = f" — see {step.log_path}"
+    elif step.outputs:
+        note += " " + _output_ids(step)
     return f"[{step.duration_s:6.1f}s] {step.component_id:<22} {status}{note}"

@@ -92,6 +92,20 @@ class Pipeline:
     def downstream(self, component: Component) -> list[Component]:
         return [c for c in self.order if component in c.upstream]
 
+    def upstream_closure(self, component_ids: list[str] | tuple[str, ...]) -> list[Component]:
+        """The named steps and every step they depend on (through an input or `.after`),
+        transitively, in pipeline order — TFX partial runs' `to_nodes` sweep
+        (tfx/orchestration/portable/partial_run_utils.py, compute_nodes_to_run). Raises
+        KeyError naming an unknown step and listing the pipeline's steps."""
+        wanted: set[int] = set()
+        stack = [self.component(cid) for cid in component_ids]
+        while stack:
+            node = stack.pop()
+            if id(node) not in wanted:
+                wanted.add(id(node))
+                stack.extend(node.upstream)
+        return [c for c in self.order if id(c) in wanted]
+
     def resolve_params(self, values: dict[str, Any] | None) -> dict[str, Any]:
         """The run's parameter values: defaults overridden by `values`, type-checked.
         An unknown name is an error that lists the known ones."""
