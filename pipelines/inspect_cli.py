@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 
 from components.artifacts import Artifact
 from pipelines.home import Home
@@ -28,6 +29,68 @@ def print_runs(home: str | None, pipeline: str | None) -> int:
     return 0
 
 
+_ID_REF = re.compile(r"(?:[A-Za-z_][\w.]*=)?#?(?P<id>\d+)")  # 7, #7, examples=#7
+
+
+def find_artifact(metadata: Metadata, ref: str | int) -> Artifact:
+    """The artifact `ref` names: an ML Metadata artifact id (`7`, `#7`, or `scaled=#7` as
+    the run summary prints them — a word starting with `#` is a comment to the shell),
+    the artifact's URI, or any path inside its directory (the
+    nearest enclosing directory that is an artifact's URI). Artifact directories are
+    named by the id of the execution that produced them, not the artifact id: a bare
+    number that is also a directory here holding a different artifact is refused as
+    ambiguous. Raises LookupError naming the reference and the store when nothing
+    matches, ValueError for the ambiguous number."""
+    text = str(ref).strip()
+    match = _ID_REF.fullmatch(text)
+    if match:
+        number = match["id"]
+        try:
+            by_id = metadata.artifact(int(number))
+        except KeyError:
+            by_id = None
+        at_path = None if not text.isdigit() or not os.path.isdir(text) else \
+            _artifact_at_path(metadata, text)
+        if by_id is not None and at_path is not None and at_path.id != by_id.id:
+            raise ValueError(
+                f"{text!r} is ambiguous: artifact #{by_id.id} ({by_id.name}) or the directory "
+                f"{os.path.abspath(text)}, which holds artifact #{at_path.id} ({at_path.name}) "
+                f"— artifact directories are named by execution id; pass #{by_id.id} or "
+                f"./{text}")
+        found = by_id or at_path
+        if found is None:
+            raise LookupError(f"no artifact #{number} in {_store(metadata)} "
+                              f"(artifact directories are named by execution id; the run "
+                              f"summary lists artifact ids as outputs: key=#id)")
+        return found
+    found = _artifact_at_path(metadata, text)
+    if found is None:
+        raise LookupError(f"{text!r} is neither an artifact URI nor a path inside an artifact "
+                          f"directory recorded in {_store(metadata)} (checked "
+                          f"{os.path.abspath(text)} and its parent directories)")
+    return found
+
+
+def _store(metadata: Metadata) -> str:
+    """The store for a message: its file, or no URI when it is a database (a password)."""
+    if "://" in metadata.uri and not metadata.uri.startswith("sqlite://"):
+        return "the metadata store at $PIPEWRIGHT_METADATA"
+    return f"the metadata store {metadata.uri}"
+
+
+def _artifact_at_path(metadata: Metadata, path: str) -> Artifact | None:
+    """The artifact whose URI is `path` or its nearest parent directory, else None."""
+    path = os.path.abspath(os.path.expanduser(path)).rstrip(os.sep) or os.sep
+    while True:
+        try:
+            return metadata.artifact(path)
+        except KeyError:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return None
+            path = parent
+
+
 def _describe(artifact: Artifact) -> str:
     props = ", ".join(f"{k}={v}" for k, v in sorted(artifact.properties.items()))
     return f"{type(artifact).__name__} #{artifact.id} {artifact.name}  {artifact.uri}  {props}"
@@ -35,7 +98,7 @@ def _describe(artifact: Artifact) -> str:
 
 def print_lineage(home: str | None, ref: str) -> int:
     metadata = _metadata(home)
-    artifact = metadata.artifact(ref)
+    artifact = find_artifact(metadata, ref)
     graph = metadata.lineage(artifact)
     print(_describe(artifact))
     producers = graph["producers"]
@@ -62,7 +125,8 @@ def print_lineage(home: str | None, ref: str) -> int:
 
 
 def print_artifact(home: str | None, ref: str) -> int:
-    artifact = _metadata(home).artifact(ref)
+    metadata = _metadata(home)
+    artifact = find_artifact(metadata, ref)
     print(_describe(artifact))
     viewer = _VIEWERS.get(type(artifact).__name__)
     if viewer:

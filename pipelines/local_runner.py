@@ -110,15 +110,18 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
              f"({'--until ' + ' '.join(until) if until else '--only ' + ' '.join(only)})"
              if until or only else f"{len(pipeline.order)} steps")
     echo(f"run {run_id} of {pipeline.name}: {scope}, home {home.root}")
+    halted = ""
     for item in reuse:
         step = record_reuse(item, run, metadata)
         result.steps[item.component.id] = step
         echo(_step_line(step))
+        if step.outcome == "halted" and not halted:  # the run it came from halted there too
+            halted = f"{step.component_id} (reused): {step.reason}"
+            result.failure = f"halted by {halted}"
 
     chosen = {c.id for c in selected}
     pending: list[Component] = list(selected)
     running: dict[futures.Future, Component] = {}
-    halted = ""
     with futures.ThreadPoolExecutor(max_workers=max(1, max_parallel),
                                     thread_name_prefix="step") as pool:
         while pending or running:
@@ -187,8 +190,6 @@ def _blocker(component: Component, result: RunResult) -> str:
             return f"{upstream.id} failed"
         if step is not None and step.outcome == "skipped":
             return f"{upstream.id} was skipped"
-        if step is not None and step.outcome == "halted":  # a reused halt, in an --only run
-            return f"{upstream.id} halted the run"
     return ""
 
 

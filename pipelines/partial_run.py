@@ -61,16 +61,18 @@ def select_steps(pipeline: Pipeline, *, until: list[str] | tuple[str, ...] = (),
     return list(pipeline.order)
 
 
-def producers_to_reuse(selected: list[Component]) -> list[Component]:
-    """The producers of the selected steps' inputs that are not selected themselves, in
-    the order first read. (A step ordered only by `.after` passes no data: not reused.)"""
+def upstream_to_reuse(selected: list[Component]) -> list[Component]:
+    """The direct upstream steps of the selected ones that are not selected themselves:
+    the producers of their inputs, and the steps they run `.after` (so an ExampleValidator
+    that halted on the newest data halts an `--only Transform` run too), first needed
+    first."""
     chosen = {id(c) for c in selected}
-    producers: dict[int, Component] = {}
+    upstream: dict[int, Component] = {}
     for component in selected:
-        for channel in component.inputs.values():
-            if channel is not None and id(channel.producer) not in chosen:
-                producers.setdefault(id(channel.producer), channel.producer)
-    return list(producers.values())
+        for other in component.upstream:
+            if id(other) not in chosen:
+                upstream.setdefault(id(other), other)
+    return list(upstream.values())
 
 
 def newest_successful(metadata: Metadata, pipeline_name: str,
@@ -89,22 +91,22 @@ def newest_successful(metadata: Metadata, pipeline_name: str,
 
 def plan_reuse(pipeline: Pipeline, selected: list[Component], metadata: Metadata,
                only: list[str] | tuple[str, ...]) -> list[Reuse]:
-    """Finds, for every producer the selected steps read from but do not run, its newest
-    successful execution with its outputs. Raises UpstreamUnavailable naming the producer,
-    the step that reads it and the `--until` run that would make it, when the producer
-    never succeeded in this pipeline or its outputs are gone from disk."""
+    """Finds, for every upstream step the selected steps need but do not run
+    (upstream_to_reuse), its newest successful execution with its outputs. Raises
+    UpstreamUnavailable naming the upstream step, the steps that depend on it and the
+    `--until` run that would make it, when it never succeeded in this pipeline or its
+    outputs are gone from disk."""
     plan = []
-    for producer in producers_to_reuse(selected):
-        readers = [c.id for c in selected if any(
-            ch is not None and ch.producer is producer for ch in c.inputs.values())]
+    for producer in upstream_to_reuse(selected):
+        readers = [c.id for c in selected if producer in c.upstream]
         fix = (f"run pipeline {pipeline.name} with --until {producer.id} first (or add "
                f"--only {producer.id})")
         source = newest_successful(metadata, pipeline.name, producer.id)
         if source is None:
             raise UpstreamUnavailable(
-                f"--only {' '.join(only)}: {', '.join(readers)} read(s) the outputs of "
+                f"--only {' '.join(only)}: {', '.join(readers)} depend(s) on "
                 f"{producer.id}, which has no successful execution in the history of "
-                f"pipeline {pipeline.name} ({metadata.uri}); {fix}")
+                f"pipeline {pipeline.name}; {fix}")
         outputs = metadata.outputs_of_execution(source.id)
         missing = [a.uri for a in outputs.values() if not os.path.exists(a.uri)]
         if missing:
