@@ -55,7 +55,7 @@ def find_artifact(metadata: Metadata, ref: str | int) -> Artifact:
             raise ValueError(
                 f"{text!r} is ambiguous: artifact #{by_id.id} ({by_id.name}) or the directory "
                 f"{os.path.abspath(text)}, which holds artifact #{at_path.id} ({at_path.name}) "
-                f"— artifact directories are named by execution id; pass #{by_id.id} or "
+                f"— artifact directories are named by execution id; pass '#{by_id.id}' or "
                 f"./{text}")
         found = by_id or at_path
         if found is None:
