@@ -22,10 +22,12 @@ def load(name_or_path: str) -> Pipeline:
         path = Path(name_or_path).resolve()
         if not path.is_file():
             raise LookupError(f"pipeline file {path} does not exist")
-        spec = importlib.util.spec_from_file_location(f"pipewright_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # so its components' annotations can be resolved
-        spec.loader.exec_module(module)
+        module = _imported_from(path)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(f"pipewright_user_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # so its components' annotations can be resolved
+            spec.loader.exec_module(module)
     elif name_or_path in names():
         module = importlib.import_module(f"pipelines.{name_or_path}.pipeline")
     else:
@@ -34,3 +36,14 @@ def load(name_or_path: str) -> Pipeline:
     if not hasattr(module, "create_pipeline"):
         raise LookupError(f"{module.__file__} defines no create_pipeline()")
     return module.create_pipeline()
+
+
+def _imported_from(path: Path):
+    """The module already imported from `path`, if any: executing the file again would
+    define its component and artifact classes a second time, and the second definitions
+    would replace the first in the artifact registry."""
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve() == path:
+            return module
+    return None
