@@ -36,7 +36,7 @@ from pipelines.services import Services
 from tests.airflow.conftest import REPO_ROOT
 from tests.airflow.system import SPAN_PATTERN, trigger, wait_for_run, write_span
 
-RUN_TIMEOUT_S = 420
+RUN_TIMEOUT_S = 600
 EXAMPLE = {"island": "Biscoe", "bill_length_mm": 48.6, "bill_depth_mm": 16.0,
            "flipper_length_mm": 230.0, "body_mass_g": 5800.0, "sex": "male"}
 SCREENSHOT = REPO_ROOT / "bench" / "out" / "airflow_grid_penguin.png"
