@@ -114,3 +114,19 @@ def test_params_are_validated_by_airflow_and_unknown_conf_keys_are_rejected(word
     dag_run = run(dag, home, {"linez": 3})
     assert task_states(dag_run)["WriteCorpus"] == "failed"
     assert state(dag_run) == "failed"
+
+
+def test_rerun_steps_in_the_trigger_form_executes_one_cached_step_again(wordcount):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag, home, _ = wordcount
+    dag_run = run(dag, home, {"lines": 12, "rerun_steps": ["CountWords"]})
+    assert state(dag_run) == "success"
+    metadata = Metadata(str(home / "metadata.sqlite"))
+    context = metadata.run_context("wordcount", pipewright_run_id(dag_run.run_id))
+    steps = {e.component_id: e.state for e in metadata.executions_in_run(context)}
+    assert steps["WriteCorpus"] == "cached" and steps["Summarize"] == "cached"
+    assert steps["CountWords"] == "complete", "re-run instead of reused"
+    assert steps["Judge"] == "complete", "its downstream saw a new input"
+    with pytest.raises(ParamValidationError, match="rerun_steps"):
+        run(dag, home, {"rerun_steps": ["NoSuchStep"]})
