@@ -70,7 +70,8 @@ class Examples(_SplitArtifact):
     """gzip TFRecord files of tf.Example, one directory per split."""
 
     PROPERTIES = {"span": INT, "version": INT, "split_names": STRINGS,
-                  "input_fingerprint": STRING, "payload_format": STRING}
+                  "input_fingerprint": STRING, "payload_format": STRING,
+                  "spans": STRINGS, "span_range": STRINGS}  # every span read; [first, last]
 
     def file_pattern(self, split: str) -> str:
         return os.path.join(self.split_uri(split), "*.gz")

@@ -1,9 +1,17 @@
 """Streaming CSV reading for ExampleGen: header checks, column type inference, typed rows.
 
 Two passes over the files, neither holding more than one row: the first checks every
-file's header and field counts and infers each column's type (int, float or string: a
-column with any non-numeric value is a string column), the second yields typed values.
-"NA" and the empty string are missing values; they are yielded as None, never filled.
+file's header and field counts and infers each column's type, the second yields typed
+values. Type inference follows tfx_bsl's CSV decoder (`tfx_bsl.coders.csv_decoder`,
+what TFX's CsvExampleGen uses): each value is int, float or string, a column takes the
+widest kind among its values (int < float < string), and an empty field is missing.
+Beyond tfx_bsl, the missing-value tokens (`DEFAULT_MISSING_VALUE_TOKENS`: NA, NaN, nan,
+null, NULL, N/A; configurable) are missing too, so a numeric column holding "NaN" stays
+numeric with missing values instead of silently becoming a string column, and a column
+with no value at all is a string column (tfx_bsl leaves it untyped). Missing values are
+yielded as None, never filled. The first pass also records, per column, how many values
+are missing and - for a string column that also holds numbers - the first value that is
+not a number and where it is (`ColumnReport.describe`), so the type is explained.
 Quoting is checked strictly (see `_records`): malformed quoting fails naming the file and
 line instead of merging or changing rows.
 """
@@ -14,7 +22,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-MISSING = frozenset({"", "NA"})
+# Read as missing besides the empty field (which always is, as in tfx_bsl).
+DEFAULT_MISSING_VALUE_TOKENS = ("NA", "NaN", "nan", "null", "NULL", "N/A")
 INT, FLOAT, STRING = "int", "float", "string"
 _INT = re.compile(r"\s*[+-]?\d+\s*")
 _FLOAT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
@@ -25,13 +34,51 @@ class CsvInputError(ValueError):
     """A CSV file that cannot be read as examples; the message names the file and line."""
 
 
+@dataclass
+class ColumnReport:
+    """What the first pass saw in one column: its values by kind, and the first value
+    that is not a number (with its file and line), which makes a column a string column."""
+
+    name: str
+    missing: int = 0
+    numbers: int = 0  # values that read as int or float
+    others: int = 0  # values that do not (strings)
+    first_other: tuple[str, int, str] | None = None  # (path, line, value)
+
+    def describe(self, kind: str, rows: int) -> str:
+        """One line: "<name>: <type>, <m> missing of <rows>", and for a string column that
+        also holds numbers, how many values are not numbers and the first of them."""
+        text = f"{self.name}: {kind}, {self.missing} missing of {rows}"
+        if kind == STRING and self.numbers == 0 and self.others == 0:
+            text += " (no value at all: typed string)"
+        elif kind == STRING and self.numbers and self.first_other is not None:
+            path, line, value = self.first_other
+            text += (f"; {self.numbers} value(s) are numbers but {self.others} are not, the "
+                     f"first {value!r} at {path} line {line}")
+        return text
+
+
 @dataclass(frozen=True)
 class CsvLayout:
-    """What the first pass learned: the shared header and each column's type."""
+    """What the first pass learned: the shared header, each column's type and report, and
+    the tokens read as missing (the second pass reads with the same ones)."""
 
     columns: list[str]
     types: dict[str, str]
     rows: int
+    reports: dict[str, ColumnReport]
+    missing_tokens: frozenset[str]
+
+    def type_lines(self) -> list[str]:
+        """One line per column, in header order (see ColumnReport.describe)."""
+        return [self.reports[name].describe(self.types[name], self.rows)
+                for name in self.columns]
+
+    def mixed_columns(self) -> list[str]:
+        """String columns that also hold numbers: most likely a number column with a few
+        words in it (an unlisted missing-value token, a typo), named with the first word."""
+        return [self.reports[name].describe(STRING, self.rows) for name in self.columns
+                if self.types[name] == STRING and self.reports[name].numbers]
 
 
 def _kind_of(value: str) -> str:
@@ -181,11 +228,24 @@ def _lines_of(start: int, end: int) -> str:
     return f"line {start}" if start == end else f"line {start} (a record over lines {start}-{end})"
 
 
-def infer_layout(paths: list[str]) -> CsvLayout:
-    """First pass: every file has the same header, every row as many fields; column types."""
+def missing_tokens_of(tokens) -> frozenset[str]:
+    """The values read as missing: the empty field and the given tokens."""
+    return frozenset({"", *tokens})
+
+
+def infer_layout(paths: list[str],
+                 missing_value_tokens=DEFAULT_MISSING_VALUE_TOKENS) -> CsvLayout:
+    """First pass: every file has the same header, every row as many fields; column types.
+
+    Raises CsvInputError naming the file (and line) for an empty file, a header that is
+    blank, repeats a column or differs from the first file's, a file without rows, a row
+    with too many or too few fields, malformed quoting or bytes that are not UTF-8.
+    """
+    missing = missing_tokens_of(missing_value_tokens)
     columns: list[str] | None = None
     first_path = ""
     types: dict[str, str | None] = {}
+    reports: dict[str, ColumnReport] = {}
     rows = 0
     for path in paths:
         records = _records(path)
@@ -197,6 +257,7 @@ def infer_layout(paths: list[str]) -> CsvLayout:
         if columns is None:
             columns, first_path = header, path
             types = {name: None for name in header}
+            reports = {name: ColumnReport(name) for name in header}
         elif header != columns:
             raise CsvInputError(f"{path} line {header_line}: header {header} does not match "
                                 f"the header {columns} of {first_path}")
@@ -206,15 +267,26 @@ def infer_layout(paths: list[str]) -> CsvLayout:
                 raise CsvInputError(f"{path} {_lines_of(line, end)}: expected {len(columns)} "
                                     f"fields ({','.join(columns)}), found {len(fields)}")
             for name, value in zip(columns, fields):
-                if value not in MISSING and types[name] != STRING:
-                    types[name] = _widen(types[name], _kind_of(value))
+                report = reports[name]
+                if value in missing:
+                    report.missing += 1
+                    continue
+                kind = _kind_of(value)
+                types[name] = _widen(types[name], kind)
+                if kind == STRING:
+                    report.others += 1
+                    if report.first_other is None:
+                        report.first_other = (path, line, value)
+                else:
+                    report.numbers += 1
             file_rows += 1
         if file_rows == 0:
             raise CsvInputError(f"{path} has a header but no rows")
         rows += file_rows
     # A column with no value at all carries no type information; strings are the safe kind.
     return CsvLayout(columns=list(columns or []),
-                     types={name: kind or STRING for name, kind in types.items()}, rows=rows)
+                     types={name: kind or STRING for name, kind in types.items()}, rows=rows,
+                     reports=reports, missing_tokens=missing)
 
 
 _CONVERT = {INT: int, FLOAT: float, STRING: lambda value: value.encode("utf-8")}
@@ -223,11 +295,12 @@ _CONVERT = {INT: int, FLOAT: float, STRING: lambda value: value.encode("utf-8")}
 def typed_rows(path: str, layout: CsvLayout) -> Iterator[tuple[int, list]]:
     """Second pass over one file: (line number, values), None where a value is missing."""
     converters = [_CONVERT[layout.types[name]] for name in layout.columns]
+    missing = layout.missing_tokens
     records = _records(path)
     next(records)  # the header, checked in the first pass
     for line, end, fields in records:
         if len(fields) != len(converters):  # the file changed since the first pass
             raise CsvInputError(f"{path} {_lines_of(line, end)}: expected {len(converters)} "
                                 f"fields, found {len(fields)}")
-        yield line, [None if value in MISSING else convert(value)
+        yield line, [None if value in missing else convert(value)
                      for convert, value in zip(converters, fields)]

@@ -3,13 +3,14 @@
 Every reader yields one example at a time with where it came from ("line 12",
 "row 7", "record 3"; a CSV record whose quoted field spans lines is named by its first
 line), so memory does not grow with the input and errors can name the file and row.
-Missing values (CSV "NA"/"", Parquet nulls) leave the feature out of the example: they
-stay missing, nothing is filled in.
+Missing values (an empty CSV field or a missing-value token such as "NA" or "NaN", see
+csv_reading; Parquet nulls) leave the feature out of the example: they stay missing,
+nothing is filled in.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from components import csv_reading
 
@@ -30,20 +31,34 @@ class SourceExample:
     example: Any  # tf.train.Example
 
 
-def read_examples(input_format: str, files: list[str]) -> Iterator[SourceExample]:
-    readers = {"csv": _csv_examples, "tfrecord": _tfrecord_examples,
-               "parquet": _parquet_examples}
+def read_examples(input_format: str, files: list[str], *,
+                  missing_value_tokens=csv_reading.DEFAULT_MISSING_VALUE_TOKENS,
+                  on_layout: Callable[[csv_reading.CsvLayout], None] | None = None,
+                  ) -> Iterator[SourceExample]:
+    """The examples of `files`, one at a time, in file order.
+
+    CSV only: `missing_value_tokens` are read as missing (besides the empty field), and
+    `on_layout` is called with the inferred CsvLayout (column types, missing counts)
+    before the first example. Raises ExampleInputError naming the file and row.
+    """
+    if input_format == "csv":
+        return _csv_examples(files, missing_value_tokens, on_layout)
+    readers = {"tfrecord": _tfrecord_examples, "parquet": _parquet_examples}
     if input_format not in readers:
         raise ValueError(f"input_format must be one of {FORMATS}, got {input_format!r}")
     return readers[input_format](files)
 
 
 # -- CSV ------------------------------------------------------------------------------------
-def _csv_examples(files: list[str]) -> Iterator[SourceExample]:
+def _csv_examples(files: list[str], missing_value_tokens,
+                  on_layout: Callable[[csv_reading.CsvLayout], None] | None,
+                  ) -> Iterator[SourceExample]:
     from tensorflow.core.example.example_pb2 import Example
 
     try:
-        layout = csv_reading.infer_layout(files)
+        layout = csv_reading.infer_layout(files, missing_value_tokens)
+        if on_layout is not None:
+            on_layout(layout)
         columns = [(name, _LIST_FIELD[layout.types[name]]) for name in layout.columns]
         for path in files:
             for line, values in csv_reading.typed_rows(path, layout):

@@ -3,7 +3,11 @@
 An input pattern is a glob relative to an input base directory, e.g. `span-{SPAN}/*.csv`,
 `{YYYY}-{MM}-{DD}/v{VERSION}/part-*.parquet` or plain `*.csv` (one span, number 0).
 A date pattern's span is the number of days since 1970-01-01, as in TFX. Each span takes
-its newest version; by default the newest span is read, or every span in a range.
+its newest version. By default the newest span is read; `span_range` [first, last] reads
+every span in it (TFX's RangeConfig.static_range); `rolling_num_spans` N reads the rolling
+window [newest - N + 1, newest] of span numbers (TFX's RangeConfig.rolling_range with
+num_spans, whose window is in span numbers and "clipped based on available data": a span
+of the window without files is left out and reported, not an error).
 Only the standard library is used: resolving a span is part of ExampleGen's cache key.
 """
 from __future__ import annotations
@@ -13,7 +17,7 @@ import glob
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SPAN, VERSION = "{SPAN}", "{VERSION}"
 DATE_PARTS = ("{YYYY}", "{MM}", "{DD}")
@@ -42,8 +46,10 @@ class InputSelection:
 
     files: list[str]  # absolute paths, sorted
     span: int  # the newest span read
-    version: int | None
-    spans: list[int]
+    version: int | None  # the newest span's version
+    spans: list[int]  # every span read, ascending
+    window: list[int] | None = None  # [first, last] span numbers asked for (a range)
+    absent: list[int] = field(default_factory=list)  # spans of the window without files
 
     def fingerprint(self) -> str:
         """Hash of every file's relative name and bytes: changes iff the input changes."""
@@ -120,17 +126,40 @@ def date_of_span(span: int) -> dt.date:
     return EPOCH + dt.timedelta(days=span)
 
 
-def select_input(input_base: str, pattern: str,
-                 span_range: list[int] | None = None) -> InputSelection:
-    """The files to read: the newest span (or every span in `span_range`, inclusive), each
-    at its newest version. Raises NoInputError naming the base and pattern if none match."""
-    check_pattern(pattern)
-    base = os.path.abspath(os.path.expanduser(input_base))
-    if not os.path.isdir(base):
-        raise NoInputError(f"input base {base} does not exist or is not a directory")
+def check_range(pattern: str, span_range: list[int] | None,
+                rolling_num_spans: int | None) -> None:
+    """Rejects a span range that cannot be resolved: a malformed `span_range`, a
+    `rolling_num_spans` below 1, both at once (TFX's RangeConfig is a oneof), or a rolling
+    window on a pattern without {SPAN} or a date (TFX: "Span or Date spec should be
+    specified in split pattern if RangeConfig is specified")."""
     if span_range is not None and (len(span_range) != 2 or span_range[0] > span_range[1]):
         raise InputPatternError(f"span_range must be [first, last] with first <= last, "
                                 f"got {span_range}")
+    if rolling_num_spans is None:
+        return
+    if rolling_num_spans < 1:
+        raise InputPatternError(f"rolling_num_spans must be at least 1, got {rolling_num_spans}")
+    if span_range is not None:
+        raise InputPatternError(f"span_range {span_range} and rolling_num_spans "
+                                f"{rolling_num_spans} both set: give one (a static or a "
+                                f"rolling range)")
+    if SPAN not in pattern and not any(part in pattern for part in DATE_PARTS):
+        raise InputPatternError(f"rolling_num_spans needs an input pattern with {SPAN} or "
+                                f"{''.join(DATE_PARTS)}; {pattern!r} has neither")
+
+
+def select_input(input_base: str, pattern: str, span_range: list[int] | None = None,
+                 rolling_num_spans: int | None = None) -> InputSelection:
+    """The files to read, each span at its newest version: the newest span; or every span
+    in `span_range` [first, last] (inclusive); or, with `rolling_num_spans` N, every span of
+    the window [newest - N + 1, newest] that has files (the others are listed in
+    `absent`). Raises NoInputError naming the base and pattern if nothing matches,
+    InputPatternError for a malformed pattern or range (see check_range)."""
+    check_pattern(pattern)
+    check_range(pattern, span_range, rolling_num_spans)
+    base = os.path.abspath(os.path.expanduser(input_base))
+    if not os.path.isdir(base):
+        raise NoInputError(f"input base {base} does not exist or is not a directory")
     regex = _as_regex(pattern)
     found: dict[int, dict[int | None, list[str]]] = {}
     for relative in glob.glob(_as_glob(pattern), root_dir=base):
@@ -145,17 +174,25 @@ def select_input(input_base: str, pattern: str,
     if not found:
         raise NoInputError(f"no input file matches {pattern!r} under {base}")
     spans = sorted(found)
-    if span_range is None:
+    window = None
+    if rolling_num_spans is not None:
+        window = [spans[-1] - rolling_num_spans + 1, spans[-1]]
+        chosen = [s for s in spans if window[0] <= s <= window[1]]
+    elif span_range is None:
         chosen = [spans[-1]]
     else:
+        window = list(span_range)
         first, last = span_range
         chosen = [s for s in spans if first <= s <= last]
         if not chosen:
             raise NoInputError(f"no span in range {first}..{last} under {base} for {pattern!r}; "
                                f"spans found: {spans}")
+    absent = ([s for s in range(window[0], window[1] + 1) if s not in found]
+              if rolling_num_spans is not None else [])
     files, version = [], None
     for span in chosen:
         versions = found[span]
         version = max(versions, key=lambda v: -1 if v is None else v)
         files.extend(sorted(versions[version]))
-    return InputSelection(files=files, span=chosen[-1], version=version, spans=chosen)
+    return InputSelection(files=files, span=chosen[-1], version=version, spans=chosen,
+                          window=window, absent=absent)

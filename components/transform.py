@@ -1,10 +1,12 @@
 """Transform: tf.Transform on Beam with the user module's `preprocessing_fn`."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import shutil
+import traceback
 
 from components.artifacts import Examples, Schema, TransformGraph
 from components.beam_options import pipeline_options
@@ -19,7 +21,14 @@ class Transform(Component):
     """Analyzes the training split with the user module's `preprocessing_fn`, transforms
     every split with the result, and saves the transform graph. Analyzer results are
     cached per dataset in the TransformGraph, so a later run on the same data reuses
-    every analyzer whose definition did not change."""
+    every analyzer whose definition did not change.
+
+    A failure a feature causes - examples whose type contradicts the schema, a required
+    feature absent from some examples, an op of preprocessing_fn failing on a feature's
+    values (a Cast of strings to float) - raises TransformFeatureError
+    (components.transform_errors), a few lines naming the feature, its schema type and
+    the op (with where the user module defines it); the raw error with its Arrow schema
+    and tensor dumps is only in the step log."""
 
     examples: Input[Examples]
     schema: Input[Schema]
@@ -86,6 +95,11 @@ class Transform(Component):
             cause = _user_code_error(exc)
             if cause is not None:
                 raise cause from exc
+            # A bad feature: a short error naming it and the op; the raw one (the Arrow
+            # schema, serialized examples, fetched tensors) follows it in the step log.
+            explained = _feature_error(exc, step, preprocessing_fn, schema, adapter_config)
+            if explained is not None:
+                raise explained from exc
             raise
 
         metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
@@ -93,7 +107,28 @@ class Transform(Component):
         step.transform_graph.set(analyzer_cache=ANALYZER_CACHE_DIR)  # relative to the uri
         step.transformed_examples.set(split_names=list(splits), span=step.examples.span,
                                       version=step.examples.version,
+                                      spans=step.examples.spans,
+                                      span_range=step.examples.span_range,
                                       payload_format="tf.Example")
+
+
+def _feature_error(exc: Exception, step: Step, preprocessing_fn, schema, adapter_config):
+    """The TransformFeatureError for a failure a feature caused, else None (see
+    components.transform_errors). Never raises: the original error then stands."""
+    from tfx_bsl.tfxio import tensor_adapter
+
+    from components.transform_errors import explain, trace
+
+    def traced():
+        specs = tensor_adapter.TensorAdapter(adapter_config).OriginalTypeSpecs()
+        return trace(preprocessing_fn, specs, step.module_file)
+
+    try:
+        return explain(exc, schema, step.schema.source or step.schema.file,
+                       functools.cache(traced))
+    except Exception:  # noqa: BLE001 - an explanation must not hide the failure
+        step.log.warning("could not relate the failure to a feature:\n%s", traceback.format_exc())
+        return None
 
 
 def _checked_preprocessing_fn(module_file: str):

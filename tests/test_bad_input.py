@@ -1,15 +1,20 @@
 """Bad input on the data side: each gets a clear error or anomaly report naming the file,
-row or feature, and a failed step publishes nothing (no artifact in MLMD, no directory)."""
+row or feature, and a failed step publishes nothing (no artifact in MLMD, no directory).
+A column whose values ExampleGen reads as words gets a line naming the column and the
+first offending row; Transform names the feature and the op that failed on it."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from components.artifacts import Examples, Schema
+from components.artifacts import Examples, Schema, TransformGraph
+from components.example_gen import ExampleGen
 from components.schema_gen import ImportSchemaGen
+from components.transform import Transform
 from components.tfmd_files import read_anomalies
 from pipelines.local_runner import run_pipeline
 from pipelines.metadata import Metadata
@@ -18,6 +23,7 @@ from tests.data_pipelines import (CURATED_SCHEMA, artifact_dirs, data_half, exam
                                   penguin_rows, write_csv)
 
 PIPEWRIGHT = str(Path(sys.executable).parent / "pipewright")
+PENGUIN_MODULE = Path(__file__).resolve().parents[1] / "pipelines" / "penguin" / "penguin_module.py"
 
 
 def _fails_without_publishing(tmp_path: Path, pipeline: Pipeline, component_id: str,
@@ -50,12 +56,68 @@ def test_no_file_matches_the_pattern(tmp_path):
     assert "no input file matches 'span-{SPAN}/*.csv' under " + str(tmp_path / "in") in error
 
 
-def test_empty_file(tmp_path):
+@pytest.mark.parametrize("text", ["", "\n\n\r\n"], ids=["no-bytes", "blank-lines"])
+def test_empty_file(tmp_path, text):
     header, rows = penguin_rows()
     write_csv(tmp_path / "in" / "a.csv", header, rows[:50])
-    (tmp_path / "in" / "b.csv").write_text("")
+    (tmp_path / "in" / "b.csv").write_text(text)
     error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"))
-    assert f"{tmp_path / 'in' / 'b.csv'} is empty" in error
+    assert f"{tmp_path / 'in' / 'b.csv'} is empty: expected a header line and rows" in error
+
+
+def _column_lines(step) -> dict[str, str]:
+    """ExampleGen's logged column lines: {column: "type, m missing of n..."}."""
+    lines = Path(step.log_path).read_text().splitlines()
+    found = [line.split("  column ", 1)[1] for line in lines if "  column " in line]
+    return dict(line.split(": ", 1) for line in found)
+
+
+def _penguins_with(tmp_path: Path, column: str, values: dict[int, str]) -> Path:
+    """The penguin CSV with `column` of data row i (from 0) set to values[i]."""
+    header, rows = penguin_rows()
+    rows = [r[:] for r in rows]
+    for i, value in values.items():
+        rows[i][header.index(column)] = value
+    return write_csv(tmp_path / "in" / "penguins.csv", header, rows)
+
+
+def test_nan_tokens_in_a_number_column_are_missing_values(tmp_path):
+    """Issue 13: "NaN" in bill_length_mm made it a string column, so Transform failed
+    later naming no feature. Now it is a float column with those values missing; with
+    the tokens turned off, the column's line names the column, the file and the row."""
+    path = _penguins_with(tmp_path, "bill_length_mm", {5: "NaN", 9: "NaN", 20: "nan"})
+    result = run_pipeline(example_gen_pipeline("nan", input_base=str(path.parent)),
+                          home=tmp_path / "home")
+    assert result.ok, result.failure
+    step = result.steps["ExampleGen"]
+    # palmerpenguins has 2 "NA" rows in bill_length_mm (rows 3 and 271) besides these 3
+    assert _column_lines(step)["bill_length_mm"] == "float, 5 missing of 344"
+    assert step.reason == ""
+
+    result = run_pipeline(example_gen_pipeline("nan_off", input_base=str(path.parent),
+                                               missing_value_tokens=[]),
+                          home=tmp_path / "home2")
+    assert result.ok, result.failure
+    step = result.steps["ExampleGen"]
+    expected = (f"bill_length_mm: string, 0 missing of 344; 339 value(s) are numbers but 5 "
+                f"are not, the first 'NA' at {path} line 5")
+    assert f"bill_length_mm: {_column_lines(step)['bill_length_mm']}" == expected
+    assert step.reason.startswith("column " + expected)  # the console line shows it too
+
+
+def test_a_few_words_in_a_number_column_name_the_first_offending_row(tmp_path):
+    path = _penguins_with(tmp_path, "body_mass_g", {42: "heavy", 100: "unknown", 300: "heavy"})
+    result = run_pipeline(example_gen_pipeline("words", input_base=str(path.parent)),
+                          home=tmp_path / "home")
+    assert result.ok, result.failure
+    step = result.steps["ExampleGen"]
+    lines = _column_lines(step)
+    assert lines["body_mass_g"] == (f"string, 2 missing of 344; 339 value(s) are numbers but "
+                                    f"3 are not, the first 'heavy' at {path} line 44")
+    assert lines["flipper_length_mm"] == "int, 2 missing of 344"
+    assert lines["species"] == "string, 0 missing of 344"  # words only: nothing to name
+    assert "column body_mass_g: string" in step.reason and "line 44" in step.reason
+    assert "species" not in step.reason
 
 
 def test_header_without_rows(tmp_path):
@@ -188,6 +250,93 @@ def test_missing_partition_feature_names_the_row(tmp_path):
     line = 2 + next(i for i, r in enumerate(rows) if r[header.index("sex")] == "NA")
     assert line == 5  # data row 4, after the header line
     assert f"{tmp_path / 'in' / 'p.csv'} line {line}: partition feature 'sex' is missing" in error
+
+
+def _bytes_typed(schema_text: str, feature: str) -> str:
+    """The schema with `feature` typed BYTES (its int domain dropped), as SchemaGen infers
+    it from a number column holding a word."""
+    start = schema_text.index(f'  name: "{feature}"\n')
+    end = schema_text.index("presence", start)
+    return (schema_text[:start] + f'  name: "{feature}"\n  type: BYTES\n  '
+            + schema_text[end:])
+
+
+@pytest.mark.parametrize("case", ["type", "cast", "missing"])
+def test_transform_failure_names_the_feature_and_the_op(tmp_path, case):
+    """A real Transform (the penguin preprocessing_fn) on data whose column contradicts
+    the schema: the error is a few lines naming the feature, its schema type and the op;
+    the raw TFT/tfx_bsl error (Arrow schema, tensor names) is only in the step log.
+
+    type:    a float in body_mass_g, which the curated schema types INT (decoding fails)
+    cast:    issue 13 - body_mass_g holds a word and the schema (as SchemaGen inferred it)
+             types it BYTES; preprocessing_fn's tf.cast to float fails in node Cast_1
+    missing: the island column is absent; the schema makes it a required dense feature
+    """
+    schema_file = tmp_path / "schema.pbtxt"
+    schema_text = CURATED_SCHEMA.read_text()
+    if case == "type":
+        path = _penguins_with(tmp_path, "body_mass_g", {10: "3750.5"})
+    elif case == "cast":
+        path = _penguins_with(tmp_path, "body_mass_g", {10: "heavy"})
+        schema_text = _bytes_typed(schema_text, "body_mass_g")
+    else:
+        header, rows = penguin_rows()
+        keep = [i for i, name in enumerate(header) if name != "island"]
+        path = write_csv(tmp_path / "in" / "penguins.csv", [header[i] for i in keep],
+                         [[r[i] for i in keep] for r in rows])
+    schema_file.write_text(schema_text)
+    gen = ExampleGen(input_base=str(path.parent))
+    schema = ImportSchemaGen(schema_file=str(schema_file))
+    transform = Transform(examples=gen.outputs.examples, schema=schema.outputs.schema,
+                          module_file=str(PENGUIN_MODULE))
+    pipeline = Pipeline("transform_feature", [gen, schema, transform])
+    error = _fails_without_publishing(tmp_path, pipeline, "Transform", TransformGraph)
+
+    message = error.split("step Transform failed: ", 1)[1].rsplit(" (log: ", 1)[0]
+    expected = {
+        "type": [f"TransformFeatureError: feature 'body_mass_g' does not match the schema: "
+                 f"the examples hold floats (float_list) where the schema ({schema_file}) "
+                 f"types it INT (int64_list)",
+                 "op: decoding tf.Example with the schema (tfx_bsl), Beam stage Read[train]/"],
+        "cast": [f"TransformFeatureError: feature 'body_mass_g' (BYTES in {schema_file}): "
+                 f"preprocessing op 'CAST' (Cast string -> float32) failed: Cast string to "
+                 f"float is not supported",
+                 f"op defined at {PENGUIN_MODULE} line {_line_of('tf.cast(x.values')}, in "
+                 f"_impute_with_mean, Beam stage Analyze/"],
+        "missing": [f"TransformFeatureError: feature 'island' (BYTES) is absent from (or of "
+                    f"another length in) some example(s), while the schema ({schema_file}) "
+                    f"makes it a required dense feature of shape [1]",
+                    "op: converting the feature to TensorSpec(shape=(None, 1), "
+                    "dtype=tf.string, name=None) for preprocessing_fn, Beam stage Analyze/"],
+    }[case]
+    lines = message.splitlines()
+    assert len(lines) == 2, message
+    # The node's name is the graph's (Cast, Cast_1, ... in the order preprocessing_fn made
+    # them); the test does not depend on how many casts come before.
+    lines[0] = re.sub(r"preprocessing op 'Cast(_\d+)?'", "preprocessing op 'CAST'", lines[0])
+    assert lines[0] == expected[0] and lines[1].startswith(expected[1]), message
+    for dump in ("pyarrow", "large_list", "Fetching", "[[{{node", "INVALID_ARGUMENT"):
+        assert dump not in error
+    # The raw error is in the step log, after the short one.
+    log = Path(result_log(tmp_path, "transform_feature", "Transform")).read_text()
+    assert message.splitlines()[0] in log
+    raw = {"type": 'found float_list for feature "body_mass_g"',
+           "cast": "pyarrow.RecordBatch", "missing": "size mismatch"}[case]
+    assert raw in log
+
+
+def _line_of(code: str) -> int:
+    """The line of the penguin module holding `code` (once)."""
+    lines = PENGUIN_MODULE.read_text().splitlines()
+    found = [number for number, line in enumerate(lines, 1) if code in line]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def result_log(tmp_path: Path, pipeline: str, step: str) -> str:
+    logs = list((tmp_path / "home" / "logs" / pipeline).glob(f"*/{step}.log"))
+    assert len(logs) == 1, logs
+    return str(logs[0])
 
 
 def test_invalid_schema_file_names_the_file_and_line(tmp_path):

@@ -1,6 +1,7 @@
 """ExampleGen on real files through the real launcher and MLMD: CSV type inference and
-missing values, hash and partition splits, spans, versions and dates, TFRecord and Parquet
-inputs, and the input-content cache key."""
+missing values (tokens, the logged column types), hash and partition splits, spans,
+versions and dates, rolling span windows, TFRecord and Parquet inputs, and the
+input-content cache key."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,18 +11,31 @@ from pathlib import Path
 
 import pytest
 
+from components.artifacts import Examples
 from components.base import ComponentDefinitionError
 from components.example_gen import ExampleGen
 from components.spans import InputPatternError, NoInputError, select_input
 from pipelines.local_runner import run_pipeline
+from pipelines.metadata import Metadata
 from tests.data_pipelines import (all_examples, example_gen_pipeline, penguin_rows,
                                   write_csv)
 
 
-def _generate(tmp_path: Path, **args):
+def _run(tmp_path: Path, **args):
     result = run_pipeline(example_gen_pipeline("gen", **args), home=tmp_path / "home")
     assert result.ok, result.failure
-    return result.steps["ExampleGen"].outputs["examples"]
+    return result.steps["ExampleGen"]
+
+
+def _generate(tmp_path: Path, **args):
+    return _run(tmp_path, **args).outputs["examples"]
+
+
+def _type_lines(step) -> dict[str, str]:
+    """The step log's column lines: {column: "type, m missing of n..."}."""
+    lines = Path(step.log_path).read_text().splitlines()
+    found = [line.split("  column ", 1)[1] for line in lines if "  column " in line]
+    return dict(line.split(": ", 1) for line in found)
 
 
 def _values(examples, feature: str) -> Counter:
@@ -44,6 +58,53 @@ def test_csv_columns_get_their_types_and_missing_values_stay_missing(tmp_path):
     missing = next(r for r in rows if r["name"] == ["c"])
     assert missing == {"name": ["c"], "code": ["9"]}  # NA and "" left out, not filled
     assert sum("note" not in r for r in rows) == 6
+
+
+def test_missing_value_tokens_keep_number_columns_numeric(tmp_path):
+    """Issue 13: "NaN" (and NA, nan, null, NULL, N/A, "") in a number column are missing
+    values of a float column, not strings that make it a string column; each column's
+    type and missing count is logged."""
+    write_csv(tmp_path / "in" / "data.csv", ["bill", "mass", "name", "empty"], [
+        ["39.5", "3750", "a", ""],
+        ["NaN", "nan", "b", "NA"],
+        ["null", "NULL", "N/A", "NaN"],
+        ["", "NA", "NaN", ""],
+        ["40.5", "4000", "c", "null"],
+    ])
+    step = _run(tmp_path, input_base=str(tmp_path / "in"), splits={"all": 1})
+    rows = all_examples(step.outputs["examples"])["all"]
+    assert sorted(rows, key=lambda r: r.get("name", ["~"])) == [
+        {"bill": [39.5], "mass": [3750], "name": ["a"]},
+        {"name": ["b"]},
+        {"bill": [40.5], "mass": [4000], "name": ["c"]},
+        {},
+        {},
+    ]
+    assert _type_lines(step) == {
+        "bill": "float, 3 missing of 5",
+        "mass": "int, 3 missing of 5",
+        "name": "string, 2 missing of 5",
+        "empty": "string, 5 missing of 5 (no value at all: typed string)",
+    }
+    assert step.reason == ""  # no column mixes numbers and words: nothing to note
+
+
+def test_missing_value_tokens_are_configurable(tmp_path):
+    write_csv(tmp_path / "in" / "data.csv", ["score", "label"],
+              [["1.5", "x"], ["-", "y"], ["NA", "z"], ["2", "-"]])
+    step = _run(tmp_path, input_base=str(tmp_path / "in"), splits={"all": 1},
+                missing_value_tokens=["-"])
+    rows = all_examples(step.outputs["examples"])["all"]
+    # "NA" is a word now, so score is a string column; "-" is missing in both columns.
+    assert sorted(rows, key=str) == sorted([{"score": ["1.5"], "label": ["x"]}, {"label": ["y"]},
+                                            {"score": ["NA"], "label": ["z"]},
+                                            {"score": ["2"]}], key=str)
+    lines = _type_lines(step)
+    # "NA" is not a token here: it is a word in a number column, named with its line.
+    path = tmp_path / "in" / "data.csv"
+    assert lines["score"] == (f"string, 1 missing of 4; 2 value(s) are numbers but 1 are "
+                              f"not, the first 'NA' at {path} line 4")
+    assert lines["label"] == "string, 1 missing of 4"
 
 
 def test_quoted_fields_may_hold_delimiters_doubled_quotes_and_line_breaks(tmp_path):
@@ -126,6 +187,85 @@ def test_span_range_reads_every_span_in_it(spans, tmp_path):
                          input_pattern="span-{SPAN}/v-{VERSION}/*.csv", span_range=[1, 2])
     assert examples.span == 2
     assert _values(examples, "island") == Counter({"Dream": 124, "Torgersen": 52})
+
+
+def _daily(tmp_path: Path, days: list[str]) -> Path:
+    """One folder of penguin rows per date, each holding one island's rows (cycling), so
+    examples tell their span."""
+    header, rows = penguin_rows()
+    islands = ["Torgersen", "Dream", "Biscoe"]
+    base = tmp_path / "daily"
+    for i, day in enumerate(days):
+        island = islands[i % 3]
+        write_csv(base / day / "penguins.csv", header, [r for r in rows if r[1] == island][:20])
+    return base
+
+
+def _span(day: str) -> int:
+    return (dt.date.fromisoformat(day) - dt.date(1970, 1, 1)).days
+
+
+def test_rolling_window_merges_the_latest_spans(tmp_path):
+    """rolling_num_spans=3 over dated folders with a gap: the window is the last 3 days
+    (TFX's RollingRange counts span numbers), 2024-02-03 has no folder, so 2 spans are
+    merged into one Examples artifact recording them; an older day is not read."""
+    base = _daily(tmp_path, ["2024-02-01", "2024-02-02", "2024-02-04", "2024-02-05"])
+    pipeline = example_gen_pipeline("rolling", input_base=str(base),
+                                    input_pattern="{YYYY}-{MM}-{DD}/*.csv",
+                                    rolling_num_spans=3)
+    home = tmp_path / "home"
+    first = run_pipeline(pipeline, home=home)
+    assert first.ok, first.failure
+    step = first.steps["ExampleGen"]
+    examples = step.outputs["examples"]
+    assert examples.spans == [_span("2024-02-04"), _span("2024-02-05")]
+    assert examples.span_range == [_span("2024-02-04"), _span("2024-02-05")]
+    assert examples.span == _span("2024-02-05")
+    # 02-04 held Biscoe rows, 02-05 Torgersen; 02-01 (Torgersen) and 02-02 (Dream) are out.
+    assert _values(examples, "island") == Counter({"Biscoe": 20, "Torgersen": 20})
+    assert step.reason == (f"rolling window of 3 span(s) {_span('2024-02-03')}.."
+                           f"{_span('2024-02-05')} (2024-02-03..2024-02-05): read 2, absent "
+                           f"{_span('2024-02-03')} (2024-02-03)")
+    # MLMD has the properties too (what the next run's steps see).
+    recorded = Metadata(str(home / "metadata.sqlite")).artifacts_of_type(Examples)
+    assert [a.span_range for a in recorded] == [examples.span_range]
+
+    # The next day arrives: the window moves, ExampleGen runs again (not cached).
+    header, rows = penguin_rows()
+    write_csv(base / "2024-02-06" / "penguins.csv", header,
+              [r for r in rows if r[1] == "Dream"][:20])
+    second = run_pipeline(pipeline, home=home).steps["ExampleGen"]
+    assert second.status == "executed"
+    moved = second.outputs["examples"]
+    assert moved.spans == [_span(d) for d in ("2024-02-04", "2024-02-05", "2024-02-06")]
+    assert _values(moved, "island") == Counter({"Biscoe": 20, "Torgersen": 20, "Dream": 20})
+
+
+def test_rolling_window_of_span_numbers(spans, tmp_path):
+    """With {SPAN} folders: 2 spans -> spans 2 and 3 (3 at its newest version); a window
+    wider than the data is clipped to it; 1 is the default newest span."""
+    pattern = "span-{SPAN}/v-{VERSION}/*.csv"
+    two = _generate(tmp_path / "a", input_base=str(spans), input_pattern=pattern,
+                    rolling_num_spans=2)
+    assert (two.spans, two.span_range, two.version) == ([2, 3], [2, 3], 2)
+    assert _values(two, "island") == Counter({"Biscoe": 168, "Dream": 124})
+    wide = select_input(str(spans), pattern, rolling_num_spans=10)
+    assert (wide.spans, wide.window, wide.absent) == ([1, 2, 3], [-6, 3], list(range(-6, 1)))
+    one = select_input(str(spans), pattern, rolling_num_spans=1)
+    assert one.files == select_input(str(spans), pattern).files
+
+
+def test_rolling_window_parameters_are_checked():
+    with pytest.raises(ComponentDefinitionError, match="rolling_num_spans must be at least 1"):
+        ExampleGen(input_base="/tmp", input_pattern="span-{SPAN}/*.csv", rolling_num_spans=0)
+    with pytest.raises(ComponentDefinitionError, match=r"span_range \[1, 2\] and "
+                                                       r"rolling_num_spans 3 both set"):
+        ExampleGen(input_base="/tmp", input_pattern="span-{SPAN}/*.csv", span_range=[1, 2],
+                   rolling_num_spans=3)
+    with pytest.raises(ComponentDefinitionError, match=r"needs an input pattern with \{SPAN\}"):
+        ExampleGen(input_base="/tmp", input_pattern="*.csv", rolling_num_spans=3)
+    with pytest.raises(ComponentDefinitionError, match="'\\*.csv' has neither"):
+        ExampleGen(input_base="/tmp", rolling_num_spans=3)  # the default pattern
 
 
 def test_date_pattern_span_is_days_since_epoch(tmp_path):
