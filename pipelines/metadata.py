@@ -1,13 +1,18 @@
 """ML Metadata (MLMD): runs, executions, artifacts and the events between them.
 
-SQLite file by default; MySQL when configured (`mysql://user:password@host:port/database`).
-Every public method is safe to call from several threads; processes (Airflow tasks)
-sharing one SQLite file are serialized by SQLite, and a locked database is retried.
+The store is a SQLite file by default, or a MySQL/MariaDB database
+(`mysql://user:password@host:port/database`); `connection_config` documents the URIs.
+Every public method is safe to call from several threads. Processes (Airflow tasks) sharing
+one SQLite file are serialized by SQLite, and a locked database is retried; on MySQL a
+deadlock or a lock wait timeout is retried, and a lost connection or a server that is not
+(yet) reachable is retried on a fresh connection for `CONNECT_TIMEOUT_S` seconds before
+`MetadataStoreUnavailable` names the store, its password masked.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -38,23 +43,169 @@ STATE_NAMES = {pb.Execution.RUNNING: "running", pb.Execution.COMPLETE: "complete
                pb.Execution.FAILED: "failed", pb.Execution.CACHED: "cached",
                pb.Execution.CANCELED: "canceled", pb.Execution.NEW: "new"}
 
+CONNECT_TIMEOUT_S = 30.0  # how long an unreachable MySQL server is retried
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_MYSQL_NAME = re.compile(r"^[A-Za-z0-9_$]+$")  # an unquoted MySQL identifier
+# What MLMD's MySQL source reports (mysql_metadata_source.cc: "mysql_query failed: errno:
+# ..., error: <client message>") for a broken connection: CR_SERVER_LOST (2013) and
+# CR_SERVER_GONE_ERROR (2006); a failed (re)connect is "mysql_real_connect failed".
+_CONNECTION_LOST = ("lost connection to", "server has gone away", "mysql_real_connect failed",
+                    "can't connect to", "connection refused")
+# InnoDB rolled the transaction back (ER_LOCK_DEADLOCK 1213, ER_LOCK_WAIT_TIMEOUT 1205 —
+# MLMD's MySqlMetadataSource::RunQuery returns exactly these two as AbortedError "mysql_query
+# aborted: ...", every other server error as InternalError), or another connection was
+# creating the schema (ER_TABLE_DEF_CHANGED 1412, an InternalError): the same call can
+# simply be made again. RunQuery itself reconnects only for 2006 on START TRANSACTION.
+_MYSQL_CONFLICT = ("deadlock found", "lock wait timeout exceeded",
+                   "table definition has changed")
+# MLMD's Python client retries AbortedError itself, 5 attempts with random pauses of 2 s
+# on average (metadata_store.py `_call`), while this store's lock is held. On MySQL we make
+# it attempt once (`retry_options.max_num_retries = 1`; 0 would retry forever) so that
+# `Metadata._retry` is the one retry policy. SQLite keeps MLMD's default.
+_MLMD_ATTEMPTS = 1
+# Two processes opening an empty MySQL database both create MLMD's tables; the loser gets
+# "There are a subset of tables in MLMD instance. This may be due to concurrent connection
+# to the empty database. Please retry the connection." (metadata_store.cc), or finds a
+# table missing: connect again.
+_SCHEMA_RACE = ("concurrent connection to the empty database", "doesn't exist")
+_SQLITE_BUSY = ("locked", "busy")
+
+
+class MetadataStoreUnavailable(ConnectionError):
+    """The MySQL metadata store could not be reached (or lost its connection) for longer
+    than the retry budget. Transient by nature: an Airflow task raising it is retried
+    (Airflow retries every task exception but AirflowFailException / skip / sensor
+    timeout). The message names the store with its password masked."""
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with its password replaced by `***` (`mysql://user:***@host:3306/db`), for
+    messages and logs; a URI without a password, or a file path, is returned as it is."""
+    match = _URI.match(uri)
+    if not match:
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
 
 def connection_config(uri: str) -> pb.ConnectionConfig:
-    """`mysql://user:pw@host:3306/db` or a SQLite file path."""
-    config = pb.ConnectionConfig()
-    if uri.startswith("mysql://"):
-        parts = urllib.parse.urlparse(uri)
-        config.mysql.host = parts.hostname or "127.0.0.1"
-        config.mysql.port = parts.port or 3306
-        config.mysql.database = parts.path.lstrip("/")
-        config.mysql.user = urllib.parse.unquote(parts.username or "")
-        config.mysql.password = urllib.parse.unquote(parts.password or "")
+    """The MLMD ConnectionConfig for a metadata store URI.
+
+    - `mysql://user:password@host:port/database` (port 3306 when omitted), or
+      `mysql://user:password@/database?unix_socket=/path/mysqld.sock` (no host: MLMD takes
+      exactly one of host or socket). User and password are percent-decoded, as in any URL
+      (`%40` for `@`). The database must be an unquoted MySQL identifier (letters, digits,
+      `_`, `$`) because MLMD's MySQL source interpolates it into `CREATE DATABASE IF NOT
+      EXISTS <database>`; MLMD creates it when missing. MariaDB speaks the same protocol.
+    - `sqlite:///relative/path.sqlite` or `sqlite:////absolute/path.sqlite` — SQLAlchemy's
+      (and so Airflow's `sql_alchemy_conn`) convention: the path is what follows the third
+      slash — or a plain file path. Its directory is created.
+
+    The scheme is matched case-insensitively (RFC 3986 section 3.1; `urllib.parse` lowers
+    it too, unlike SQLAlchemy, whose URL pattern only accepts lower case); host names are
+    case-insensitive, while user, password, database and paths keep their case (MySQL
+    database names are case-sensitive on Linux). MLMD has its own MySQL client, so a
+    SQLAlchemy driver suffix (`mysql+pymysql://`) means nothing here and is refused.
+
+    Raises ValueError, naming the URI (password masked), the part at fault and the
+    schemes that work, for any other scheme (`postgresql://`, ...), an in-memory
+    `sqlite://`, a missing database, a bad port, or an unknown query parameter — MLMD
+    itself aborts the whole process (a C++ CHECK) on some of these.
+    """
+    shown = redact_uri(uri)
+    match = _URI.match(uri)
+    if not uri.strip():
+        raise ValueError("the metadata store URI is empty; give a SQLite file path, "
+                         "sqlite:///path or mysql://user:password@host:3306/database")
+    scheme = match.group(1).lower() if match else ""
+    if scheme == "mysql":
+        return _mysql_config(uri, shown)
+    if scheme == "sqlite":
+        rest = uri[match.end():]
+        if not rest.startswith("/") or rest == "/":
+            raise ValueError(f"metadata store {shown}: a SQLite URI is sqlite:///relative/path "
+                             f"or sqlite:////absolute/path (no host; an in-memory store would "
+                             f"vanish with each process)")
+        path = rest[1:]
+    elif match:
+        raise ValueError(f"metadata store {shown}: unsupported scheme {match.group(1)!r}; use "
+                         f"mysql://user:password@host:3306/database (MySQL or MariaDB, through "
+                         f"ML Metadata's own client: no '+driver'), sqlite:///path or a plain "
+                         f"SQLite file path")
     else:
-        path = uri[len("sqlite://"):] if uri.startswith("sqlite://") else uri
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        config.sqlite.filename_uri = path
-        config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        path = uri
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    config = pb.ConnectionConfig()
+    config.sqlite.filename_uri = path
+    config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
     return config
+
+
+def _mysql_config(uri: str, shown: str) -> pb.ConnectionConfig:
+    parts = urllib.parse.urlsplit(uri)
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"unix_socket"})
+    if unknown or parts.fragment:
+        raise ValueError(f"metadata store {shown}: unknown query parameter(s) "
+                         f"{unknown or ['#' + parts.fragment]}; only ?unix_socket=/path is "
+                         f"understood")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"metadata store {shown}: the port is not a number in 1-65535") from None
+    database = urllib.parse.unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if not database:
+        raise ValueError(f"metadata store {shown}: no database; mysql://user:password@host:"
+                         f"3306/<database>")
+    if not _MYSQL_NAME.match(database):
+        raise ValueError(f"metadata store {shown}: database {database!r} must be letters, "
+                         f"digits, '_' or '$' (ML Metadata does not quote it)")
+    config = pb.ConnectionConfig()
+    mysql = config.mysql
+    mysql.database = database
+    mysql.user = urllib.parse.unquote(parts.username or "")
+    mysql.password = urllib.parse.unquote(parts.password or "")
+    sockets = query.get("unix_socket", [])
+    if sockets:
+        if len(sockets) != 1 or not sockets[0]:
+            raise ValueError(f"metadata store {shown}: give one ?unix_socket=/path")
+        if (parts.hostname or "localhost") != "localhost" or port is not None:
+            raise ValueError(f"metadata store {shown}: a unix_socket connection takes no "
+                             f"host or port (mysql://user:password@/database?unix_socket=...)")
+        mysql.socket = sockets[0]
+    else:
+        if not parts.hostname:
+            raise ValueError(f"metadata store {shown}: no host; mysql://user:password@host:"
+                             f"3306/database, or ?unix_socket=/path")
+        mysql.host = parts.hostname
+        mysql.port = port or 3306
+    config.retry_options.max_num_retries = _MLMD_ATTEMPTS
+    return config
+
+
+def _reachability(config: pb.ConnectionConfig) -> str:
+    """Why a MySQL connection failed, as far as a plain socket can tell: MLMD's own
+    message ("mysql_real_connect failed: errno: , error: ") names no cause."""
+    mysql = config.mysql
+    family, address = ((socket.AF_UNIX, mysql.socket) if mysql.socket
+                       else (socket.AF_INET, (mysql.host, mysql.port)))
+    where = mysql.socket or f"{mysql.host}:{mysql.port}"
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            probe.connect(address)
+            greeting = probe.recv(128)  # a MySQL server speaks first (its handshake)
+    except OSError as exc:
+        return f"nothing accepts connections at {where} ({exc.strerror or exc})"
+    if greeting[4:5] == b"\xff":  # an error packet instead of a handshake
+        return f"the server at {where} refuses connections: {greeting[7:].decode(errors='replace')}"
+    return (f"a server answers at {where} but refused the login or the database (check the "
+            f"user, the password and its GRANTs)")
 
 
 @dataclass
@@ -79,25 +230,74 @@ def _value(message: pb.Value) -> Any:
 
 
 class Metadata:
-    def __init__(self, uri: str):
-        self.uri = uri
+    """One MLMD store. `uri` is the store's URI with its password masked (for messages).
+    Raises ValueError for a URI `connection_config` refuses, MetadataStoreUnavailable
+    when a MySQL server cannot be reached for `connect_timeout_s` seconds."""
+
+    def __init__(self, uri: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S):
+        self._config = connection_config(uri)
+        self.uri = redact_uri(uri)
+        self._mysql = self._config.HasField("mysql")
+        self._connect_timeout_s = connect_timeout_s
         self._lock = threading.RLock()
-        self._store = self._retry(lambda: mlmd.MetadataStore(connection_config(uri),
-                                                             enable_upgrade_migration=True))
+        self._store: mlmd.MetadataStore | None = None
         self._type_ids: dict[tuple[str, str], int] = {}
+        self._retry(lambda: None)  # connects (and creates or upgrades the schema)
 
     # -- plumbing ---------------------------------------------------------------------------
+    def _connect(self) -> None:
+        self._store = mlmd.MetadataStore(self._config, enable_upgrade_migration=True)
+
     def _retry(self, call, attempts: int = 60):
-        for attempt in range(attempts):
+        """`call()` under the lock, connected. SQLite busy/locked, MySQL deadlock / lock
+        wait timeout (MLMD's AbortedError) and the schema race of processes opening an
+        empty MySQL database are retried `attempts` times with a growing pause. A lost or
+        refused MySQL connection is retried on a new connection (MLMD's broken one is
+        dropped: calling it again after its own reconnect failed crashes the process with
+        SIGSEGV) until `connect_timeout_s` has passed, then MetadataStoreUnavailable.
+        A write whose connection broke while it committed may have been committed; MLMD
+        cannot tell, and its retry then records it a second time."""
+        first_failure = None
+        attempt = 0
+        while True:
             try:
-                with getattr(self, "_lock", threading.RLock()):
+                with self._lock:
+                    if self._store is None:
+                        self._connect()
                     return call()
-            except mlmd.errors.StatusError as exc:  # SQLite busy with another process
-                if "locked" not in str(exc).lower() and "busy" not in str(exc).lower():
+            except (mlmd.errors.StatusError, RuntimeError) as exc:
+                message = str(exc).lower()
+                if self._mysql and self._store is None and \
+                        any(m in message for m in _SCHEMA_RACE) and attempt < attempts - 1:
+                    time.sleep(0.05 * (attempt + 1))
+                    attempt += 1
+                    continue
+                if self._mysql and any(m in message for m in _CONNECTION_LOST):
+                    now = time.monotonic()
+                    first_failure = first_failure or now
+                    with self._lock:
+                        self._store = None  # reconnect; never reuse a broken MLMD source
+                    refused_login = "refused the login" in (
+                        diagnosis := _reachability(self._config))
+                    # A server that answers but refuses us will not change its mind soon.
+                    if now - first_failure >= self._connect_timeout_s or (
+                            refused_login and attempt >= 2):
+                        raise MetadataStoreUnavailable(
+                            f"ML Metadata store {self.uri} is unavailable after "
+                            f"{attempt + 1} attempt(s) in {now - first_failure:.1f} s: "
+                            f"{diagnosis} (ML Metadata: {str(exc).strip()})") from None
+                    time.sleep(min(0.2 * (attempt + 1), 2.0))
+                    attempt += 1
+                    continue
+                if not isinstance(exc, mlmd.errors.StatusError):
                     raise
-                if attempt == attempts - 1:
+                transient = any(m in message for m in (
+                    _MYSQL_CONFLICT if self._mysql else _SQLITE_BUSY)) or (
+                    self._mysql and isinstance(exc, mlmd.errors.AbortedError))
+                if not transient or attempt >= attempts - 1:
                     raise
                 time.sleep(0.05 * (attempt + 1))
+                attempt += 1
 
     def _artifact_type_id(self, cls: type[Artifact]) -> int:
         key = ("artifact", cls.type_name())
@@ -225,7 +425,8 @@ class Metadata:
         try:
             [context.id] = self._retry(lambda: self._store.put_contexts([context]))
         except mlmd.errors.AlreadyExistsError:  # another process made it first
-            return self._store.get_context_by_type_and_name(PIPELINE_CONTEXT, pipeline_name)
+            return self._retry(lambda: self._store.get_context_by_type_and_name(
+                PIPELINE_CONTEXT, pipeline_name))
         return context
 
     def run_context(self, pipeline_name: str, run_id: str, *, parameters: dict | None = None,
@@ -246,7 +447,8 @@ class Metadata:
         try:
             [context.id] = self._retry(lambda: self._store.put_contexts([context]))
         except mlmd.errors.AlreadyExistsError:
-            return self._store.get_context_by_type_and_name(RUN_CONTEXT, name)
+            return self._retry(lambda: self._store.get_context_by_type_and_name(RUN_CONTEXT,
+                                                                                name))
         pipeline = self._pipeline_context(pipeline_name)
         self._retry(lambda: self._store.put_parent_contexts(
             [pb.ParentContext(child_id=context.id, parent_id=pipeline.id)]))

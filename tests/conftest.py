@@ -52,3 +52,33 @@ def trained_penguin(tmp_path_factory) -> TrainedPenguin:
                           serving_base=pushed.pushed_destination,
                           version=pushed.pushed_version, model_dir=model_dir,
                           eval_examples=examples.file_pattern("eval"), labels=labels)
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory):
+    """A throwaway MariaDB server for the session (`pipelines.mariadb_server`): a user with
+    a password, its database `mlmd` and any `mlmd_<suffix>` (one per test, created by ML
+    Metadata itself). Debian's mariadb-server is installed with apt-get once when missing
+    (about a minute). The tests are skipped — loudly, with a warning in the summary — only
+    when installing is impossible here (not root, or no apt-get); a failed installation or
+    a server that does not start fails them."""
+    import shutil
+    import warnings
+
+    from pipelines import mariadb_server
+
+    if mariadb_server.binaries() is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            reason = (f"MariaDB TESTS SKIPPED: {mariadb_server.BINARIES} are missing and "
+                      f"`apt-get install {mariadb_server.APT_PACKAGE}` is impossible here "
+                      f"(uid {os.geteuid()}, apt-get {shutil.which('apt-get')}); the MySQL "
+                      f"metadata store is NOT tested")
+            warnings.warn(reason, pytest.PytestWarning)
+            pytest.skip(reason)
+        seconds = mariadb_server.install()  # MariaDBUnavailable fails the tests
+        print(f"\ninstalled {mariadb_server.APT_PACKAGE} in {seconds:.0f} s")
+    server = mariadb_server.start(tmp_path_factory.mktemp("mariadb"))
+    try:
+        yield server
+    finally:
+        server.stop()
