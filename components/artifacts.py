@@ -84,9 +84,11 @@ class ExampleStatistics(_SplitArtifact):
 
 
 class Schema(Artifact):
-    """A TFMD schema in `schema.pbtxt`."""
+    """A TFMD schema in `schema.pbtxt`. `origin` says how it was made: "inferred" (by
+    SchemaGen from statistics), "accepted" (`pipewright schema accept`), "carried" (SchemaGen
+    republishing the pipeline's current schema) or "imported" (ImportSchemaGen)."""
 
-    PROPERTIES = {"source": STRING}
+    PROPERTIES = {"source": STRING, "origin": STRING}
 
     @property
     def file(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from components.anomaly_report import feature_anomalies, halt_message, split_section
 from components.artifacts import ExampleAnomalies, ExampleStatistics, Schema
 from components.base import Component, Input, Output, Parameter, Step
+from components.schema_inference import validation_environment
 from components.split_names import included_splits
 from components.tfmd_files import read_schema, read_statistics, write_anomalies
 
@@ -18,6 +19,8 @@ class ExampleValidator(Component):
     - Skew: with `skew_thresholds`, the first of `skew_splits` is compared with the second.
     - Thresholds are L-infinity distances for categorical features and Jensen-Shannon
       divergences for numeric ones.
+    - Environments: a schema with TFDV environments (SchemaGen's `label_feature`) is
+      validated in TRAINING, so the label is checked here and not required at serving.
     - Any anomaly halts the run before anything downstream, naming each feature and
       anomaly; with `fail_on_anomalies=False` it is logged as a warning instead.
     """
@@ -42,8 +45,11 @@ class ExampleValidator(Component):
         previous = _previous_span_statistics(step) if step.drift_thresholds else None
         skew_pair = _skew_pair(step, splits) if step.skew_thresholds else None
 
+        environment = validation_environment(schema)
         report = [f"ExampleValidator: statistics {step.statistics.name} #{step.statistics.id} "
-                  f"(span {step.statistics.span}), schema {step.schema.source or step.schema.file}"]
+                  f"(span {step.statistics.span}), schema #{step.schema.id} "
+                  f"{step.schema.source or step.schema.file}"
+                  + (f", environment {environment}" if environment else "")]
         if step.drift_thresholds and previous is None:
             report.append(f"drift not checked: no statistics of an earlier span than "
                           f"{step.statistics.span} in pipeline {step.pipeline_name}")
@@ -59,7 +65,8 @@ class ExampleValidator(Component):
                 skew_note = f"against split {skew_pair[1]}"
             anomalies = tfdv.validate_statistics(
                 read_statistics(step.statistics, split), schema,
-                previous_statistics=drift_base, serving_statistics=skew_target)
+                previous_statistics=drift_base, serving_statistics=skew_target,
+                environment=environment)
             write_anomalies(anomalies, step.anomalies, split)
             per_split[split] = anomalies
             report += split_section(split, anomalies, drift_note, skew_note)

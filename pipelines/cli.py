@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("rollback", help="re-push the previous blessed model (see `pipewright rollback -h`)",
                    add_help=False)
+    sub.add_parser("schema", help="show the current schema or accept a run's data "
+                                  "(see `pipewright schema -h`)", add_help=False)
     return parser
 
 
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "rollback":
         from pipelines.rollback import main as rollback_main
         return rollback_main(argv[1:])
+    if argv and argv[0] == "schema":
+        from pipelines.schema_cli import main as schema_main
+        return schema_main(argv[1:])
     args = build_parser().parse_args(argv)
     _console_logging()
     try:

@@ -105,7 +105,10 @@ def test_schema_gen_infers_from_train_and_widens_with_eval(penguin_run):
     domains = {d.name: list(d.value) for d in schema.string_domain}
     assert domains["species"] == ["Adelie", "Chinstrap", "Gentoo"]
     assert domains["island"] == ["Biscoe", "Dream", "Torgersen"]
-    assert features["island"].presence.min_fraction == 1.0
+    # Complete in the data, yet optional: SchemaGen requires only declared features
+    # (required_features); min_count still guards a dropped column.
+    assert not features["island"].presence.HasField("min_fraction")
+    assert features["island"].presence.min_count == 1
     # Measurements have missing values in the data: not required, no fixed shape.
     assert features["bill_length_mm"].presence.min_fraction < 1.0
     assert not features["bill_length_mm"].HasField("shape")
