@@ -86,7 +86,7 @@ def test_typed_parameters_gate_the_overall_slice_only():
 
     evaluator = registry.load("penguin").component("Evaluator")
     step = SimpleNamespace(**evaluator.resolve_parameters({}))
-    config = evaluator.typed_eval_config(step)
+    config = evaluator.typed_eval_config(step, "multiclass")
     (accuracy,) = [m for m in config.metrics_specs[0].metrics
                    if m.class_name == "SparseCategoricalAccuracy"]
     assert not accuracy.HasField("threshold")  # a MetricConfig.threshold gates every slice
