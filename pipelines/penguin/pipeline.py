@@ -59,7 +59,7 @@ def create_pipeline() -> Pipeline:
                           schema=schema_gen.outputs.schema, label_key="species",
                           preprocessing_function_names=["transform_label"],
                           slice_features=[["island"], ["sex"]],
-                          accuracy_threshold=accuracy_threshold)
+                          lower_bound=accuracy_threshold)
     infra_validator = InfraValidator(model=trainer.outputs.model,
                                      examples=example_gen.outputs.examples,
                                      model_name="penguin", write_warmup=True)
