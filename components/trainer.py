@@ -9,6 +9,8 @@ from components.artifacts import (Examples, HyperParameters, Model, ModelRun, Sc
                                   TransformGraph)
 from components.base import (Component, ExternalPath, Input, OptionalInput, Output, Parameter,
                              Step)
+# run_fn exports through it, so the Trainer's cache key covers it (imports no TensorFlow).
+from components import signatures  # noqa: F401
 from components.user_module import FnArgs, UserModuleError, function
 
 

@@ -4,6 +4,19 @@
     run_fn(fn_args)                          used by Trainer: trains, exports a SavedModel
     tuner_fn(fn_args) -> TunerFnResult       used by Tuner (optional)
 
+What a module may call from the framework:
+
+    components.signatures.export_serving_model(model, fn_args, tf_transform_output,
+                                               label_key=..., class_vocabulary=... |
+                                               class_names=[...])
+        at the end of run_fn: saves the Keras model to fn_args.serving_model_dir with the
+        signatures the Evaluator (serving_default, transform_label), the InfraValidator
+        (serving_default) and JSON clients (serving_raw, classify) use.
+    components.signatures.read_class_names(saved_model_dir)
+        a classifier's class names, in the order of its scores.
+    components.user_module.FnArgs, TunerFnResult
+        what run_fn / tuner_fn receive and what tuner_fn returns.
+
 The module is imported from its file path (no packaging); its directory is put on
 sys.path while it loads so it may import its own helpers. Components declare the file as
 `module_file: Parameter[ExternalPath]`, so an edit to it invalidates their cache.

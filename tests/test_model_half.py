@@ -248,8 +248,10 @@ def _live(home: str, artifact_type) -> int:
 def _broken_module(tmp_path, name: str, edit) -> ExternalPath:
     with open(PENGUIN_MODULE) as fh:
         source = fh.read()
+    edited = edit(source)
+    assert edited != source, f"{name}: the edit matches nothing in {PENGUIN_MODULE}"
     path = tmp_path / f"{name}.py"
-    path.write_text(edit(source))
+    path.write_text(edited)
     return ExternalPath(str(path))
 
 
@@ -264,7 +266,7 @@ def test_module_without_run_fn_fails_the_trainer_naming_the_module(lifecycle, tm
 
 def test_run_fn_that_exports_nothing_fails_the_trainer(lifecycle, tmp_path):
     module = _broken_module(tmp_path, "no_export", lambda s: s.replace(
-        "    export(model, tft_output, fn_args.serving_model_dir)\n", ""))
+        "    export_serving_model(model, fn_args,", "    (lambda *a, **k: None)(model, fn_args,"))
     models = _live(lifecycle["home"], Model)
     run = _run(_with_parameter("Trainer", module_file=module), lifecycle["home"])
     assert run.steps["Trainer"].status == "failed"

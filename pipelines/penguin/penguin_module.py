@@ -3,11 +3,13 @@
 Classifies a penguin's species from its bill, flipper, mass, island and sex. The raw data
 has missing values: numbers are imputed with their training mean, strings with a marker.
 
-The exported SavedModel answers with `scores`, the probability of each species in the
-order of the `species` vocabulary (most frequent first), through three signatures:
+The exported SavedModel (components.signatures.export_serving_model) answers with
+`scores`, the probability of each species in the order of the `species` vocabulary (most
+frequent first), also written to assets/class_names.txt. Its signatures:
   serving_default      serialized tf.Example (without the label), as TFX exports it
-  serving_raw          the raw features as named tensors, so plain JSON `instances` work;
+  serving_raw          the six features as named tensors, so plain JSON `instances` work;
                        NaN for a missing number, "" for a missing string
+  classify             TF Serving's Classify API: species names and scores
   transform_features   serialized tf.Example -> the transformed features
   transform_label      serialized tf.Example -> `species` as the class index; the
                        Evaluator's preprocessing function (it transforms only the label,
@@ -21,6 +23,8 @@ import os
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
+
+from components.signatures import export_serving_model
 
 LABEL = "species"
 NUMERIC_FEATURES = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
@@ -126,7 +130,11 @@ def run_fn(fn_args):
           _dataset(fn_args.eval_files, tft_output, shuffle=False),
           train_steps=fn_args.train_steps, eval_steps=fn_args.eval_steps,
           log_dir=fn_args.model_run_dir)
-    export(model, tft_output, fn_args.serving_model_dir)
+    # Only what the model reads is served: clients need not send the label or `year`.
+    # save_traces=False: every layer is built in, so Keras revives them from their config
+    # and tracing each layer's call (seconds) is not needed.
+    export_serving_model(model, fn_args, tft_output, label_key=LABEL, class_vocabulary=LABEL,
+                         raw_feature_keys=FEATURES, save_traces=False)
 
 
 def train(model, train_data, eval_data, *, train_steps: int, eval_steps: int, log_dir: str):
@@ -164,65 +172,6 @@ def train(model, train_data, eval_data, *, train_steps: int, eval_steps: int, lo
         tf.summary.scalar("loss", tf.reduce_mean(losses), step=train_steps)
         tf.summary.scalar("sparse_categorical_accuracy", accuracy.result(), step=train_steps)
     return {"loss": float(tf.reduce_mean(losses)), "accuracy": float(accuracy.result())}
-
-
-# -- export -------------------------------------------------------------------------------
-def _raw_tensor_to_feature(x, spec):
-    """A [batch] tensor as `tf.io.parse_example` would give it for `spec`; for an optional
-    feature, NaN or "" marks a missing value."""
-    if isinstance(spec, tf.io.FixedLenFeature):
-        return tf.reshape(tf.cast(x, spec.dtype), [-1] + list(spec.shape))
-    present = tf.not_equal(x, "") if x.dtype == tf.string else tf.logical_not(tf.math.is_nan(x))
-    rows = tf.where(present)
-    indices = tf.concat([rows, tf.zeros_like(rows)], axis=1)
-    values = tf.gather(x, rows[:, 0])
-    if values.dtype != spec.dtype:
-        values = tf.cast(tf.round(values) if spec.dtype.is_integer else values, spec.dtype)
-    return tf.SparseTensor(indices, values, tf.stack([tf.shape(x, out_type=tf.int64)[0], 1]))
-
-
-def export(model, tft_output, serving_model_dir: str) -> None:
-    model.tft_layer = tft_output.transform_features_layer()  # tracked, so assets are saved
-    raw_spec = tft_output.raw_feature_spec()
-    # Only what the model reads: a client need not send the label or unused columns.
-    serving_spec = {name: raw_spec[name] for name in FEATURES}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
-                 autograph=False)
-    def serve_examples(examples):
-        transformed = model.tft_layer(tf.io.parse_example(examples, serving_spec))
-        return {"scores": model(_model_inputs(transformed))}
-
-    raw_inputs = {name: tf.TensorSpec([None], tf.string if spec.dtype == tf.string
-                                      else tf.float32, name=name)
-                  for name, spec in serving_spec.items()}
-
-    @tf.function(input_signature=[raw_inputs], autograph=False)
-    def serve_raw(features):
-        parsed = {name: _raw_tensor_to_feature(features[name], spec)
-                  for name, spec in serving_spec.items()}
-        transformed = model.tft_layer(parsed)
-        return {"scores": model(_model_inputs(transformed))}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
-                 autograph=False)
-    def transform_features(examples):
-        return model.tft_layer(tf.io.parse_example(examples, raw_spec))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
-                 autograph=False)
-    def transform_label(examples):
-        transformed = model.tft_layer(tf.io.parse_example(examples, {LABEL: raw_spec[LABEL]}))
-        return {LABEL: transformed[LABEL]}
-
-    # save_traces=False: the layers are built-in, so Keras revives them from their config
-    # and tracing every layer's call (seconds) is not needed.
-    model.save(serving_model_dir, save_format="tf", save_traces=False, signatures={
-        "serving_default": serve_examples.get_concrete_function(),
-        "serving_raw": serve_raw.get_concrete_function(),
-        "transform_features": transform_features.get_concrete_function(),
-        "transform_label": transform_label.get_concrete_function(),
-    })
 
 
 # -- tuning -------------------------------------------------------------------------------
