@@ -99,7 +99,8 @@ def test_evaluation_reports_metrics_per_slice_and_the_blessing_says_why(trained_
     assert report.startswith(
         f"Evaluation of model {trained_penguin.run.steps['Trainer'].outputs['model'].id} "
         "(no baseline: first push; value thresholds only, change thresholds skipped) on "
-        "split(s) eval\nBLESSED: every threshold holds; no baseline: change thresholds skipped\n")
+        "split(s) eval (multiclass task)\nBLESSED: every threshold holds; no baseline: change "
+        "thresholds skipped\n")
     for slice_name in ("Overall", "island=Biscoe", "island=Dream", "island=Torgersen",
                        "sex=female", "sex=male"):
         assert slice_name in report
@@ -176,7 +177,7 @@ def test_second_model_is_compared_against_the_first_as_baseline(lifecycle, secon
     assert blessing.blessed == 1, blessing.reason
     assert blessing.reason == "every threshold holds, including the change against the baseline"
     named = (f"Evaluation of model {second_model.id} against baseline model {first_model.id}, "
-             f"served as version 1 in {lifecycle['serving']} on split(s) eval\n")
+             f"served as version 1 in {lifecycle['serving']} on split(s) eval (multiclass task)\n")
     for artifact in (evaluation, blessing):
         with open(artifact.path("report.txt")) as fh:
             assert fh.read().startswith(named)
@@ -289,7 +290,7 @@ def test_preprocessing_fn_that_raises_fails_the_transform(lifecycle, tmp_path):
 
 
 @pytest.mark.parametrize("parameters, message", [
-    ({"label_key": "beak_colour"}, "label_key 'beak_colour' is not a feature of the examples"),
+    ({"label_key": "beak_colour"}, "label_key 'beak_colour' is not a feature of the schema"),
     ({"metrics": ["ExampleCount", "SparseCategoricalAccuracy", "Accurracy"]},
      "metric 'Accurracy' in the eval config is unknown"),
     ({"label_key": "species", "preprocessing_function_names": []},
