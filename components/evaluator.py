@@ -236,7 +236,7 @@ class Evaluator(Component):
         step.blessing.set(blessed=int(blessed), model_id=step.model.id,
                           baseline_model_id=baseline_id, baseline_version=baseline_version,
                           reason=reason)
-        step.log.info("%s: %s", "blessed" if blessed else "not blessed", reason)
+        step.note(f"{'blessed' if blessed else 'NOT blessed'}: {reason}")
 
     # -- the EvalConfig -------------------------------------------------------------------
     def eval_plan(self, step: Step, has_baseline: bool) -> EvalPlan:

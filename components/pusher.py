@@ -41,7 +41,7 @@ class Pusher(Component):
         _write_report(step.pushed_model, f"pushed model {step.model.id} as version {version} "
                                          f"to {destination}\n")
         step.pushed_model.set(pushed=1, pushed_version=version)
-        step.log.info("pushed model %s to %s/%d", step.model.id, destination, version)
+        step.note(f"pushed model {step.model.id} as version {version}")
 
 
 def serving_base(serving_dir: str, push_destination: str, model_name: str) -> str:

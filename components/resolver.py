@@ -42,7 +42,10 @@ class LatestPushedModel(Resolver):
         destination = serving_base(step.serving_dir, step.push_destination, step.model_name)
         found = served_model(step.metadata, destination, step.model)
         if found is None:
-            step.note(f"no baseline: nothing pushed is served from {destination}")
+            served = versions_on_disk(destination)
+            step.note(f"no baseline: nothing is served from {destination} yet" if not served
+                      else f"no baseline: the versions served from {destination} ({served}) "
+                           f"hold the candidate itself or were rolled back")
             return {"baseline_model": None, "baseline_pushed_model": None}
         model, pushed = found
         step.note(f"baseline: model {model.id}, served as version {pushed.pushed_version}")

@@ -12,7 +12,15 @@ from pipelines.metadata import Metadata
 
 
 def _metadata(home: str | None) -> Metadata:
-    return Metadata(Home.resolve(home).metadata_uri)
+    """The home's metadata store, opened only if it exists: reading commands must not
+    create an empty store in a wrong home (and then report "no artifact")."""
+    home_dir = Home.resolve(home)
+    uri = home_dir.metadata_uri
+    if "://" not in uri and not os.path.isfile(uri):
+        raise LookupError(f"no metadata store in {home_dir.root} ({uri} does not exist): "
+                          f"nothing has run in this home; pass --home DIR or set "
+                          f"PIPEWRIGHT_HOME to the home the pipeline ran in")
+    return Metadata(uri)
 
 
 def print_runs(home: str | None, pipeline: str | None) -> int:

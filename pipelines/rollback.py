@@ -1,9 +1,9 @@
 """`pipewright rollback MODEL`: serve the previous blessed model again.
 
 The model served now is the newest version in `<serving dir>/MODEL/`. Rolling back pushes
-the newest model trained before it (among the models ever pushed there, i.e. blessed) as
-a new, higher version, so model servers pick it up like any push and versions stay
-monotonic. The version it was served as before is copied when still there (warmup
+the model served before it — the newest lower version, recorded as a push there, whose push
+was not itself rolled back and which holds another model — as a new, higher version, so
+model servers pick it up like any push and versions stay monotonic. The version it was served as before is copied when still there (warmup
 requests included), else the model's SavedModel. The push is recorded in the metadata
 store, and the replaced version's push is marked `rolled_back`: it is skipped by later
 rollbacks and never becomes the Evaluator's baseline again, so a second rollback goes one
@@ -40,8 +40,9 @@ def rollback(model_name: str, home: str | None = None, push_destination: str = "
         raise RollbackError(f"version {served[-1]} in {destination} was not pushed by "
                             f"pipewright (no record in {metadata.uri}); cannot tell which "
                             f"model it is")
-    earlier = sorted((p for p in pushes if p.model_id < current.model_id and not p.rolled_back),
-                     key=lambda p: (p.model_id, p.pushed_version), reverse=True)
+    earlier = sorted((p for p in pushes if p.pushed_version < current.pushed_version
+                      and not p.rolled_back and p.model_id != current.model_id),
+                     key=lambda p: p.pushed_version, reverse=True)
     for previous in earlier:
         # The exact version served before (with its warmup requests), else the model.
         source = os.path.join(destination, str(previous.pushed_version))
@@ -53,8 +54,9 @@ def rollback(model_name: str, home: str | None = None, push_destination: str = "
             current.set(rolled_back=1)  # never a baseline again unless pushed again
             metadata.update_artifact(current)
             return _record(metadata, model, destination, model_name, version, served[-1])
-    raise RollbackError(f"version {served[-1]} (model {current.model_id}) is the oldest "
-                        f"blessed model pushed to {destination}: nothing to roll back to")
+    raise RollbackError(f"version {served[-1]} serves model {current.model_id}; no earlier "
+                        f"version in {destination} served another model whose push was not "
+                        f"rolled back (and is still on disk): nothing to roll back to")
 
 
 def _record(metadata: Metadata, model: Model, destination: str, model_name: str,

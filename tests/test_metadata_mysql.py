@@ -244,8 +244,50 @@ def test_rollback_bookkeeping(store, tmp_path, tiny_saved_model):
     rollback_runs = [r for r in fresh.runs("numbers") if r["orchestrator"] == "rollback"]
     assert [(r["state"], r["steps"]) for r in rollback_runs] == [("succeeded", {"complete": 1})]
 
-    with pytest.raises(RollbackError, match=f"model {first.id}\\) is the oldest blessed model"):
+    # Version 3 serves the first model, and the only earlier version of another model (2)
+    # was rolled back: nothing to go back to.
+    with pytest.raises(RollbackError, match="nothing to roll back to"):
         rollback("numbers", str(tmp_path))
+
+
+def _pushed_again(metadata: Metadata, home: Home, destination: str, model, number: int) -> int:
+    """A Pusher run pushing an existing model again (an equally good model re-blessed)."""
+    run = metadata.run_context("numbers", f"again-{number}")
+    pusher = metadata.begin_execution(type_name="Pusher", component_id="Pusher",
+                                      pipeline_name="numbers", run=run, inputs={"model": model},
+                                      cache_key=f"again-{number}", parameters={}, log_path="")
+    version = push(model.serving_dir, destination, metadata)
+    pushed = PushedModel(uri=home.artifact_dir("numbers", "Pusher", "pushed_model", pusher),
+                         name="Pusher.pushed_model")
+    os.makedirs(pushed.uri)
+    pushed.set(pushed=1, pushed_version=version, pushed_destination=destination,
+               model_id=model.id, model_name="numbers")
+    metadata.publish_execution(pusher, pipeline_name="numbers", run=run,
+                               outputs={"pushed_model": pushed}, outcome="ok",
+                               outcome_reason="", duration_s=0.1)
+    return version
+
+
+def test_rollback_follows_the_serving_history_not_the_model_ids(store, tmp_path,
+                                                                tiny_saved_model):
+    home = Home.resolve(tmp_path)
+    destination = os.path.abspath(serving_base(home.serving_dir, "", "numbers"))
+    metadata = Metadata(store)
+    a = _trained_and_pushed(metadata, home, destination, tiny_saved_model, 1)  # v1
+    b = _trained_and_pushed(metadata, home, destination, tiny_saved_model, 2)  # v2
+    assert _pushed_again(metadata, home, destination, a, 3) == 3  # A serves again as v3
+
+    # The model served before v3 is B (v2), though A was trained first.
+    rolled = rollback("numbers", str(tmp_path))
+    assert (rolled.model_id, rolled.pushed_version) == (b.id, 4)
+    pushes = {p.pushed_version: p for p in Metadata(store).artifacts_of_type(PushedModel)}
+    assert pushes[4].model_id == b.id and pushes[3].rolled_back == 1
+    # From v4 (B): v3 was rolled back, so A as served by v1 comes back.
+    assert rollback("numbers", str(tmp_path)).model_id == a.id
+    pushes = {p.pushed_version: p for p in Metadata(store).artifacts_of_type(PushedModel)}
+    assert pushes[5].model_id == a.id and pushes[4].rolled_back == 1
+    # A rolled-back push never comes back: from v5 (A) the candidates are v2 (B) only.
+    assert rollback("numbers", str(tmp_path)).model_id == b.id
 
 
 def _write_runs(uri: str, tag: str, count: int) -> None:

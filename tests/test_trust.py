@@ -242,3 +242,14 @@ def test_rerun_drops_one_cached_execution_and_its_downstream_follow(tmp_path, ca
     file = str(Path(core_pipelines.__file__))
     assert main(["run", file, "--home", str(tmp_path), "--rerun", "MakeNumbers"]) == 0
     assert "MakeNumbers" in capsys.readouterr().err
+
+
+def test_reading_commands_in_a_home_where_nothing_ran_say_so_and_create_no_store(tmp_path,
+                                                                                   capsys):
+    from pipelines.cli import main
+
+    empty = tmp_path / "empty"
+    for command in (["show", "1"], ["lineage", "1"], ["runs"]):
+        assert main([*command, "--home", str(empty)]) == 2
+        assert "nothing has run in this home; pass --home" in capsys.readouterr().err
+    assert not (empty / "metadata.sqlite").exists()
