@@ -420,6 +420,7 @@ class Step:
     outcome: str = "ok"
     outcome_reason: str = ""
     notes: list[str] = field(default_factory=list)
+    started_at: float = 0.0  # time.monotonic() when the launcher started the step
 
     def __getattr__(self, name: str) -> Any:
         values = self.__dict__.get("values", {})
@@ -434,6 +435,13 @@ class Step:
         shows it too."""
         self.notes.append(text)
         self.log.info("%s", text)
+
+    def check_not_interrupted(self) -> None:
+        """Raises StepInterrupted if a termination signal arrived since the step started:
+        call it before an effect outside the staging directory (e.g. a push)."""
+        from components.interruption import check_not_interrupted
+
+        check_not_interrupted(self.started_at, "its effect outside the staging directory")
 
     def skip(self, reason: str) -> None:
         """Marks the step skipped (e.g. Pusher without a blessing); outputs still publish."""

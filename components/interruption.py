@@ -13,6 +13,7 @@ SIGABRT raised by its own code) has finished: that outcome is evidence about the
 from __future__ import annotations
 
 import signal
+import time
 
 # Signals that come from outside the process (an operator, `make down`, Airflow, the OOM
 # killer) rather than from a fault in the code the process ran.
@@ -41,3 +42,30 @@ def check_child_exit(returncode: int | None, what: str) -> None:
         number = -returncode if returncode < 0 else returncode - 128
         raise StepInterrupted(f"{what} was killed by {signal.Signals(number).name} from outside "
                               f"the step; no verdict is published — re-run the step")
+
+
+# Termination signals this process received, (time.monotonic(), number): recorded by the
+# handlers pipelines.interrupts installs, read by the launcher before it publishes and by
+# components whose effects leave their staging directory (the Pusher) before they act.
+_received: list[tuple[float, int]] = []
+
+
+def record_signal(number: int) -> None:
+    _received.append((time.monotonic(), number))
+
+
+def signal_since(started: float) -> str:
+    """The name of the first termination signal received at or after `started` (a
+    time.monotonic() value), or ""."""
+    for at, number in list(_received):
+        if at >= started:
+            return signal.Signals(number).name
+    return ""
+
+
+def check_not_interrupted(started: float, what: str) -> None:
+    """Raises StepInterrupted if a termination signal arrived since `started`, before
+    `what` (e.g. "the push into the serving directory") takes effect."""
+    name = signal_since(started)
+    if name:
+        raise StepInterrupted(f"{name} arrived while the step ran; {what} is not done")

@@ -37,7 +37,8 @@ class Pusher(Component):
             step.skip(refusal)
             return
         version = push(step.model.serving_dir, destination, step.metadata,
-                       extra_assets=_validated_extra_assets(step.infra_blessing))
+                       extra_assets=_validated_extra_assets(step.infra_blessing),
+                       before_rename=step.check_not_interrupted)
         _write_report(step.pushed_model, f"pushed model {step.model.id} as version {version} "
                                          f"to {destination}\n")
         step.pushed_model.set(pushed=1, pushed_version=version)
@@ -52,7 +53,7 @@ def serving_base(serving_dir: str, push_destination: str, model_name: str) -> st
     root = push_destination or serving_dir
     if not root:
         raise ValueError("no serving directory: give push_destination")
-    return os.path.join(os.path.abspath(root), model_name)
+    return os.path.join(os.path.realpath(root), model_name)
 
 
 def _refusal(model: Model, blessing: ModelBlessing, infra: InfraBlessing | None) -> str:
@@ -66,9 +67,11 @@ def _refusal(model: Model, blessing: ModelBlessing, infra: InfraBlessing | None)
 
 
 def push(saved_model_dir: str, destination: str, metadata=None,
-         extra_assets: str | None = None) -> int:
+         extra_assets: str | None = None, before_rename=None) -> int:
     """Copies a SavedModel to `destination/<new version>` atomically; returns the version.
-    `extra_assets` (e.g. validated warmup requests) is added as the version's assets.extra/."""
+    `extra_assets` (e.g. validated warmup requests) is added as the version's assets.extra/.
+    `before_rename` is called just before the version appears (the Pusher's interruption
+    check: a push interrupted by a signal must not reach the model server)."""
     if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
         raise FileNotFoundError(f"{saved_model_dir} holds no SavedModel (saved_model.pb)")
     os.makedirs(destination, exist_ok=True)
@@ -80,6 +83,12 @@ def push(saved_model_dir: str, destination: str, metadata=None,
         if extra_assets:
             shutil.copytree(extra_assets, os.path.join(staging, ASSETS_EXTRA),
                             dirs_exist_ok=True)
+        try:
+            if before_rename is not None:
+                before_rename()
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         os.rename(staging, os.path.join(destination, str(version)))
     return version
 
@@ -94,14 +103,25 @@ def _validated_extra_assets(infra: InfraBlessing | None) -> str | None:
 INT64_MAX = 2**63 - 1
 
 
+def parse_version(name: str) -> int | None:
+    """A version directory's number as TF Serving's file-system source reads it
+    (tensorflow/core/platform/numbers.cc safe_strto64: surrounding spaces and a sign
+    allowed, decimal digits, within int64), or None when it is not a version."""
+    text = name.strip(" \t\n\v\f\r")
+    digits = text[1:] if text[:1] in "+-" else text
+    if not digits or not (digits.isascii() and digits.isdigit()):
+        return None
+    value = int(text)
+    return value if -2**63 <= value <= INT64_MAX else None
+
+
 def versions_on_disk(destination: str) -> list[int]:
-    """The version directories a model server sees, ascending: names that are decimal
-    int64 numbers, as TF Serving's file-system source parses them (others are ignored)."""
+    """The version directories a model server sees, ascending (parse_version)."""
     if not os.path.isdir(destination):
         return []
-    return sorted(int(name) for name in os.listdir(destination)
-                  if name.isascii() and name.isdigit() and int(name) <= INT64_MAX
-                  and os.path.isdir(os.path.join(destination, name)))
+    versions = (parse_version(name) for name in os.listdir(destination)
+                if os.path.isdir(os.path.join(destination, name)))
+    return sorted(v for v in versions if v is not None)
 
 
 def next_version(destination: str, metadata=None) -> int:
@@ -115,9 +135,10 @@ def next_version(destination: str, metadata=None) -> int:
 
 def pushes_to(metadata, destination: str) -> list[PushedModel]:
     """The successful pushes recorded for a destination, oldest version first."""
-    destination = os.path.abspath(destination)
+    destination = os.path.realpath(destination)  # the same home reached through a link
     pushes = [p for p in metadata.artifacts_of_type(PushedModel)
-              if p.pushed and p.pushed_version and p.pushed_destination == destination]
+              if p.pushed and p.pushed_version and p.pushed_destination
+              and os.path.realpath(p.pushed_destination) == destination]
     return sorted(pushes, key=lambda p: p.pushed_version)
 
 

@@ -26,9 +26,9 @@ class LatestPushedModel(Resolver):
     it: version and directory, for the Evaluator's report); both are absent when nothing is
     served yet (a first push: value thresholds alone decide).
 
-    Raises BaselineError, naming the directory, when it holds versions but none was
-    pushed by this pipeline's metadata store, or when the served model's SavedModel is gone
-    from its artifact directory. TFX's counterpart is the LatestBlessedModel resolver
+    Raises BaselineError, naming the directory, when the highest version on disk (the one
+    a model server serves) was not pushed as recorded in this metadata store, or when the
+    served model's SavedModel is gone from its artifact directory. TFX's counterpart is the LatestBlessedModel resolver
     strategy; resolving from pushes follows what a model server serves
     (tensorflow_serving/sources/storage_path: the highest numbered version)."""
 
@@ -68,6 +68,13 @@ def served_model(metadata, destination: str,
             f"pushed by a Pusher or rollback recorded in {metadata.uri}; cannot tell which "
             f"model is served, so there is no baseline to compare with. Push through the "
             f"pipeline, or move the untracked versions out of {destination}")
+    if on_disk[-1] not in pushes:
+        raise BaselineError(
+            f"a model server serves version {on_disk[-1]} of {destination} (the highest), but "
+            f"no push recorded in {metadata.uri} explains it (versions pushed by the pipeline: "
+            f"{traced}); the served model is unknown, so there is no baseline to compare "
+            f"with. Move version {on_disk[-1]} out of {destination}, or push through the "
+            f"pipeline")
     for version in reversed(traced):
         pushed = pushes[version]
         if pushed.rolled_back or pushed.model_id == candidate.id:

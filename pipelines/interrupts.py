@@ -10,25 +10,37 @@ keep running, but `since(t)` tells the launcher a signal arrived after the step 
 and it fails the step instead of publishing (components.interruption explains why).
 Python runs handlers in the main thread only, so a main thread that waits on steps wakes
 up often (the local runner: every POLL_S) to record a signal the kernel gave a step thread.
+
+The local runner watches in `record_only` mode: the first signal is only recorded (the
+runner stops scheduling, the running steps fail when they end, the run is recorded
+failed); a second one ends the process at once with the signal's default action (its
+running executions are then recorded failed by the next run, "process died").
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 from typing import Any
 
-from components.interruption import StepInterrupted
+from components.interruption import StepInterrupted, record_signal, signal_since
 
 _WATCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_received: list[tuple[float, int]] = []  # (time.monotonic(), signal number)
 _previous: dict[int, Any] = {}
 _lock = threading.Lock()
+_mode = {"record_only": False}
 POLL_S = 0.2
 
 
 def _on_signal(number: int, frame: Any) -> None:
-    _received.append((time.monotonic(), number))
+    earlier = signal_since(0.0)
+    record_signal(number)
+    if _mode["record_only"] and number != signal.SIGALRM:
+        if earlier:  # a second signal: stop now
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+        return
     previous = _previous.get(number)
     if callable(previous):
         previous(number, frame)
@@ -38,12 +50,15 @@ def _on_signal(number: int, frame: Any) -> None:
     raise StepInterrupted(f"interrupted by {signal.Signals(number).name}")
 
 
-def watch() -> bool:
-    """Installs the recording handlers (once per process); returns False when called off
-    the main thread, where Python cannot install signal handlers."""
+def watch(record_only: bool | None = None) -> bool:
+    """Installs the recording handlers (once per process); `record_only` (None: as it
+    was) chooses the mode above. Returns False when called off the main thread, where
+    Python cannot install signal handlers."""
     if threading.current_thread() is not threading.main_thread():
         return False
     with _lock:
+        if record_only is not None:
+            _mode["record_only"] = record_only
         numbers = list(_WATCHED)
         if callable(signal.getsignal(signal.SIGALRM)):
             numbers.append(signal.SIGALRM)
@@ -59,12 +74,11 @@ def watch() -> bool:
 def since(started: float) -> str:
     """The name of the first termination signal received at or after `started`
     (a time.monotonic() value), or ""."""
-    for at, number in list(_received):
-        if at >= started:
-            return signal.Signals(number).name
-    return ""
+    return signal_since(started)
 
 
 def clear() -> None:
     """Forgets received signals (tests that send themselves signals use this)."""
-    _received.clear()
+    from components import interruption
+
+    interruption._received.clear()

@@ -197,7 +197,7 @@ def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home
     logger, handler = _step_logger(component.id, log_path)
     step = Step(component=component, values={**inputs, **outputs, **params},
                 pipeline_name=run.pipeline_name, run_id=run.run_id, home=home.root,
-                serving_dir=home.serving_dir,
+                serving_dir=home.serving_dir, started_at=started,
                 tmp_dir=tmp_dir, log=logger, beam_args=list(run.beam_args), metadata=metadata)
     try:
         logger.info("executing %s (execution %d)", component.id, execution_id)
@@ -206,6 +206,10 @@ def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home
         if signal_name:
             raise StepInterrupted(f"{signal_name} arrived while the step ran; its outputs "
                                   f"are discarded")
+        if cache_key(component, params, inputs) != key:
+            raise StepInterrupted("the step's code or external files changed on disk while it "
+                                  "ran, so its outputs would be cached under a key that does "
+                                  "not describe them; they are discarded — run it again")
         reason = "; ".join(filter(None, [step.outcome_reason, *step.notes]))
         shutil.rmtree(tmp_dir, ignore_errors=True)
         published = _move_into_place(outputs, home, run.pipeline_name, component.id, execution_id)
@@ -219,7 +223,7 @@ def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home
         result.duration_s = time.monotonic() - started
         metadata.fail_execution(execution_id, cause + "\n" + traceback.format_exc(),
                                 result.duration_s)
-        _discard(outputs, home, run.pipeline_name, component.id, execution_id)
+        _discard(outputs, staging)
         raise StepFailed(result, cause) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -276,6 +280,16 @@ def _resolve(component: Resolver, run: RunInfo, inputs, params, metadata, home,
 
 def _move_into_place(outputs: dict[str, Artifact], home: Home, pipeline: str,
                      component_id: str, execution_id: int) -> dict[str, Artifact]:
+    """Renames each staged output to its final directory. A final directory that exists
+    already belongs to someone else (execution ids restart in another metadata store on
+    the same home): that is an error naming it, and it is left alone."""
+    for key in outputs:
+        final = home.artifact_dir(pipeline, component_id, key, execution_id)
+        if os.path.exists(final):
+            raise FileExistsError(
+                f"{final} exists already: another metadata store (PIPEWRIGHT_METADATA, or a "
+                f"deleted metadata.sqlite) has used this home {home.root}; use one store per "
+                f"home")
     for key, artifact in outputs.items():
         final = home.artifact_dir(pipeline, component_id, key, execution_id)
         os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -284,8 +298,9 @@ def _move_into_place(outputs: dict[str, Artifact], home: Home, pipeline: str,
     return outputs
 
 
-def _discard(outputs: dict[str, Artifact], home: Home, pipeline: str, component_id: str,
-             execution_id: int) -> None:
-    for key in outputs:
-        shutil.rmtree(home.artifact_dir(pipeline, component_id, key, execution_id),
-                      ignore_errors=True)
+def _discard(outputs: dict[str, Artifact], staging: str) -> None:
+    """Removes the outputs this execution moved into place (their URIs left staging);
+    what is still in staging goes with it."""
+    for artifact in outputs.values():
+        if not artifact.uri.startswith(staging + os.sep):
+            shutil.rmtree(artifact.uri, ignore_errors=True)

@@ -97,7 +97,7 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
     if outside_rerun:
         raise ValueError(f"--rerun {outside_rerun} is {OUTSIDE}: this run executes only "
                          f"{[c.id for c in selected]}")
-    interrupts.watch()
+    interrupts.watch(record_only=True)
     metadata = Metadata(home.metadata_uri)
     for dead in metadata.abandon_dead_executions(pipeline.name):
         echo(f"recorded execution {dead.id} ({dead.component_id}) as failed: its process died")
@@ -125,6 +125,12 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
     with futures.ThreadPoolExecutor(max_workers=max(1, max_parallel),
                                     thread_name_prefix="step") as pool:
         while pending or running:
+            signal_name = interrupts.since(started)
+            if signal_name and not halted:
+                halted = f"interrupted by {signal_name}"
+                result.failure = result.failure or halted
+                echo(f"{halted}: no new step starts; the {len(running)} running step(s) "
+                     f"publish nothing (send it again to stop at once)")
             for component in list(pending):
                 if halted:
                     break

@@ -253,3 +253,73 @@ def test_reading_commands_in_a_home_where_nothing_ran_say_so_and_create_no_store
         assert main([*command, "--home", str(empty)]) == 2
         assert "nothing has run in this home; pass --home" in capsys.readouterr().err
     assert not (empty / "metadata.sqlite").exists()
+
+
+def test_a_second_metadata_store_on_one_home_fails_naming_the_clash_and_deletes_nothing(
+        tmp_path, monkeypatch):
+    pipeline = core_pipelines.create_pipeline()
+    first = run_pipeline(pipeline, home=tmp_path, echo=_quiet)
+    kept = first.steps["MakeNumbers"].outputs["numbers"].uri
+    monkeypatch.setenv("PIPEWRIGHT_METADATA", str(tmp_path / "other.sqlite"))
+    clash = run_pipeline(pipeline, home=tmp_path, params={"count": 5}, echo=_quiet)
+    assert not clash.ok and "exists already: another metadata store" in clash.failure
+    assert Path(kept, "numbers.txt").read_text() == "0\n1\n2", "the first store's output kept"
+
+
+def test_an_interrupted_push_never_reaches_the_serving_directory(tmp_path):
+    from components.interruption import StepInterrupted
+    from components.pusher import push, versions_on_disk
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "saved_model.pb").write_bytes(b"")
+    destination = str(tmp_path / "serving" / "m")
+
+    def interrupted():
+        raise StepInterrupted("SIGTERM arrived")
+
+    with pytest.raises(StepInterrupted):
+        push(str(model), destination, before_rename=interrupted)
+    assert versions_on_disk(destination) == [] and os.listdir(destination) == [".push.lock"]
+    assert push(str(model), destination) == 1
+
+
+def test_version_directories_are_read_as_tf_serving_reads_them(tmp_path):
+    from components.pusher import versions_on_disk
+
+    for name in ["1", " 7", "+3", "-1", "01", "99999999999999999999", "x2", "2.0", "٣"]:
+        (tmp_path / name).mkdir()
+    (tmp_path / "9").write_text("a file is not a version")
+    assert versions_on_disk(str(tmp_path)) == [-1, 1, 1, 3, 7]
+
+
+def test_an_unexplained_version_above_the_pushed_ones_fails_the_baseline(tmp_path):
+    from components.artifacts import Model, PushedModel
+    from components.resolver import BaselineError, served_model
+
+    metadata = Metadata(str(tmp_path / "metadata.sqlite"))
+    run = metadata.run_context("p", "r")
+    model = Model(uri=str(tmp_path / "model"), name="Trainer.model")
+    os.makedirs(model.serving_dir)
+    Path(model.serving_dir, "saved_model.pb").write_bytes(b"")
+    destination = str(tmp_path / "serving" / "m")
+    os.makedirs(os.path.join(destination, "1"))
+    pushed = PushedModel(uri=str(tmp_path / "push"), name="Pusher.pushed_model")
+    execution = metadata.begin_execution(type_name="T", component_id="Trainer",
+                                         pipeline_name="p", run=run, inputs={}, cache_key="",
+                                         parameters={}, log_path="")
+    metadata.publish_execution(execution, pipeline_name="p", run=run,
+                               outputs={"model": model}, outcome="ok", outcome_reason="",
+                               duration_s=0)
+    pushed.set(pushed=1, pushed_version=1, pushed_destination=destination, model_id=model.id)
+    execution = metadata.begin_execution(type_name="P", component_id="Pusher",
+                                         pipeline_name="p", run=run, inputs={}, cache_key="",
+                                         parameters={}, log_path="")
+    metadata.publish_execution(execution, pipeline_name="p", run=run,
+                               outputs={"pushed_model": pushed}, outcome="ok",
+                               outcome_reason="", duration_s=0)
+    candidate = Model(uri="", id=10**6)
+    assert served_model(metadata, destination, candidate)[0].id == model.id
+    os.makedirs(os.path.join(destination, "2"))  # copied in by hand: the server serves it
+    with pytest.raises(BaselineError, match="serves version 2 .* no push recorded"):
+        served_model(metadata, destination, candidate)
