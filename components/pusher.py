@@ -18,7 +18,8 @@ class Pusher(Component):
     serving directory as it was. The version is one more than any version the directory
     or the metadata store has seen, and appears at once, complete (copy, then rename).
     Warmup requests the InfraValidator validated (its blessing's `assets.extra/`) are
-    added to the pushed version."""
+    added to the pushed version. A model `pipewright rollback` took out of this directory
+    is not pushed again (the next night would otherwise undo the rollback)."""
 
     model: Input[Model]
     model_blessing: Input[ModelBlessing]
@@ -31,7 +32,8 @@ class Pusher(Component):
         destination = serving_base(step.serving_dir, step.push_destination, step.model_name)
         step.pushed_model.set(pushed=0, model_id=step.model.id, model_name=step.model_name,
                               pushed_destination=destination)
-        refusal = _refusal(step.model, step.model_blessing, step.infra_blessing)
+        refusal = (_refusal(step.model, step.model_blessing, step.infra_blessing)
+                   or _rolled_back(step.metadata, destination, step.model))
         if refusal:
             _write_report(step.pushed_model, f"not pushed: {refusal}\n")
             step.skip(refusal)
@@ -64,6 +66,19 @@ def _refusal(model: Model, blessing: ModelBlessing, infra: InfraBlessing | None)
     if infra is not None and not infra.blessed:
         return f"model {model.id} failed infra validation: {infra.reason or '?'}"
     return ""
+
+
+def _rolled_back(metadata, destination: str, model: Model) -> str:
+    """Why a model `pipewright rollback` took out of `destination` is not pushed there
+    again by a later run (it would undo the rollback the next night), or ""."""
+    if metadata is None:
+        return ""
+    undone = [p.pushed_version for p in pushes_to(metadata, destination)
+              if p.model_id == model.id and p.rolled_back]
+    if not undone:
+        return ""
+    return (f"model {model.id} was rolled back from version {undone[-1]} of {destination}; "
+            f"a rolled-back model is not pushed again (train a new one)")
 
 
 def push(saved_model_dir: str, destination: str, metadata=None,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from components.base import (Component, ComponentDefinitionError, ExternalPath, Output,
-                             Parameter, Resolver, Step)
+from components.artifacts import Model, ModelBlessing
+from components.base import (Component, ComponentDefinitionError, ExternalPath, Input, Output,
+                             Param, Parameter, Resolver, Step)
 from pipelines.home import Home
 from pipelines.local_runner import run_pipeline
 from pipelines.metadata import Metadata
@@ -323,3 +324,46 @@ def test_an_unexplained_version_above_the_pushed_ones_fails_the_baseline(tmp_pat
     os.makedirs(os.path.join(destination, "2"))  # copied in by hand: the server serves it
     with pytest.raises(BaselineError, match="serves version 2 .* no push recorded"):
         served_model(metadata, destination, candidate)
+
+
+class FakeTrainer(Component):
+    """Writes a stand-in SavedModel file, one per tag."""
+
+    model: Output[Model]
+    tag: Parameter[str] = "a"
+
+    def execute(self, step: Step) -> None:
+        os.makedirs(step.model.serving_dir)
+        Path(step.model.serving_dir, "saved_model.pb").write_text(step.tag)
+
+
+class FakeEvaluator(Component):
+    """Blesses every model."""
+
+    model: Input[Model]
+    blessing: Output[ModelBlessing]
+
+    def execute(self, step: Step) -> None:
+        step.blessing.set(blessed=1, model_id=step.model.id, reason="fake")
+
+
+def test_a_rolled_back_model_is_not_pushed_again_by_a_later_run(tmp_path):
+    from components.pusher import Pusher
+    from pipelines.rollback import rollback
+
+    def pipeline():
+        trainer = FakeTrainer(tag=Param("tag", str, "a"))
+        evaluator = FakeEvaluator(model=trainer.outputs.model)
+        pusher = Pusher(model=trainer.outputs.model, model_blessing=evaluator.outputs.blessing,
+                        model_name="fake")
+        return Pipeline("fake", [trainer, evaluator, pusher],
+                        parameters=[trainer.parameters["tag"]])
+
+    assert run_pipeline(pipeline(), home=tmp_path, params={"tag": "a"}, echo=_quiet).ok
+    assert run_pipeline(pipeline(), home=tmp_path, params={"tag": "b"}, echo=_quiet).ok
+    assert rollback("fake", str(tmp_path)).pushed_version == 3
+    again = run_pipeline(pipeline(), home=tmp_path, params={"tag": "b"}, rerun=["Pusher"],
+                         echo=_quiet)
+    assert again.steps["Pusher"].outcome == "skipped", again.summary()
+    assert "rolled back from version 2" in again.steps["Pusher"].reason
+    assert sorted(os.listdir(tmp_path / "serving" / "fake")) == [".push.lock", "1", "2", "3"]
