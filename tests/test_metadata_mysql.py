@@ -207,18 +207,7 @@ def _trained_and_pushed(metadata: Metadata, home: Home, destination: str, saved_
     metadata.publish_execution(trainer, pipeline_name="numbers", run=run,
                                outputs={"model": model}, outcome="ok", outcome_reason="",
                                duration_s=0.1)
-    pusher = metadata.begin_execution(type_name="Pusher", component_id="Pusher",
-                                      pipeline_name="numbers", run=run, inputs={"model": model},
-                                      cache_key=f"pusher-{number}", parameters={}, log_path="")
-    version = push(model.serving_dir, destination, metadata)
-    pushed = PushedModel(uri=home.artifact_dir("numbers", "Pusher", "pushed_model", pusher),
-                         name="Pusher.pushed_model")
-    os.makedirs(pushed.uri)
-    pushed.set(pushed=1, pushed_version=version, pushed_destination=destination,
-               model_id=model.id, model_name="numbers")
-    metadata.publish_execution(pusher, pipeline_name="numbers", run=run,
-                               outputs={"pushed_model": pushed}, outcome="pushed",
-                               outcome_reason="", duration_s=0.1)
+    _pushed(metadata, home, destination, model, run, f"pusher-{number}")
     metadata.finish_run(run, "succeeded")
     return model
 
@@ -252,10 +241,15 @@ def test_rollback_bookkeeping(store, tmp_path, tiny_saved_model):
 
 def _pushed_again(metadata: Metadata, home: Home, destination: str, model, number: int) -> int:
     """A Pusher run pushing an existing model again (an equally good model re-blessed)."""
-    run = metadata.run_context("numbers", f"again-{number}")
+    return _pushed(metadata, home, destination, model,
+                   metadata.run_context("numbers", f"again-{number}"), f"again-{number}")
+
+
+def _pushed(metadata: Metadata, home: Home, destination: str, model, run, key: str) -> int:
+    """A Pusher execution in `run` that pushed `model`, recorded as the Pusher records it."""
     pusher = metadata.begin_execution(type_name="Pusher", component_id="Pusher",
                                       pipeline_name="numbers", run=run, inputs={"model": model},
-                                      cache_key=f"again-{number}", parameters={}, log_path="")
+                                      cache_key=key, parameters={}, log_path="")
     version = push(model.serving_dir, destination, metadata)
     pushed = PushedModel(uri=home.artifact_dir("numbers", "Pusher", "pushed_model", pusher),
                          name="Pusher.pushed_model")
