@@ -9,12 +9,9 @@ from components.base import (Component, ComponentDefinitionError, Output, Param,
 from components.csv_reading import DEFAULT_MISSING_VALUE_TOKENS
 from components.example_sources import FORMATS
 from components.example_splits import check_splits
-from components.source_fingerprint import with_modules
 from components.spans import (DATE_PARTS, InputSelection, check_pattern, check_range,
                               date_of_span, select_input)
 
-_HELPERS = ("components.spans", "components.csv_reading", "components.example_sources",
-            "components.example_splits", "components.tfrecord_io")
 DEFAULT_PATTERNS = {"csv": "*.csv", "tfrecord": "*.tfrecord*", "parquet": "*.parquet"}
 
 
@@ -67,9 +64,6 @@ class ExampleGen(Component):
                                if not isinstance(v, Param)})
         except ValueError as exc:
             raise ComponentDefinitionError(f"{self.id}: {exc}") from None
-
-    def code_fingerprint(self) -> str:
-        return with_modules(super().code_fingerprint(), __name__, *_HELPERS)
 
     def external_fingerprint(self, params: dict[str, Any]) -> str:
         try:

@@ -122,12 +122,3 @@ def fingerprint_sources(path: str, search_dirs: list[str]) -> str:
         digest.update(os.path.relpath(file, root).encode())
         digest.update(_read(file)[0].encode())
     return digest.hexdigest()
-
-
-def with_modules(class_fingerprint: str, *module_names: str) -> str:
-    """Kept for components that still list helper modules by hand; the base fingerprint
-    already covers them through the import closure, so this only re-hashes."""
-    digest = hashlib.sha256(class_fingerprint.encode())
-    for name in module_names:
-        digest.update(name.encode())
-    return digest.hexdigest()
