@@ -13,8 +13,6 @@ import re
 import shutil
 import signal
 import socket
-import threading
-import time
 
 import psutil
 import pytest
@@ -31,6 +29,7 @@ from components.serving_sandbox import (ModelNotAvailable, SandboxServer, choose
 from pipelines.home import Home
 from pipelines.metadata import Metadata
 from pipelines.pipeline import Pipeline
+from tests.process_signals import sigterm_first_seen
 
 NO_DOCKER = pytest.mark.skipif(docker_engine_available(), reason="a docker engine answers here")
 
@@ -318,23 +317,9 @@ def test_server_stopped_from_outside_is_no_verdict_and_the_next_run_validates_ag
     """`make down` mid-validation: SIGTERM reaches the sandbox server while it loads."""
     metadata = metadata_of(penguin_copy)
     blessings = len(metadata.artifacts_of_type(InfraBlessing))
-    killed, done = {}, threading.Event()
-
-    def make_down():  # SIGTERM the sandbox server as soon as it runs, as `make down` does
-        while not done.is_set():
-            for server in sandbox_servers():
-                killed["pid"] = server.pid
-                server.send_signal(signal.SIGTERM)
-                return
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=make_down, daemon=True)
-    watcher.start()
-    try:
+    # SIGTERM the sandbox server as soon as it runs, as `make down` does.
+    with sigterm_first_seen(sandbox_servers) as killed:
         run = run_quietly(penguin_model_with(num_examples=7), penguin_copy)
-    finally:
-        done.set()
-        watcher.join()
 
     assert "pid" in killed, "no sandbox server was seen"
     step = run.steps["InfraValidator"]

@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import threading
-import time
 
 import psutil
 
@@ -18,6 +15,7 @@ from components.tuner import Tuner
 from pipelines.home import Home
 from pipelines.metadata import Metadata
 from pipelines.pipeline import Pipeline
+from tests.process_signals import sigterm_first_seen
 
 PENGUIN_MODULE = os.path.join(os.path.dirname(__file__), "..", "pipelines", "penguin",
                               "penguin_module.py")
@@ -66,23 +64,8 @@ def test_tuner_worker_killed_from_outside_fails_the_step_and_publishes_nothing(
     metadata = Metadata(Home.resolve(home).metadata_uri)
     before = len(metadata.artifacts_of_type(HyperParameters))
 
-    killed, done = {}, threading.Event()
-
-    def make_down():  # SIGTERM one tuning worker as soon as it runs
-        while not done.is_set():
-            for worker in _tuner_processes("worker"):
-                killed["pid"] = worker.pid
-                worker.send_signal(signal.SIGTERM)
-                return
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=make_down, daemon=True)
-    watcher.start()
-    try:
+    with sigterm_first_seen(lambda: _tuner_processes("worker")) as killed:
         run = run_pipeline(pipeline, home=home, echo=lambda line: None)
-    finally:
-        done.set()
-        watcher.join()
 
     assert "pid" in killed, "no tuning worker was seen"
     step = run.steps["ParallelTuner"]
