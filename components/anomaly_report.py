@@ -45,11 +45,13 @@ def split_section(split: str, anomalies, drift_note: str, skew_note: str) -> lis
     return lines
 
 
-def halt_message(per_split: dict[str, object]) -> str:
+def halt_message(per_split: dict[str, object], input_files: list[str] | None = None) -> str:
+    """One line: each split's anomalies, feature by feature, and the files they came from."""
     parts = []
     for split, anomalies in per_split.items():
         found = feature_anomalies(anomalies)
         if found:
             parts.append(f"split {split}: " + "; ".join(
                 f"{feature} ({short}: {description})" for feature, short, description in found))
-    return "data anomalies — " + " | ".join(parts)
+    where = f" in {', '.join(input_files)}" if input_files else ""
+    return f"data anomalies{where} — " + " | ".join(parts)

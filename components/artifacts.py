@@ -71,7 +71,8 @@ class Examples(_SplitArtifact):
 
     PROPERTIES = {"span": INT, "version": INT, "split_names": STRINGS,
                   "input_fingerprint": STRING, "payload_format": STRING,
-                  "spans": STRINGS, "span_range": STRINGS}  # every span read; [first, last]
+                  "spans": STRINGS, "span_range": STRINGS,  # every span read; [first, last]
+                  "input_files": STRINGS}  # the files read, so problems found later name them
 
     def file_pattern(self, split: str) -> str:
         return os.path.join(self.split_uri(split), "*.gz")
@@ -80,7 +81,8 @@ class Examples(_SplitArtifact):
 class ExampleStatistics(_SplitArtifact):
     """TFDV DatasetFeatureStatisticsList per split (FeatureStats.pb) and an HTML view."""
 
-    PROPERTIES = {"span": INT, "split_names": STRINGS}
+    PROPERTIES = {"span": INT, "split_names": STRINGS,
+                  "input_files": STRINGS}  # the files the examples were read from
 
 
 class Schema(Artifact):

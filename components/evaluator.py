@@ -36,6 +36,8 @@ LOWER_IS_BETTER = frozenset({
     "MeanSquaredLogarithmicError", "RootMeanSquaredError", "LogCoshError", "BinaryCrossentropy",
     "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "Hinge", "SquaredHinge",
     "CategoricalHinge", "KLDivergence", "Poisson"})
+# Counts, which binarizing (one class's column) would split by class.
+COUNT_METRICS = frozenset({"ExampleCount", "WeightedExampleCount"})
 # A label with a schema domain of at most this many values is a class label.
 MAX_CLASSES = 1000
 
@@ -87,7 +89,10 @@ class Evaluator(Component):
     MeanSquaredError, MeanAbsoluteError, gated on MeanSquaredError), and the threshold's
     direction follows the threshold metric: LOWER_IS_BETTER for errors and losses
     (LOWER_IS_BETTER), HIGHER_IS_BETTER otherwise — so `change_threshold` is how much worse
-    than the baseline the candidate may be, whichever way worse is.
+    than the baseline the candidate may be, whichever way worse is. A binary classifier
+    whose signature answers [batch, 2] scores (components.signatures) is measured on the
+    second column, the positive class (TFMA BinarizationOptions class_ids [1]); a
+    [batch, 1] or [batch] output is the positive class's probability as it is.
 
     The EvalConfig is honoured as written or rejected (EvalConfigError naming the field),
     never silently cut down:
@@ -295,13 +300,24 @@ class Evaluator(Component):
         for values, _ in slices:  # a declared slice is computed, whatever slice_features say
             if tuple(sorted(values)) not in computed:
                 slicing_specs.append(tfma.SlicingSpec(feature_values=values))
+        metrics_specs = [tfma.MetricsSpec(metrics=configs)]
+        if task == "binary" and _scores_per_class(step, self.id) == 2:
+            # [batch, 2] scores (the framework's signatures): TFMA would micro-average the
+            # two columns (precision = recall = accuracy, an AUC of both columns pooled).
+            # Binary metrics are computed on the second class's column; counts are not.
+            counted = [c for c in configs if c.class_name in COUNT_METRICS]
+            metrics_specs = [tfma.MetricsSpec(
+                metrics=[c for c in configs if c.class_name not in COUNT_METRICS],
+                binarize=tfma.BinarizationOptions(class_ids={"values": [1]}))]
+            if counted:
+                metrics_specs.append(tfma.MetricsSpec(metrics=counted))
         return tfma.EvalConfig(
             model_specs=[tfma.ModelSpec(
                 label_key=step.label_key, signature_name=step.signature_name,
                 prediction_key=step.prediction_key,
                 preprocessing_function_names=list(step.preprocessing_function_names))],
             slicing_specs=slicing_specs,
-            metrics_specs=[tfma.MetricsSpec(metrics=configs)])
+            metrics_specs=metrics_specs)
 
     @staticmethod
     def _threshold(tfma, step: Step, direction, lower: float | None, upper: float | None):
@@ -745,6 +761,33 @@ def _raw_feature_types(step: Step) -> dict[str, str]:
         features = tf.train.Example.FromString(record.numpy()).features.feature
         return {name: kinds.get(value.WhichOneof("kind"), "?") for name, value in features.items()}
     raise ValueError(f"{files[0]} holds no examples")
+
+
+def _scores_per_class(step: Step, where: str) -> int | None:
+    """The last dimension of the prediction the Evaluator reads (signature_name's output,
+    prediction_key's when given) in the candidate's saved_model.pb, or None when there is
+    no model to read (a config built without one) or the shape is not fixed. Raises
+    EvalConfigError when the baseline's differs: one EvalConfig serves both."""
+    from components.signatures import describe
+
+    widths = {}
+    for role in ("model", "baseline_model"):
+        model = getattr(step, role, None)
+        if model is None or not os.path.isfile(os.path.join(model.serving_dir,
+                                                            "saved_model.pb")):
+            continue
+        outputs = describe(model.serving_dir).get(step.signature_name, {}).get("outputs", {})
+        if step.prediction_key:
+            outputs = {k: v for k, v in outputs.items() if k == step.prediction_key}
+        if len(outputs) == 1:
+            (_, shape), = outputs.values()
+            widths[role] = shape[-1] if len(shape) == 2 and shape[-1] > 0 else None
+    if len(set(widths.values())) > 1:
+        raise EvalConfigError(
+            f"{where}: the candidate's {step.signature_name} answers {widths['model']} "
+            f"score(s) per example, the baseline's {widths['baseline_model']}; one "
+            f"evaluation cannot read both the same way")
+    return widths.get("model")
 
 
 def _shared_model(tfma, model: Model, eval_config, name: str, rubber_stamp: bool = False):

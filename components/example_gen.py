@@ -114,7 +114,7 @@ class ExampleGen(Component):
                                 if step.partition_feature else ""))
         step.log.info("examples per split: %s", writer.counts)
         step.examples.set(span=selection.span, version=selection.version, split_names=split_names,
-                          spans=selection.spans,
+                          spans=selection.spans, input_files=list(selection.files),
                           span_range=[selection.spans[0], selection.spans[-1]],
                           input_fingerprint=selection.fingerprint(),
                           payload_format="FORMAT_TF_EXAMPLE")

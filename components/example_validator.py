@@ -77,7 +77,7 @@ class ExampleValidator(Component):
             fh.write("\n".join(report) + "\n")
         step.log.info("\n".join(report))
         if count:
-            message = halt_message(per_split)
+            message = halt_message(per_split, step.statistics.input_files)
             if step.fail_on_anomalies:
                 step.halt(message)
             else:

@@ -19,7 +19,8 @@ class Pusher(Component):
     or the metadata store has seen, and appears at once, complete (copy, then rename).
     Warmup requests the InfraValidator validated (its blessing's `assets.extra/`) are
     added to the pushed version. A model `pipewright rollback` took out of this directory
-    is not pushed again (the next night would otherwise undo the rollback)."""
+    is not pushed again (the next night would otherwise undo the rollback), nor is the
+    model the newest version already serves."""
 
     model: Input[Model]
     model_blessing: Input[ModelBlessing]
@@ -33,7 +34,8 @@ class Pusher(Component):
         step.pushed_model.set(pushed=0, model_id=step.model.id, model_name=step.model_name,
                               pushed_destination=destination)
         refusal = (_refusal(step.model, step.model_blessing, step.infra_blessing)
-                   or _rolled_back(step.metadata, destination, step.model))
+                   or _rolled_back(step.metadata, destination, step.model)
+                   or _already_served(step.metadata, destination, step.model))
         if refusal:
             _write_report(step.pushed_model, f"not pushed: {refusal}\n")
             step.skip(refusal)
@@ -79,6 +81,22 @@ def _rolled_back(metadata, destination: str, model: Model) -> str:
         return ""
     return (f"model {model.id} was rolled back from version {undone[-1]} of {destination}; "
             f"a rolled-back model is not pushed again (train a new one)")
+
+
+def _already_served(metadata, destination: str, model: Model) -> str:
+    """Why a model the newest version in `destination` already serves is not pushed again
+    as another version (a re-evaluation of the same model, after a change to the
+    Evaluator's code or settings), or ""."""
+    if metadata is None:
+        return ""
+    versions = versions_on_disk(destination)
+    if not versions:
+        return ""
+    newest = [p for p in pushes_to(metadata, destination)
+              if p.pushed_version == versions[-1] and not p.rolled_back]
+    if newest and newest[-1].model_id == model.id:
+        return f"model {model.id} is already served as version {versions[-1]}"
+    return ""
 
 
 def push(saved_model_dir: str, destination: str, metadata=None,

@@ -8,7 +8,8 @@ import shutil
 from components.artifacts import ExampleStatistics, Schema
 from components.base import (Component, ExternalPath, Input, OptionalInput, Output, Parameter,
                              Step)
-from components.schema_inference import (Declarations, apply_declarations, base_split, infer)
+from components.schema_inference import (DEFAULT_MAX_STRING_DOMAIN_SIZE, Declarations,
+                                         apply_declarations, base_split, infer)
 from components.split_names import included_splits
 from components.tfmd_files import read_schema, read_statistics, write_schema
 
@@ -35,6 +36,10 @@ class SchemaGen(Component):
     - `infer_feature_shape` (default False, unlike TFX's SchemaGen): True gives features
       complete in the statistics a fixed `shape` [1] instead of `value_count` [1, 1], which
       makes them required in effect (Transform parses them as dense tensors).
+    - `max_string_domain_size` (tfdv.infer_schema's, default 100): a string feature with
+      at most that many distinct values gets a domain of the values seen, so a value never
+      seen is an anomaly; set it below a long-tailed feature's count (countries, device
+      names) so its new rare values are not.
 
     Writes `schema.pbtxt` and `schema_gen.json` (the declarations, so a later
     `pipewright schema accept` infers new features the same way). Raises
@@ -48,12 +53,14 @@ class SchemaGen(Component):
     label_feature: Parameter[str | None] = None
     required_features: Parameter[list[str]] = []
     bool_features: Parameter[list[str]] = []
+    max_string_domain_size: Parameter[int] = DEFAULT_MAX_STRING_DOMAIN_SIZE
 
     def execute(self, step: Step) -> None:
         declarations = Declarations(
             label_feature=step.label_feature, required_features=list(step.required_features),
             bool_features=list(step.bool_features), infer_feature_shape=step.infer_feature_shape,
-            exclude_splits=list(step.exclude_splits))
+            exclude_splits=list(step.exclude_splits),
+            max_string_domain_size=step.max_string_domain_size)
         current = step.current_schema
         if current is not None:
             schema = read_schema(current.file)
@@ -66,7 +73,7 @@ class SchemaGen(Component):
         else:
             splits = included_splits(step.statistics, step.exclude_splits, step.log)
             schema = infer({split: read_statistics(step.statistics, split) for split in splits},
-                           step.infer_feature_shape)
+                           step.infer_feature_shape, step.max_string_domain_size)
             origin = INFERRED
             source = (f"inferred from {step.statistics.name or 'statistics'} "
                       f"#{step.statistics.id}")

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 TRAINING, SERVING = "TRAINING", "SERVING"
 TRAIN = "train"
 DECLARATIONS_FILE = "schema_gen.json"
+DEFAULT_MAX_STRING_DOMAIN_SIZE = 100  # tfdv.infer_schema's default
 
 
 class SchemaDeclarationError(ValueError):
@@ -50,14 +51,15 @@ class Declarations:
     label_feature: present in TRAINING only (None: no environments).
     required_features: `presence.min_fraction = 1` (every example has them).
     bool_features: INT features with values 0/1 only (`bool_domain`).
-    infer_feature_shape, exclude_splits: how features new to the schema are inferred
-    (SchemaGen's parameters of the same names)."""
+    infer_feature_shape, exclude_splits, max_string_domain_size: how features new to the
+    schema are inferred (SchemaGen's parameters of the same names)."""
 
     label_feature: str | None = None
     required_features: list[str] = field(default_factory=list)
     bool_features: list[str] = field(default_factory=list)
     infer_feature_shape: bool = False
     exclude_splits: list[str] = field(default_factory=list)
+    max_string_domain_size: int = DEFAULT_MAX_STRING_DOMAIN_SIZE
 
     def write(self, directory: str) -> None:
         """Stored next to a schema (`schema_gen.json`), so accepting a change later infers
@@ -86,23 +88,30 @@ def base_split(splits: list[str]) -> str:
     return TRAIN if TRAIN in splits else splits[0]
 
 
-def infer(per_split: dict[str, object], infer_feature_shape: bool):
+def infer(per_split: dict[str, object], infer_feature_shape: bool,
+          max_string_domain_size: int = DEFAULT_MAX_STRING_DOMAIN_SIZE):
     """A schema from the statistics of several splits (split -> DatasetFeatureStatisticsList):
     `tfdv.infer_schema` on the base split, widened with `tfdv.update_schema` by every other
-    split, so that all of them conform. Declarations are not applied here."""
+    split, so that all of them conform. A string feature with more distinct values than
+    `max_string_domain_size` gets no domain (any value is valid); one with fewer gets a
+    domain of the values seen, so a value never seen is an anomaly. Declarations are not
+    applied here."""
     import tensorflow_data_validation as tfdv
 
     splits = list(per_split)
     base = base_split(splits)
-    schema = tfdv.infer_schema(per_split[base], infer_feature_shape=infer_feature_shape)
+    schema = tfdv.infer_schema(per_split[base], infer_feature_shape=infer_feature_shape,
+                               max_string_domain_size=max_string_domain_size)
     for split in splits:
         if split != base:
             schema = tfdv.update_schema(schema, per_split[split],
-                                        infer_feature_shape=infer_feature_shape)
+                                        infer_feature_shape=infer_feature_shape,
+                                        max_string_domain_size=max_string_domain_size)
     return schema
 
 
-def accept_onto(current, per_split: dict[str, object], infer_feature_shape: bool):
+def accept_onto(current, per_split: dict[str, object], infer_feature_shape: bool,
+                max_string_domain_size: int = DEFAULT_MAX_STRING_DOMAIN_SIZE):
     """The current schema, changed so that these statistics conform: a feature whose type
     changed (or that was deprecated and is back) is replaced by its fresh inference, then
     `tfdv.update_schema` adds new features, widens domains and relaxes what the statistics
@@ -112,7 +121,7 @@ def accept_onto(current, per_split: dict[str, object], infer_feature_shape: bool
     import tensorflow_data_validation as tfdv
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    fresh = infer(per_split, infer_feature_shape)
+    fresh = infer(per_split, infer_feature_shape, max_string_domain_size)
     fresh_features = {f.name: f for f in fresh.feature}
     fresh_domains = {d.name: d for d in fresh.string_domain}
     accepted = schema_pb2.Schema()
@@ -133,7 +142,8 @@ def accept_onto(current, per_split: dict[str, object], infer_feature_shape: bool
                 accepted.string_domain.extend(kept + [fresh_domains[new.domain]])
     for split in per_split:
         accepted = tfdv.update_schema(accepted, per_split[split],
-                                      infer_feature_shape=infer_feature_shape)
+                                      infer_feature_shape=infer_feature_shape,
+                                      max_string_domain_size=max_string_domain_size)
     return accepted, replaced
 
 

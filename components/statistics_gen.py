@@ -47,7 +47,8 @@ class StatisticsGen(Component):
                      | f"Statistics[{split}]" >> tfdv.GenerateStatistics(options)
                      | f"Write[{split}]" >> tfdv.WriteStatisticsToBinaryFile(
                          statistics_path(step.statistics, split)))
-        step.statistics.set(span=step.examples.span, split_names=splits)
+        step.statistics.set(span=step.examples.span, split_names=splits,
+                            input_files=step.examples.input_files)
 
         per_split = [read_statistics(step.statistics, split) for split in splits]
         for split, stats in zip(splits, per_split):
