@@ -33,9 +33,13 @@ def load(name_or_path: str) -> Pipeline:
     else:
         raise LookupError(f"unknown pipeline {name_or_path!r}; known pipelines: {names()} "
                           f"(or give the path of a pipeline.py)")
-    if not hasattr(module, "create_pipeline"):
+    if not callable(getattr(module, "create_pipeline", None)):
         raise LookupError(f"{module.__file__} defines no create_pipeline()")
-    return module.create_pipeline()
+    pipeline = module.create_pipeline()
+    if not isinstance(pipeline, Pipeline):
+        raise LookupError(f"create_pipeline() in {module.__file__} returned "
+                          f"{type(pipeline).__name__}, not a pipelines.pipeline.Pipeline")
+    return pipeline
 
 
 def _imported_from(path: Path):

@@ -136,7 +136,8 @@ def accept(pipeline: str, *, run_id: str | None = None, statistics_id: int | Non
     splits = included_splits(statistics, declarations.exclude_splits, logging.getLogger(__name__))
     per_split = {split: read_statistics(statistics, split) for split in splits}
     before = read_schema(current.file)
-    schema, replaced = accept_onto(before, per_split, declarations.infer_feature_shape)
+    schema, replaced = accept_onto(before, per_split, declarations.infer_feature_shape,
+                                   declarations.max_string_domain_size)
     apply_declarations(schema, declarations)
     _check_conforms(schema, per_split, statistics, validation_environment(schema))
     changes = describe_changes(before, schema)

@@ -406,3 +406,18 @@ def test_unknown_and_mistyped_parameters_through_the_cli(pipeline_file, tmp_path
     mistyped = _pipewright(str(pipeline_file), "--param", "span_range=last", home=tmp_path)
     assert mistyped.returncode == 2
     assert "pipeline parameter 'span_range': 'last'" in mistyped.stderr
+
+
+def test_a_pipeline_file_whose_create_pipeline_returns_no_pipeline(tmp_path):
+    from pipelines import registry
+
+    path = tmp_path / "pipeline.py"
+    path.write_text("def create_pipeline():\n    return ['ExampleGen']\n")
+    with pytest.raises(LookupError, match=r"create_pipeline\(\) in .*pipeline.py returned "
+                                          r"list, not a pipelines.pipeline.Pipeline"):
+        registry.load(str(path))
+    other = tmp_path / "other" / "pipeline.py"
+    other.parent.mkdir()
+    other.write_text("create_pipeline = 3\n")
+    with pytest.raises(LookupError, match="defines no create_pipeline"):
+        registry.load(str(other))
