@@ -26,6 +26,7 @@ import hashlib
 import inspect
 import logging
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from components.artifacts import Artifact
 
 A = TypeVar("A", bound=Artifact)
 T = TypeVar("T")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
 class Input(Generic[A]):
@@ -240,6 +242,7 @@ class Component:
     def __init__(self, *, id: str | None = None, enable_cache: bool = True, **wiring: Any):
         self.id = id or type(self).__name__
         self.enable_cache = enable_cache
+        self.queue: str | None = None
         self.inputs: dict[str, Channel | None] = {}
         self.parameters: dict[str, Any] = {}
         self.upstream_order: list[Component] = []
@@ -282,6 +285,16 @@ class Component:
     def after(self, *others: "Component") -> "Component":
         """Orders this step after others without passing data (e.g. after validation)."""
         self.upstream_order.extend(others)
+        return self
+
+    def with_queue(self, queue: str) -> "Component":
+        """Runs this step on the workers that serve `queue` (Airflow's operator `queue`,
+        CeleryExecutor: `airflow celery worker --queues heavy`). Scheduling only: not part
+        of the cache key. Raises ComponentDefinitionError for a name Celery cannot use."""
+        if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+            raise ComponentDefinitionError(
+                f"{self.id}: queue {queue!r} must be 1-200 letters, digits, '.', '_' or '-'")
+        self.queue = queue
         return self
 
     @property
@@ -358,7 +371,8 @@ def reserved_name_clash(name: str) -> str:
     step_fields = {f.name for f in dataclasses.fields(Step)}
     if name in step_fields or (hasattr(Step, name) and not name.startswith("__")):
         return f"a field of Step (step.{name} is the framework's)"
-    component_attrs = {"id", "enable_cache", "inputs", "outputs", "parameters", "upstream_order"}
+    component_attrs = {"id", "enable_cache", "queue", "inputs", "outputs", "parameters",
+                       "upstream_order"}
     if name in component_attrs or (name in dir(Resolver) and not name.startswith("__")):
         return f"an attribute of Component"
     return ""

@@ -23,7 +23,7 @@ from typing import Any
 from airflow.sdk import DAG, BaseOperator, CronTriggerTimetable
 from airflow.sdk import Param as AirflowParam
 
-from components.base import Component, ExternalPath, Param
+from components.base import QUEUE_NAME, Component, ExternalPath, Param
 from pipelines.pipeline import Pipeline
 
 DEFAULT_RETRIES = 2
@@ -110,14 +110,25 @@ def build_dag(pipeline: Pipeline, *, dag_id: str | None = None,
               retries: int = DEFAULT_RETRIES,
               retry_delay: dt.timedelta = DEFAULT_RETRY_DELAY,
               execution_timeout: dt.timedelta = DEFAULT_EXECUTION_TIMEOUT,
-              timeouts: dict[str, dt.timedelta] | None = None) -> DAG:
+              timeouts: dict[str, dt.timedelta] | None = None,
+              queues: dict[str, str] | None = None) -> DAG:
     """The pipeline as a DAG. `schedule` (cron, or None for triggered runs only) defaults to
-    the pipeline's; `timeouts` overrides `execution_timeout` per component id."""
+    the pipeline's; `timeouts` overrides `execution_timeout` per component id; `queues`
+    (component id -> Celery queue) overrides the queue a component names with
+    `.with_queue()`. A task with neither runs on Airflow's default queue
+    (`[operators] default_queue`). Raises KeyError naming unknown component ids."""
     cron = pipeline.schedule if schedule is ... else schedule
     timeouts = dict(timeouts or {})
-    unknown = sorted(set(timeouts) - {c.id for c in pipeline.components})
-    if unknown:
-        raise KeyError(f"pipeline {pipeline.name!r} has no component(s) {unknown} to time out")
+    queues = dict(queues or {})
+    ids = {c.id for c in pipeline.components}
+    for what, mapping in (("time out", timeouts), ("queue", queues)):
+        unknown = sorted(set(mapping) - ids)
+        if unknown:
+            raise KeyError(f"pipeline {pipeline.name!r} has no component(s) {unknown} to {what}")
+    for component_id, queue in queues.items():
+        if not isinstance(queue, str) or not QUEUE_NAME.fullmatch(queue):
+            raise ValueError(f"queue {queue!r} for {component_id} must be 1-200 letters, "
+                             f"digits, '.', '_' or '-'")
     dag = DAG(
         dag_id=dag_id or pipeline.name,
         description=(pipeline.description or f"Pipewright pipeline {pipeline.name}")[:200],
@@ -139,9 +150,11 @@ def build_dag(pipeline: Pipeline, *, dag_id: str | None = None,
     )
     tasks: dict[str, ComponentOperator] = {}
     for component in pipeline.order:
+        queue = queues.get(component.id, component.queue)
         task = ComponentOperator(
             pipeline=pipeline, component=component, dag=dag,
-            execution_timeout=timeouts.get(component.id, execution_timeout))
+            execution_timeout=timeouts.get(component.id, execution_timeout),
+            **({"queue": queue} if queue else {}))
         for upstream in component.upstream:
             tasks[upstream.id] >> task
         tasks[component.id] = task

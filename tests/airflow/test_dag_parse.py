@@ -91,3 +91,21 @@ def test_json_schema_of_parameter_types():
     assert json_schema(list[str]) == {"type": "array", "items": {"type": "string"}}
     assert json_schema(int | None) == {"type": ["integer", "null"]}
     assert json_schema(dict[str, int]) == {"type": "object"}
+
+
+def test_a_component_s_queue_reaches_its_airflow_task():
+    from components.base import ComponentDefinitionError
+    from pipelines.airflow_adapter import build_dag
+    from pipelines.penguin.pipeline import create_pipeline
+
+    pipeline = create_pipeline()
+    trainer = next(c for c in pipeline.components if c.id == "Trainer")
+    assert trainer.with_queue("heavy") is trainer
+    dag = build_dag(pipeline, dag_id="penguin_queues", queues={"Transform": "beam"})
+    queues = {task.task_id: task.queue for task in dag.tasks}
+    assert queues["Trainer"] == "heavy" and queues["Transform"] == "beam"
+    assert queues["ExampleGen"] == "default"  # Airflow's [operators] default_queue
+    with pytest.raises(ComponentDefinitionError, match="queue 'a b'"):
+        trainer.with_queue("a b")
+    with pytest.raises(KeyError, match=r"no component\(s\) \['Traner'\] to queue"):
+        build_dag(pipeline, dag_id="penguin_typo", queues={"Traner": "heavy"})
