@@ -1,6 +1,7 @@
 """Evaluator: TensorFlow Model Analysis of a candidate model, against a baseline if any."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ LOWER_IS_BETTER = frozenset({
     "MeanSquaredLogarithmicError", "RootMeanSquaredError", "LogCoshError", "BinaryCrossentropy",
     "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "Hinge", "SquaredHinge",
     "CategoricalHinge", "KLDivergence", "Poisson"})
+METRICS_FILE = "metrics.json"  # the evaluation's metrics per slice, for tools (_metrics_json)
 # Counts, which binarizing (one class's column) would split by class.
 COUNT_METRICS = frozenset({"ExampleCount", "WeightedExampleCount"})
 # A label with a schema domain of at most this many values is a class label.
@@ -222,7 +224,10 @@ class Evaluator(Component):
         blessed = bool(validation.validation_ok)
         reason = _verdict(validation, plan)
         metrics = list(tfma.load_metrics(output_path))
-        report = _metrics_report(metrics, plan) + _ungated_slices_report(metrics, plan)
+        rows = _metric_rows(metrics, plan)
+        report = _metrics_report(rows, plan) + _ungated_slices_report(metrics, plan)
+        with open(step.evaluation.path(METRICS_FILE), "w") as fh:
+            json.dump(_metrics_json(rows, plan), fh, indent=1, sort_keys=True)
         baseline_id = step.baseline_model.id if has_baseline else None
         baseline_version = baseline_push.pushed_version if baseline_push is not None else None
         header = (f"Evaluation of model {step.model.id} "
@@ -850,8 +855,9 @@ def _metric_value(value) -> Any:
     return None  # confusion matrices and other structured values are not tabulated
 
 
-def _metrics_report(metrics_for_slices, plan: EvalPlan) -> str:
-    """A table: one row per slice and metric; candidate, baseline and their difference."""
+def _metric_rows(metrics_for_slices, plan: EvalPlan) -> list[tuple]:
+    """(slice, metric, candidate, baseline, change) per slice and metric, Overall first;
+    baseline and change are None without a baseline."""
     has_baseline = plan.baseline_name is not None
     rows = []
     for metrics in metrics_for_slices:
@@ -872,6 +878,25 @@ def _metrics_report(metrics_for_slices, plan: EvalPlan) -> str:
             rows.append((where, name, values.get(CANDIDATE), values.get(BASELINE),
                          values.get("diff")))
     rows.sort(key=lambda r: (r[0] != "Overall", r[0], r[1]))
+    return rows
+
+
+def _metrics_json(rows: list[tuple], plan: EvalPlan) -> dict[str, Any]:
+    """What `metrics.json` holds, for `pipewright diff` and `runs`: {"task",
+    "threshold_metric" (its recorded name, e.g. "auc"), "slices": {slice: {metric:
+    {"candidate", "baseline", "change"}}}} (floats, null when absent)."""
+    slices: dict[str, dict[str, Any]] = {}
+    for where, name, candidate, baseline, change in rows:
+        slices.setdefault(where, {})[name] = {"candidate": candidate, "baseline": baseline,
+                                              "change": change}
+    metric = plan.overall_bound[0] if plan.overall_bound else ""
+    return {"task": plan.task, "threshold_metric": _metric_key_name(metric) if metric else "",
+            "slices": slices}
+
+
+def _metrics_report(rows: list[tuple], plan: EvalPlan) -> str:
+    """A table: one row per slice and metric; candidate, baseline and their difference."""
+    has_baseline = plan.baseline_name is not None
     header = ("slice", "metric", CANDIDATE) + ((BASELINE, "change") if has_baseline else ())
     lines = [header]
     for where, name, candidate, baseline, diff in rows:

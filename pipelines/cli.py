@@ -45,6 +45,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     return inspect_cli.print_artifact(args.home, args.artifact)
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from pipelines import inspect_cli, run_diff
+    for line in run_diff.diff_runs(inspect_cli.open_metadata(args.home), args.run_a, args.run_b):
+        print(line)
+    return 0
+
+
 def cmd_pipelines(args: argparse.Namespace) -> int:
     from pipelines import registry
     for name in registry.names():
@@ -90,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("artifact", help="artifact id (7 or #7), URI, or a path inside an artifact directory")
     show.add_argument("--home", help=home_help)
     show.set_defaults(func=cmd_show)
+
+    diff = sub.add_parser("diff", help="compare two runs of a pipeline: parameters, steps, "
+                                       "schema, statistics, metrics per slice, push")
+    diff.add_argument("run_a")
+    diff.add_argument("run_b")
+    diff.add_argument("--home", help=home_help)
+    diff.set_defaults(func=cmd_diff)
 
     pipelines = sub.add_parser("pipelines", help="list the registered pipelines")
     pipelines.set_defaults(func=cmd_pipelines)

@@ -3,6 +3,7 @@ statistics, schema and anomalies are read with the tensorflow-metadata protos al
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 
@@ -11,7 +12,7 @@ from pipelines.home import Home
 from pipelines.metadata import Metadata
 
 
-def _metadata(home: str | None) -> Metadata:
+def open_metadata(home: str | None) -> Metadata:
     """The home's metadata store, opened only if it exists: reading commands must not
     create an empty store in a wrong home (and then report "no artifact")."""
     home_dir = Home.resolve(home)
@@ -24,17 +25,54 @@ def _metadata(home: str | None) -> Metadata:
 
 
 def print_runs(home: str | None, pipeline: str | None) -> int:
-    runs = _metadata(home).runs(pipeline)
+    """One row per run, oldest first: start, pipeline, run id, state, step states, the
+    overall value of the Evaluator's threshold metric (its metrics.json), the blessing,
+    the pushed version, and the parameters the run set."""
+    metadata = open_metadata(home)
+    runs = metadata.runs(pipeline)
     if not runs:
         print("no runs recorded")
         return 0
+    rows = [("started", "pipeline", "run", "state", "steps", "metric", "blessed", "pushed",
+             "parameters")]
     for run in runs:
         started = dt.datetime.fromtimestamp(run.get("started_at") or 0).strftime("%Y-%m-%d %H:%M:%S")
         steps = ", ".join(f"{n} {s}" for s, n in sorted(run["steps"].items()))
-        airflow = f"  airflow={run['airflow_run_id']}" if run.get("airflow_run_id") else ""
-        print(f"{started}  {run['pipeline_name']}  {run['run_id']}  {run.get('state', '?')}"
-              f"  [{steps}]{airflow}")
+        metric, blessed, pushed = _key_results(metadata, run)
+        params = json.loads(run.get("parameters") or "{}")
+        rows.append((started, run["pipeline_name"], run["run_id"], run.get("state", "?"), steps,
+                     metric, blessed, pushed,
+                     " ".join(f"{k}={v}" for k, v in sorted(params.items()))
+                     + (f"  airflow={run['airflow_run_id']}" if run.get("airflow_run_id") else "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
+
+
+def _key_results(metadata: Metadata, run: dict) -> tuple[str, str, str]:
+    """("auc=0.8496", "yes"/"no"/"-", "v3"/"-") for one run, from its Evaluator's
+    metrics.json, its ModelBlessing and its PushedModel (cached steps count: their
+    outputs are this run's too)."""
+    from components.evaluator import METRICS_FILE
+    from pipelines.run_diff import step_outputs
+
+    metric, blessed, pushed = "-", "-", "-"
+    for _, outputs in step_outputs(metadata, run).values():
+        for artifact in outputs.values():
+            kind = type(artifact).__name__
+            if kind == "ModelEvaluation" and os.path.isfile(artifact.path(METRICS_FILE)):
+                with open(artifact.path(METRICS_FILE), encoding="utf-8") as fh:
+                    evaluation = json.load(fh)
+                name = evaluation.get("threshold_metric")
+                value = evaluation.get("slices", {}).get("Overall", {}).get(name, {})
+                if value.get("candidate") is not None:
+                    metric = f"{name}={value['candidate']:.4f}"
+            elif kind == "ModelBlessing":
+                blessed = "yes" if artifact.blessed else "no"
+            elif kind == "PushedModel" and artifact.pushed:
+                pushed = f"v{artifact.pushed_version}"
+    return metric, blessed, pushed
 
 
 _ID_REF = re.compile(r"(?:[A-Za-z_][\w.]*=)?#?(?P<id>\d+)")  # 7, #7, examples=#7
@@ -105,7 +143,7 @@ def _describe(artifact: Artifact) -> str:
 
 
 def print_lineage(home: str | None, ref: str) -> int:
-    metadata = _metadata(home)
+    metadata = open_metadata(home)
     artifact = find_artifact(metadata, ref)
     graph = metadata.lineage(artifact)
     print(_describe(artifact))
@@ -133,7 +171,7 @@ def print_lineage(home: str | None, ref: str) -> int:
 
 
 def print_artifact(home: str | None, ref: str) -> int:
-    metadata = _metadata(home)
+    metadata = open_metadata(home)
     artifact = find_artifact(metadata, ref)
     print(_describe(artifact))
     viewer = _VIEWERS.get(type(artifact).__name__)

@@ -202,3 +202,22 @@ def test_an_accepted_schema_change_passes_the_next_night(life):
     assert "(accepted)" in night3.steps["LatestSchema"].reason
     assert night3.steps["ExampleValidator"].outputs["anomalies"].anomaly_count == 0
     assert night3.steps["Transform"].status == "executed"
+
+
+def test_diff_of_two_nights_shows_schema_statistics_metrics_and_push(life, capsys):
+    night2, night3 = life["night2"].run_id, life["night3"].run_id
+    assert cli.main(["diff", night2, night3, "--home", str(life["home"])]) == 0
+    out = capsys.readouterr().out
+    assert f"pipeline churn: A = {night2} (succeeded), B = {night3} (succeeded)" in out
+    assert "  + referral_code BYTES optional" in out  # the accepted schema change
+    assert "referral_code        only in B" in out
+    assert "plan                 string   missing 0.0% -> 0.0%  unique 4 -> 4  L-infinity" in out
+    assert "  Overall                auc " in out
+    assert "push Pusher.pushed_model: model" in out and "as version 2 -> model" in out
+    assert "as version 3" in out
+    assert cli.main(["runs", "churn", "--home", str(life["home"])]) == 0
+    runs = capsys.readouterr().out
+    night3_row = next(line for line in runs.splitlines() if night3 in line)
+    assert "auc=0." in night3_row and " yes " in night3_row and " v3 " in night3_row
+    assert cli.main(["diff", night2, "no-such-run", "--home", str(life["home"])]) == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err

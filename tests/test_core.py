@@ -220,12 +220,13 @@ def test_cli_runs_a_pipeline_lists_runs_and_reports_bad_names(tmp_path):
 
 
 def test_cli_commands_that_run_no_heavy_step_import_no_tensorflow(tmp_path):
-    run_pipeline(core_pipelines.create_pipeline(), home=tmp_path)
+    first = run_pipeline(core_pipelines.create_pipeline(), home=tmp_path)
+    diff = ["diff", first.run_id, first.run_id, "--home", str(tmp_path)]
     probe = (
         "import sys, contextlib, io\n"
         "from pipelines import cli, registry\n"
         "for name in registry.names(): registry.load(name)\n"
-        f"for argv in (['runs', '--home', {str(tmp_path)!r}], ['lineage', '1', '--home', {str(tmp_path)!r}],"
+        f"for argv in (['runs', '--home', {str(tmp_path)!r}], ['lineage', '1', '--home', {str(tmp_path)!r}], {diff!r},"
         f" ['run', {PIPELINE_FILE!r}, '--home', {str(tmp_path)!r}]):\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
         "        assert cli.main(argv) == 0, argv\n"
@@ -262,3 +263,22 @@ def test_metadata_store_is_sqlite_by_default_and_mysql_by_uri(tmp_path, monkeypa
     mysql = connection_config(Home.resolve(tmp_path).metadata_uri)
     assert (mysql.mysql.host, mysql.mysql.port, mysql.mysql.database) == ("db.internal", 3307, "mlmd")
     assert (mysql.mysql.user, mysql.mysql.password) == ("ml@team", "s3cret")
+
+
+def test_diff_refuses_runs_of_two_pipelines(tmp_path, capsys):
+    def _quiet(line):
+        pass
+
+    from pipelines.cli import main
+
+    numbers = run_pipeline(core_pipelines.create_pipeline(), home=tmp_path, echo=_quiet)
+    other = run_pipeline(Pipeline("other_numbers", [MakeNumbers(count=3)]), home=tmp_path,
+                         echo=_quiet)
+    assert main(["diff", numbers.run_id, other.run_id, "--home", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "only runs of one pipeline compare" in err and "'other_numbers'" in err
+    again = run_pipeline(core_pipelines.create_pipeline(), home=tmp_path, params={"count": 5},
+                         echo=_quiet)
+    assert main(["diff", numbers.run_id, again.run_id, "--home", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "count: " in out and "-> 5" in out
