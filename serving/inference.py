@@ -90,7 +90,7 @@ class InferenceService:
         runner = servable.runners.get(key)
         if runner is None:
             raise ServingError(errors.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
-        _verify_inputs(runner, inputs)
+        verify_inputs(runner, inputs)
         check_input_dtypes(runner, inputs)
         check_input_shapes(runner, inputs)
         outputs: list[str] = []
@@ -273,7 +273,7 @@ def fetched_outputs(runner: SignatureRunner, method_name: str) -> list[str]:
     return ["outputs"]
 
 
-def _verify_inputs(runner: SignatureRunner, inputs: dict) -> None:
+def verify_inputs(runner: SignatureRunner, inputs: dict) -> None:
     """VerifyRequestInputsSize and saved_model::GetInputValues."""
     request, signature = set(inputs), set(runner.inputs)
     if len(request) != len(signature):
@@ -302,12 +302,12 @@ def serialized_examples(input_proto) -> list[bytes]:
     return []
 
 
-def examples_from_features(context, examples) -> list[bytes]:
-    """REST feature dicts (tensors.examples_from_json) -> serialized tf.Examples."""
-    from tensorflow.core.example import example_pb2
+def input_from_features(context, examples, input_proto) -> None:
+    """REST feature dicts (tensors.examples_from_json) -> tensorflow.serving.Input: an
+    example_list, or an example_list_with_context when there is a context; serialized_examples
+    of it gives what TF Serving feeds (context bytes prefixing each example)."""
 
-    def build(features):
-        example = example_pb2.Example()
+    def fill(example, features):
         for name, (kind, values) in features.items():
             feature = example.features.feature[name]
             if kind == "bytes":
@@ -316,10 +316,15 @@ def examples_from_features(context, examples) -> list[bytes]:
                 feature.float_list.value.extend(values)
             elif kind == "int64":
                 feature.int64_list.value.extend(values)
-        return example.SerializeToString()
 
-    prefix = build(context) if context is not None else b""
-    return [prefix + build(features) for features in examples]
+    if context is not None:
+        target = input_proto.example_list_with_context
+        fill(target.context, context)
+    else:
+        target = input_proto.example_list
+    target.SetInParent()
+    for features in examples:
+        fill(target.examples.add(), features)
 
 
 def _check_classification_signature(runner: SignatureRunner) -> None:

@@ -1,8 +1,11 @@
 """TF Serving's HTTP/REST API (http_server.cc, http_rest_api_handler.cc) on asyncio + httptools.
 
-One event loop parses HTTP and JSON and writes responses; model calls run on a thread pool (or
-the batch scheduler), so a slow model never stalls the loop. Requests on one connection are
-answered in order (HTTP/1.1 pipelining).
+A transport only, as TF Serving's REST handler is: JSON is parsed into the very request proto
+the gRPC service receives (PredictRequest, ClassificationRequest, ...), the DataPlane
+(serving/data_plane.py) shared with gRPC answers it, and the response proto is written as TF
+Serving's JSON. One event loop parses HTTP and JSON and writes responses; the data plane awaits
+model calls on the batch scheduler or its thread pool, so a slow model never stalls the loop.
+Requests on one connection are answered in order (HTTP/1.1 pipelining).
 """
 
 from __future__ import annotations
@@ -11,22 +14,19 @@ import asyncio
 import gzip
 import logging
 import re
-import time
 import urllib.parse
 import zlib
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
 import httptools
 from google.protobuf import json_format
 
 from serving import errors, jsontext, tensors
+from serving.data_plane import (CLASSIFY, GET_MODEL_METADATA, GET_MODEL_STATUS, PREDICT, REGRESS,
+                                SIGNATURE_DEF, DataPlane, RequestContext, as_serving_error)
 from serving.errors import ServingError
+from serving.inference import input_from_features
 from serving.ints import simple_atoi64
-from serving.inference import (CLASSIFY_METHOD, REGRESS_METHOD, InferenceService,
-                               classification_result, examples_from_features, fetched_outputs,
-                               regression_result)
-from serving.model_manager import STATE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,20 @@ class _Request:
         self.too_large = False
 
 
+_METHODS = {"predict": PREDICT, "classify": CLASSIFY, "regress": REGRESS}
+TRANSPORT = "REST"
+
+
 class RestServer:
-    def __init__(self, service: InferenceService, *, metrics=None, prometheus_path: str | None = None,
-                 num_threads: int = 8, max_body_bytes: int = 1 << 30, enable_cors: bool = False,
-                 timeout_ms: int = 30000):
-        self.service = service
-        self.manager = service.manager
+    def __init__(self, data_plane: DataPlane, *, metrics=None, prometheus_path: str | None = None,
+                 max_body_bytes: int = 1 << 30, enable_cors: bool = False, timeout_ms: int = 30000):
+        self.data_plane = data_plane
         self.metrics = metrics
         self.prometheus_path = prometheus_path
         self.max_body_bytes = max_body_bytes
         self.enable_cors = enable_cors
         self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
-        self.executor = ThreadPoolExecutor(max_workers=max(1, num_threads), thread_name_prefix="rest")
+        self._metadata_json: dict[tuple[str, int], tuple[object, bytes]] = {}
         self._server = None
 
     async def start(self, host: str, port: int) -> None:
@@ -87,7 +89,6 @@ class RestServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------ dispatch
 
@@ -114,33 +115,30 @@ class RestServer:
         return 200, headers, body
 
     async def _api(self, request: _Request, target: str):
-        start = time.perf_counter()
         headers = [(b"Content-Type", _JSON)]
         if self.enable_cors:
             headers += [(b"Access-Control-Allow-Origin", b"*"),
                         (b"Access-Control-Allow-Methods", b"POST, GET"),
                         (b"Access-Control-Allow-Headers", b"Content-Type")]
-        info = {"model": "", "api": ""}  # filled in as the path is parsed, for the metrics
         if request.method == "OPTIONS":
             origin = request.headers.get(b"origin", b"").decode("latin-1")
             if _ORIGIN.search(origin):
                 return 200, headers, b""
             return 400, headers, b""
+        ctx = RequestContext(
+            TRANSPORT, {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.items()},
+            timeout=self.timeout_s)
         try:
-            body = await self._process(request, target, info)
-            status, code_name = 200, "OK"
-        except ServingError as e:
-            status, code_name, body = e.http_status, e.code_name, jsontext.error_body(e.message)
+            body = await self._process(request, target, ctx)
+            status = 200
         except Exception as e:  # a bug must not take the server down
-            log.exception("REST request failed")
-            error = ServingError(errors.INTERNAL, f"{type(e).__name__}: {e}")
-            status, code_name, body = 500, error.code_name, jsontext.error_body(error.message)
-        if self.metrics is not None:
-            self.metrics.record_request(info["model"], info["api"], "REST", code_name,
-                                        (time.perf_counter() - start) * 1e6)
+            error = as_serving_error(e)
+            # Failed before the data plane was called (or in formatting): still one record.
+            self.data_plane.reject(ctx, ctx.method, ctx.model_name, error)
+            status, body = error.http_status, jsontext.error_body(error.message)
         return status, headers, body
 
-    async def _process(self, request: _Request, target: str, info: dict) -> bytes:
+    async def _process(self, request: _Request, target: str, ctx: RequestContext) -> bytes:
         method = request.method
         model_name, api = "", ""
         if method == "POST":
@@ -154,11 +152,13 @@ class RestServer:
         if match:
             if method == "POST":
                 name, version_text, label_text, api = match.groups()
+                ctx.method = _METHODS.get(api.lower(), "")
             else:
                 name, version_text, label_text, subresource = match.groups()
                 subresource = subresource or ""
+                ctx.method = GET_MODEL_METADATA if subresource else GET_MODEL_STATUS
             model_name = urllib.parse.unquote(name, errors="surrogateescape") if name else ""
-            info["model"], info["api"] = model_name, api
+            ctx.model_name, ctx.api_label = model_name, api
             if version_text:
                 version = simple_atoi64(version_text)
                 if version is None:
@@ -173,88 +173,126 @@ class RestServer:
         if match and method == "POST":
             body = _decode_body(request)
             if api == "predict":
-                return await self._predict(model_name, version, label, body)
+                return await self._predict(ctx, model_name, version, label, body)
             if api in ("classify", "regress"):
-                return await self._classify_regress(api, model_name, version, label, body)
+                return await self._classify_regress(ctx, api, model_name, version, label, body)
         elif match and method == "GET":
             if not model_name:
                 raise ServingError(errors.INVALID_ARGUMENT, "Missing model name in request.")
             if subresource == "metadata":
-                return self._metadata(model_name, version, label)
-            return self._status(model_name, version)
+                return await self._metadata(ctx, model_name, version, label)
+            return await self._status(ctx, model_name, version)
         raise ServingError(errors.INVALID_ARGUMENT, f"Malformed request: {method} {target}")
 
     # ------------------------------------------------------------ APIs
 
-    async def _run(self, runner, inputs, outputs=None):
-        future = self.service.submit(runner, inputs, outputs)
-        if future is None:
-            future = self.executor.submit(runner.run, inputs)
-        wrapped = asyncio.wrap_future(future)
-        if self.timeout_s is None:
-            return await wrapped
-        try:
-            return await asyncio.wait_for(wrapped, self.timeout_s)
-        except asyncio.TimeoutError:
-            raise ServingError(errors.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+    async def _predict(self, ctx, name, version, label, body: bytes) -> bytes:
+        from tensorflow_serving.apis import predict_pb2
 
-    async def _predict(self, name, version, label, body: bytes) -> bytes:
+        from serving.tensor_proto import to_ndarray
+
         doc = jsontext.loads(body)
         signature_name = tensors.parse_signature_name(doc)
-        servable = self.manager.servable(name, version, label)
-        dtypes = self.service.input_dtypes_for_json(servable, signature_name)
+        request = predict_pb2.PredictRequest()
+        _model_spec(self.data_plane, ctx, request.model_spec, name, version, label, signature_name)
+        dtypes = self.data_plane.input_dtypes(request.model_spec, ctx)
         fmt, inputs = tensors.predict_inputs(doc, dtypes, signature_name)
-        runner, outputs = self.service.prepare_predict(servable, signature_name, inputs)
-        results = await self._run(runner, inputs, outputs)
-        return tensors.predict_response_json({alias: results[alias] for alias in outputs}, fmt)
+        for alias, array in inputs.items():
+            array_to_request_tensor(array, request.inputs[alias])
 
-    async def _classify_regress(self, api, name, version, label, body: bytes) -> bytes:
+        def encode(response):
+            return tensors.predict_response_json(
+                {alias: to_ndarray(response.outputs[alias], alias) for alias in sorted(response.outputs)},
+                fmt)
+
+        return await self.data_plane.predict(request, ctx, encode)
+
+    async def _classify_regress(self, ctx, api, name, version, label, body: bytes) -> bytes:
+        from tensorflow_serving.apis import classification_pb2, regression_pb2
+
         doc = jsontext.loads(body)
         signature_name = tensors.parse_signature_name(doc)
         context, examples = tensors.examples_from_json(doc)
-        servable = self.manager.servable(name, version, label)
         if api == "classify":
-            runner = self.service.prepare_classify(servable, signature_name)
+            request = classification_pb2.ClassificationRequest()
         else:
-            runner = self.service.prepare_regress(servable, signature_name)
-        inputs = self.service.examples_input(examples_from_features(context, examples))
-        n = len(inputs["inputs"])
-        method = CLASSIFY_METHOD if api == "classify" else REGRESS_METHOD
-        outputs = await self._run(runner, inputs, fetched_outputs(runner, method))
+            request = regression_pb2.RegressionRequest()
+        _model_spec(self.data_plane, ctx, request.model_spec, name, version, label, signature_name)
+        input_from_features(context, examples, request.input)
         if api == "classify":
-            return tensors.classify_response_json(classification_result(runner, outputs, n))
-        return tensors.regress_response_json(regression_result(runner, outputs, n))
+            return await self.data_plane.classify(request, ctx, lambda response: tensors.classify_response_json(
+                [[(c.label.encode("utf-8", "surrogateescape"), c.score) for c in row.classes]
+                 for row in response.result.classifications]))
+        return await self.data_plane.regress(request, ctx, lambda response: tensors.regress_response_json(
+            [r.value for r in response.result.regressions]))
 
-    def _status(self, name, version) -> bytes:
+    async def _status(self, ctx, name, version) -> bytes:
         from tensorflow_serving.apis import get_model_status_pb2
 
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for v, state, error in self.manager.version_status(name, version):
-            entry = response.model_version_status.add(version=v, state=state)
-            if error is not None:
-                entry.status.error_code = error.code
-                entry.status.error_message = error.message
-            else:
-                entry.status.error_code = 0
-        return json_format.MessageToJson(response, including_default_value_fields=True,
-                                         preserving_proto_field_name=True, indent=1).encode()
+        request = get_model_status_pb2.GetModelStatusRequest()
+        _model_spec(self.data_plane, ctx, request.model_spec, name, version, None, None)
+        return await self.data_plane.model_status(request, ctx, lambda response: json_format.MessageToJson(
+            response, including_default_value_fields=True, preserving_proto_field_name=True,
+            indent=1).encode())
 
-    def _metadata(self, name, version, label) -> bytes:
-        servable = self.manager.servable(name, version, label)
-        return servable.cached("rest_metadata", lambda: metadata_json(servable))
+    async def _metadata(self, ctx, name, version, label) -> bytes:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[SIGNATURE_DEF])
+        _model_spec(self.data_plane, ctx, request.model_spec, name, version, label, None)
+        return await self.data_plane.model_metadata(request, ctx, self._metadata_body)
+
+    def _metadata_body(self, response) -> bytes:
+        # The data plane caches the response per servable; its JSON is cached here alike.
+        key = (response.model_spec.name, response.model_spec.version.value)
+        cached = self._metadata_json.get(key)
+        if cached is None or cached[0] is not response:
+            cached = self._metadata_json[key] = (response, metadata_json(response))
+        return cached[1]
 
 
-def metadata_json(servable) -> bytes:
+def _model_spec(data_plane: DataPlane, ctx: RequestContext, spec, name: str, version: int | None,
+                label: str | None, signature_name: str | None) -> None:
+    """The ModelSpec http_rest_api_handler.cc builds from the URL (and signature_name).
+    Names that are not UTF-8 fail with the error their lookup gives (see
+    DataPlane.unrepresentable_spec_error)."""
+    try:
+        spec.name = name
+        if version is not None:
+            spec.version.value = version
+        elif label is not None:
+            spec.version_label = label
+        if signature_name:
+            spec.signature_name = signature_name
+    except ValueError:  # UnicodeEncodeError: a surrogate-escaped byte
+        raise data_plane.unrepresentable_spec_error(ctx.method, name, version, label,
+                                                    signature_name) from None
+
+
+def array_to_request_tensor(array, proto) -> None:
+    """A parsed JSON input as a TensorProto: tensor_content for fixed-width numbers (one
+    memcpy each way), the typed fields otherwise; to_ndarray gives the array back unchanged."""
+    from serving.tensor_proto import dtype_of, from_ndarray
+    from serving.tensors import DT_STRING
+
+    dtype = dtype_of(array)
+    if dtype and dtype != DT_STRING and array.dtype.kind in "biuf" and array.size:
+        proto.dtype = dtype
+        for size in array.shape:
+            proto.tensor_shape.dim.add(size=size)
+        proto.tensor_content = array.tobytes()
+    else:
+        from_ndarray(array, proto)
+
+
+def metadata_json(response) -> bytes:
     """ToJsonString(GetModelMetadataResponse): fields printed one by one and concatenated."""
-    from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2
 
-    spec = model_pb2.ModelSpec(name=servable.name)
-    spec.version.value = servable.version
     signature_map = get_model_metadata_pb2.SignatureDefMap()
-    for key, signature in servable.signature_defs.items():
-        signature_map.signature_def[key].CopyFrom(signature)
+    response.metadata[SIGNATURE_DEF].Unpack(signature_map)
     options = dict(including_default_value_fields=True, preserving_proto_field_name=True, indent=1)
-    text = ("{\n\"model_spec\":" + json_format.MessageToJson(spec, **options) + ",\n"
+    text = ("{\n\"model_spec\":" + json_format.MessageToJson(response.model_spec, **options) + ",\n"
             + "\"metadata\": {\"signature_def\": " + json_format.MessageToJson(signature_map, **options)
             + "}\n}\n")
     return text.encode()

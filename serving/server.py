@@ -34,6 +34,7 @@ class ModelServer:
 
     def start(self) -> None:
         from serving.batching import BatchScheduler
+        from serving.data_plane import DataPlane
         from serving.grpc_service import HealthServicer, build_grpc_server
         from serving.inference import InferenceService
         from serving.metrics import ServingMetrics
@@ -61,26 +62,30 @@ class ModelServer:
         self.manager.start()
 
         cpus = os.cpu_count() or 1
+        # One pool for both transports' model calls: each keeps the threads its flag gives it.
+        threads = (options.grpc_max_threads or 4 * cpus) + (
+            (options.rest_api_num_threads or 4 * cpus) if options.rest_api_port else 0)
+        self.data_plane = DataPlane(self.service, metrics=self.metrics, max_threads=threads)
         self.health = HealthServicer() if options.enable_grpc_healthcheck_service else None
 
         async def start_grpc():
-            server, port, executor = build_grpc_server(
-                self.service, self.manager, host=options.grpc_host, port=options.grpc_port,
-                max_threads=options.grpc_max_threads or 4 * cpus,
+            server, port = build_grpc_server(
+                self.data_plane, host=options.grpc_host, port=options.grpc_port,
                 channel_arguments=config_lib.grpc_channel_arguments(options.grpc_channel_arguments),
-                metrics=self.metrics, health=self.health)
+                health=self.health)
             await server.start()
-            return server, port, executor
+            return server, port
 
         self.grpc_loop = _new_event_loop()
         self._grpc_thread = threading.Thread(target=self.grpc_loop.run_forever, name="grpc-loop",
                                              daemon=True)
         self._grpc_thread.start()
         try:
-            self.grpc_server, self.grpc_port, self._grpc_executor = asyncio.run_coroutine_threadsafe(
+            self.grpc_server, self.grpc_port = asyncio.run_coroutine_threadsafe(
                 start_grpc(), self.grpc_loop).result()
         except BaseException:
             self.grpc_loop.call_soon_threadsafe(self.grpc_loop.stop)
+            self.data_plane.stop()
             raise
         log.info("Running gRPC ModelServer at %s:%d ...", options.grpc_host, self.grpc_port)
 
@@ -95,16 +100,15 @@ class ModelServer:
                 log.error("server_options.http_port cannot be same as grpc_port. Please use a "
                           "different port for HTTP/REST API. Skipped exporting HTTP/REST API.")
             else:
-                self._start_rest(options, cpus)
+                self._start_rest(options)
 
-    def _start_rest(self, options: ServerOptions, cpus: int) -> None:
+    def _start_rest(self, options: ServerOptions) -> None:
         from serving.rest import RestServer
 
         self.loop = _new_event_loop()
         self.rest = RestServer(
-            self.service, metrics=self.metrics,
+            self.data_plane, metrics=self.metrics,
             prometheus_path=config_lib.prometheus_path(self.monitoring),
-            num_threads=options.rest_api_num_threads or 4 * cpus,
             max_body_bytes=options.rest_api_max_body_bytes,
             enable_cors=options.rest_api_enable_cors_support,
             timeout_ms=options.rest_api_timeout_in_ms)
@@ -146,7 +150,8 @@ class ModelServer:
             except Exception:
                 log.exception("gRPC server did not stop cleanly")
             self.grpc_loop.call_soon_threadsafe(self.grpc_loop.stop)
-            self._grpc_executor.shutdown(wait=False, cancel_futures=True)
+        if getattr(self, "data_plane", None) is not None:
+            self.data_plane.stop()
         if getattr(self, "batcher", None) is not None:
             self.batcher.stop()
         if getattr(self, "manager", None) is not None:

@@ -44,3 +44,28 @@ def served_model(demo_model) -> ServedModel:
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("server_logs")
+
+
+@pytest.fixture(scope="session")
+def data_plane(demo_model):
+    """An in-process DataPlane over the demo model, no sockets. Tests add and remove their own
+    observers (data_plane.observers) and read their own metrics."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.data_plane import DataPlane
+    from serving.inference import InferenceService
+    from serving.metrics import ServingMetrics
+    from serving.model_manager import ModelManager
+    from serving.servable import load_servable
+
+    manager = ModelManager(loader=lambda name, version, path: load_servable(name, version, path,
+                                                                             {"serve"}))
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name=demo_model.name, base_path=str(demo_model.base_path),
+                                        model_platform="tensorflow")
+    manager.apply_config(config)  # loads before returning
+    metrics = ServingMetrics()
+    plane = DataPlane(InferenceService(manager, metrics), metrics=metrics, max_threads=2)
+    yield plane
+    plane.stop()
+    manager.stop()

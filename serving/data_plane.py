@@ -1,0 +1,418 @@
+"""The one data plane behind REST and gRPC: status, metadata, predict, classify, regress.
+
+Follows TF Serving's split (http_rest_api_handler.cc parses JSON into the very PredictRequest
+the gRPC service receives, calls the same TensorflowPredictor::Predict, and formats the
+PredictResponse as JSON) and KServe's DataPlane (one object both servers call). Transports
+only parse, format and map errors; everything that happens to a request in between happens
+here, once:
+
+    transport -> RequestContext + tensorflow_serving request proto
+              -> DataPlane.<method>(request, ctx)      (servable lookup, checks, model call)
+              -> _finish: metrics, then every observer (request logging, ...) in one place
+              -> response proto (or ServingError) -> transport
+
+Methods are coroutines to be awaited on the transport's event loop. Model calls go to the
+batch scheduler when batching is on, else to this object's thread pool; calls that block for
+long (MultiInference, config reloads) run on the same pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from serving import errors
+from serving.errors import ServingError
+from serving.inference import (CLASSIFY_METHOD, REGRESS_METHOD, InferenceService,
+                               classification_result, fetched_outputs, regression_result,
+                               serialized_examples, verify_inputs)
+from serving.servable import DEFAULT_SIGNATURE
+
+log = logging.getLogger(__name__)
+
+# Method names: the PredictionService / ModelService RPC names.
+PREDICT, CLASSIFY, REGRESS = "Predict", "Classify", "Regress"
+MULTI_INFERENCE, GET_MODEL_METADATA = "MultiInference", "GetModelMetadata"
+GET_MODEL_STATUS, RELOAD_CONFIG = "GetModelStatus", "HandleReloadConfigRequest"
+SIGNATURE_DEF = "signature_def"
+REQUEST_ID_KEY = "x-request-id"  # REST header X-Request-Id, gRPC metadata key x-request-id
+_CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+# TF Serving counts every REST request (http_rest_api_handler.cc ProcessRequest) but, over
+# gRPC, only the inference RPCs (prediction_service_impl.cc).
+_COUNTED_GRPC_METHODS = frozenset({PREDICT, CLASSIFY, REGRESS})
+
+
+def request_id_from(headers: Mapping[str, str]) -> str:
+    """The client's x-request-id (1..128 printable ASCII characters, no spaces), else a new
+    uuid4 hex string (32 characters)."""
+    value = headers.get(REQUEST_ID_KEY)
+    if isinstance(value, str) and _CLIENT_REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RequestContext:
+    """What the data plane knows of one request besides its proto.
+
+    transport: "REST" or "GRPC" (TF Serving's metrics entrypoint label).
+    headers: request headers (REST) or invocation metadata (gRPC), names lower case.
+    request_id: see request_id_from; transports return it to the client.
+    api_label: the metrics API label; None means the method name (REST passes the URL verb,
+        "predict", or "" for GETs, as TF Serving labels them).
+    timeout: seconds a model call may take before DEADLINE_EXCEEDED (None: no limit).
+    The data plane fills in method, model_name and version (the version that answered, once a
+    servable was resolved) as the request proceeds.
+    """
+
+    transport: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    api_label: str | None = None
+    timeout: float | None = None
+    start: float = field(default_factory=time.perf_counter)
+    method: str = ""
+    model_name: str = ""
+    version: int | None = None
+    finished: bool = False
+
+    def __post_init__(self):
+        if not self.request_id:
+            self.request_id = request_id_from(self.headers)
+
+
+@dataclass
+class CallRecord:
+    """One finished call, handed to every observer: request and response are the
+    tensorflow_serving protos (request None when the transport failed before building one,
+    response None on error); latency in microseconds."""
+
+    ctx: RequestContext
+    method: str
+    model_name: str
+    version: int | None
+    request: object
+    response: object
+    error: ServingError | None
+    latency_micros: float
+
+
+def as_serving_error(exc: BaseException) -> ServingError:
+    """ServingError as is; anything else is a bug, logged, and answered as INTERNAL."""
+    if isinstance(exc, ServingError):
+        return exc
+    log.error("request failed", exc_info=exc)
+    return ServingError(errors.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def _model_spec(spec, name: str, signature_name: str | None, version: int | None):
+    """util.cc MakeModelSpec."""
+    spec.Clear()
+    spec.name = name
+    if signature_name is not None:
+        spec.signature_name = signature_name or DEFAULT_SIGNATURE
+    if version is not None:
+        spec.version.value = version
+
+
+def _require_spec(request) -> None:
+    if not request.HasField("model_spec"):
+        raise ServingError(errors.INVALID_ARGUMENT, "Missing ModelSpec")
+
+
+class DataPlane:
+    """Status, metadata and inference on tensorflow_serving protos, for any transport.
+
+    observers: callables taking a CallRecord, run after every call (success or failure) on
+    the caller's event loop; they must not block, and their exceptions are logged, never
+    raised to the request.
+    """
+
+    def __init__(self, service: InferenceService, *, metrics=None, max_threads: int = 8):
+        self.service = service
+        self.manager = service.manager
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(max_workers=max(1, max_threads),
+                                           thread_name_prefix="data-plane")
+        self.observers: list[Callable[[CallRecord], None]] = []
+
+    def stop(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ public API
+    #
+    # Each takes the request proto and a RequestContext, returns the response proto and raises
+    # ServingError (TF Serving's code and message). `encode`, when given, turns the response
+    # into the transport's body inside the call (so a formatting error fails the call, once, in
+    # metrics and logs alike) and its result is returned instead.
+
+    async def predict(self, request, ctx: RequestContext, encode=None):
+        """PredictRequest -> PredictResponse (predict_util.cc RunPredict). Raises ServingError."""
+        return await self._serve(ctx, PREDICT, request, self._predict, encode)
+
+    async def classify(self, request, ctx: RequestContext, encode=None):
+        """ClassificationRequest -> ClassificationResponse (classifier.cc)."""
+        return await self._serve(ctx, CLASSIFY, request, self._classify, encode)
+
+    async def regress(self, request, ctx: RequestContext, encode=None):
+        """RegressionRequest -> RegressionResponse (regressor.cc)."""
+        return await self._serve(ctx, REGRESS, request, self._regress, encode)
+
+    async def multi_inference(self, request, ctx: RequestContext, encode=None):
+        """MultiInferenceRequest -> MultiInferenceResponse (multi_inference.cc)."""
+        return await self._serve(ctx, MULTI_INFERENCE, request, self._multi_inference, encode)
+
+    async def model_metadata(self, request, ctx: RequestContext, encode=None):
+        """GetModelMetadataRequest -> GetModelMetadataResponse (get_model_metadata_impl.cc);
+        the response is cached per servable: treat it as read-only."""
+        return await self._serve(ctx, GET_MODEL_METADATA, request, self._metadata, encode)
+
+    async def model_status(self, request, ctx: RequestContext, encode=None):
+        """GetModelStatusRequest -> GetModelStatusResponse (get_model_status_impl.cc)."""
+        return await self._serve(ctx, GET_MODEL_STATUS, request, self._status, encode)
+
+    async def reload_config(self, request, ctx: RequestContext, encode=None):
+        """ReloadConfigRequest -> ReloadConfigResponse (model_service_impl.cc); loads the new
+        versions before answering (seconds)."""
+        return await self._serve(ctx, RELOAD_CONFIG, request, self._reload_config, encode)
+
+    def input_dtypes(self, spec, ctx: RequestContext) -> dict[str, int]:
+        """HttpRestApiHandler::GetInfoMap: {input alias: DataType} of the signature the spec
+        names, for transports that must know dtypes to parse a request (REST JSON). Raises
+        ServingError (NOT_FOUND servable, INVALID_ARGUMENT signature)."""
+        servable = self._servable(spec, ctx)
+        return self.service.input_dtypes_for_json(servable, spec.signature_name)
+
+    def unrepresentable_spec_error(self, method: str, name: str, version: int | None,
+                                   label: str | None, signature_name: str | None) -> ServingError:
+        """The error for a request whose model name, label or signature name is not valid UTF-8
+        (a REST URL or JSON body may carry any bytes; no proto string, hence no configured
+        model, label or signature, can hold them): the lookup's own error, as TF Serving gives
+        it for a name it does not know."""
+        try:
+            if method == GET_MODEL_STATUS:
+                self.manager.version_status(name, version)
+            else:
+                servable = self.manager.servable(name, version, label)
+                if signature_name is not None:
+                    if method == PREDICT:
+                        self.service.input_dtypes_for_json(servable, signature_name)
+                    elif method == CLASSIFY:
+                        self.service.prepare_classify(servable, signature_name)
+                    elif method == REGRESS:
+                        self.service.prepare_regress(servable, signature_name)
+        except ServingError as e:
+            return e
+        return ServingError(errors.INVALID_ARGUMENT, "Request names are not valid UTF-8")
+
+    def reject(self, ctx: RequestContext, method: str, model_name: str, error: ServingError,
+               request=None) -> None:
+        """Record a request the transport failed before (or instead of) calling the data
+        plane, e.g. a malformed JSON body; no-op when the data plane already finished it."""
+        if ctx.finished:
+            return
+        ctx.model_name = ctx.model_name or model_name
+        self._finish(ctx, method, request, None, error)
+
+    # ------------------------------------------------------------ the one place
+
+    async def _serve(self, ctx: RequestContext, method: str, request, handler, encode):
+        ctx.method = method
+        spec = getattr(request, "model_spec", None)
+        if spec is not None:
+            ctx.model_name = spec.name
+        try:
+            response = await handler(request, ctx)
+            result = response if encode is None else encode(response)
+        except asyncio.CancelledError:
+            self._finish(ctx, method, request, None,
+                         ServingError(errors.CANCELLED, "Request was cancelled"))
+            raise
+        except Exception as e:
+            error = as_serving_error(e)
+            self._finish(ctx, method, request, None, error)
+            raise error from None
+        self._finish(ctx, method, request, response, None)
+        return result
+
+    def _finish(self, ctx: RequestContext, method: str, request, response, error) -> None:
+        ctx.finished = True
+        latency = (time.perf_counter() - ctx.start) * 1e6
+        if self.metrics is not None and (ctx.transport != "GRPC" or method in _COUNTED_GRPC_METHODS):
+            api = method if ctx.api_label is None else ctx.api_label
+            self.metrics.record_request(ctx.model_name, api, ctx.transport,
+                                        error.code_name if error is not None else "OK", latency)
+        if self.observers:
+            record = CallRecord(ctx, method, ctx.model_name, ctx.version, request, response,
+                                error, latency)
+            for observer in self.observers:
+                try:
+                    observer(record)
+                except Exception:
+                    log.exception("data plane observer failed")
+
+    def _servable(self, spec, ctx: RequestContext):
+        servable = self.service.servable_for(spec)
+        ctx.version = servable.version
+        return servable
+
+    async def _execute(self, ctx: RequestContext, runner, inputs, outputs=None):
+        future = self.service.submit_on_loop(runner, inputs, outputs)
+        if future is None:
+            future = asyncio.get_running_loop().run_in_executor(self.executor, runner.run, inputs)
+        if ctx.timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, ctx.timeout)
+        except asyncio.TimeoutError:
+            raise ServingError(errors.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+
+    # ------------------------------------------------------------ handlers
+
+    async def _predict(self, request, ctx: RequestContext):
+        from tensorflow_serving.apis import predict_pb2
+
+        from serving.tensor_proto import from_ndarray, to_ndarray
+
+        _require_spec(request)
+        servable = self._servable(request.model_spec, ctx)
+        key = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        runner = servable.runners.get(key)
+        if runner is None:
+            raise ServingError(errors.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+        verify_inputs(runner, request.inputs)
+        inputs = {alias: to_ndarray(request.inputs[alias], alias) for alias in runner.input_order}
+        runner, outputs = self.service.prepare_predict(servable, key, inputs, request.output_filter)
+        results = await self._execute(ctx, runner, inputs, outputs)
+        response = predict_pb2.PredictResponse()
+        _model_spec(response.model_spec, request.model_spec.name, key, servable.version)
+        for alias in outputs:
+            from_ndarray(results[alias], response.outputs[alias])
+        return response
+
+    async def _classify(self, request, ctx: RequestContext):
+        from tensorflow_serving.apis import classification_pb2
+
+        servable, runner, inputs = self._examples_call(request, ctx, self.service.prepare_classify)
+        response = classification_pb2.ClassificationResponse()
+        _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name,
+                    servable.version)
+        n = len(inputs["inputs"])
+        outputs = await self._execute(ctx, runner, inputs, fetched_outputs(runner, CLASSIFY_METHOD))
+        fill_classification(response.result, classification_result(runner, outputs, n))
+        return response
+
+    async def _regress(self, request, ctx: RequestContext):
+        from tensorflow_serving.apis import regression_pb2
+
+        servable, runner, inputs = self._examples_call(request, ctx, self.service.prepare_regress)
+        response = regression_pb2.RegressionResponse()
+        _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name,
+                    servable.version)
+        n = len(inputs["inputs"])
+        outputs = await self._execute(ctx, runner, inputs, fetched_outputs(runner, REGRESS_METHOD))
+        fill_regression(response.result, regression_result(runner, outputs, n))
+        return response
+
+    def _examples_call(self, request, ctx: RequestContext, prepare):
+        _require_spec(request)
+        servable = self._servable(request.model_spec, ctx)
+        runner = prepare(servable, request.model_spec.signature_name)
+        inputs = self.service.examples_input(serialized_examples(request.input))
+        return servable, runner, inputs
+
+    async def _multi_inference(self, request, ctx: RequestContext):
+        from tensorflow_serving.apis import inference_pb2
+
+        if request.tasks:
+            ctx.model_name = request.tasks[0].model_spec.name
+        # Runs its tasks one after another, blocking on each model call: off the loop.
+        servable, results = await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.service.multi_inference, request)
+        ctx.version = servable.version
+        response = inference_pb2.MultiInferenceResponse()
+        for task, kind, result in results:
+            entry = response.results.add()
+            _model_spec(entry.model_spec, task.model_spec.name, task.model_spec.signature_name,
+                        servable.version)
+            if kind == "classification":
+                fill_classification(entry.classification_result, result)
+            else:
+                fill_regression(entry.regression_result, result)
+        return response
+
+    async def _metadata(self, request, ctx: RequestContext):
+        _require_spec(request)
+        if not request.metadata_field:
+            raise ServingError(errors.INVALID_ARGUMENT,
+                               "GetModelMetadataRequest must specify at least one metadata_field")
+        for name in request.metadata_field:
+            if name != SIGNATURE_DEF:
+                raise ServingError(errors.INVALID_ARGUMENT, f"Metadata field {name} is not supported")
+        servable = self._servable(request.model_spec, ctx)
+        return servable.cached("grpc_metadata", lambda: metadata_response(servable))
+
+    async def _status(self, request, ctx: RequestContext):
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        _require_spec(request)
+        spec = request.model_spec
+        version = spec.version.value if spec.HasField("version") else None
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v, state, error in self.manager.version_status(spec.name, version):
+            entry = response.model_version_status.add(version=v, state=state)
+            entry.status.SetInParent()  # AddStatusToProto: always present, OK included
+            if error is not None:
+                entry.status.error_code = error.code
+                entry.status.error_message = error.message
+        return response
+
+    async def _reload_config(self, request, ctx: RequestContext):
+        from tensorflow_serving.apis import model_management_pb2
+
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise ServingError(errors.INVALID_ARGUMENT,
+                               "ServerModelConfig type not supported by HandleReloadConfigRequest."
+                               " Only ModelConfigList is currently supported")
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.manager.apply_config, request.config)
+        response = model_management_pb2.ReloadConfigResponse()
+        for metric_name in request.metric_names:
+            response.metric.add(name=metric_name, int64_value_increase=0)
+        response.status.error_code = 0
+        return response
+
+
+def metadata_response(servable):
+    """GetModelMetadataResponse{model_spec {name, version}, metadata["signature_def"]: Any
+    packing a SignatureDefMap of every signature}."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in servable.signature_defs.items():
+        signature_map.signature_def[key].CopyFrom(signature)
+    response.metadata[SIGNATURE_DEF].Pack(signature_map)
+    return response
+
+
+def fill_classification(result_proto, result) -> None:
+    """[[(label bytes, score)] per example] -> ClassificationResult."""
+    for classes in result:
+        classifications = result_proto.classifications.add()
+        for label, score in classes:
+            classifications.classes.add(label=label.decode("utf-8", "surrogateescape")
+                                        if isinstance(label, bytes) else label, score=score)
+
+
+def fill_regression(result_proto, values) -> None:
+    for value in values:
+        result_proto.regressions.add(value=value)
