@@ -221,3 +221,33 @@ def test_diff_of_two_nights_shows_schema_statistics_metrics_and_push(life, capsy
     assert "auc=0." in night3_row and " yes " in night3_row and " v3 " in night3_row
     assert cli.main(["diff", night2, "no-such-run", "--home", str(life["home"])]) == 2
     assert "no run 'no-such-run'" in capsys.readouterr().err
+
+
+def test_the_airflow_ui_view_shows_runs_steps_and_reports(life):
+    """The plugin's app (pipelines/airflow_plugin.py) on this home, without sockets; the
+    Airflow system test loads it into a real API server."""
+    from fastapi.testclient import TestClient
+
+    from pipelines.airflow_plugin import create_app
+
+    client = TestClient(create_app(str(life["home"])))
+    runs = client.get("/")
+    assert runs.status_code == 200
+    night3 = life["night3"].run_id
+    row = runs.text[runs.text.index(f">{night3}<"):].split("</tr>")[0]
+    assert "succeeded" in row and "auc=0." in row and "v3" in row
+    bad, path = life["new_category"]
+    run = client.get(f"/runs/churn/{bad.run_id}").text
+    validator = run[run.index("<a id='ExampleValidator'>"):].split("</tr>")[0]
+    assert "<span class='halted'>halted</span>" in validator and str(path) in validator
+    statistics = life["night3"].steps["StatisticsGen"].outputs["statistics"]
+    page = client.get(f"/artifacts/{statistics.id}").text
+    assert "TFDV facets view" in page and "plan" in page
+    facets = client.get(f"/artifacts/{statistics.id}/files/statistics.html")
+    assert facets.status_code == 200 and "facets" in facets.text
+    escape = client.get(f"/artifacts/{statistics.id}/files/%2E%2E%2F%2E%2E%2Fmetadata.sqlite")
+    assert escape.status_code == 404 and "has no file '../../metadata.sqlite'" in escape.text
+    assert client.get("/artifacts/99999").status_code == 404
+    diff = client.get("/diff", params={"a": life["night2"].run_id, "b": night3})
+    assert diff.status_code == 200 and "+ referral_code BYTES optional" in diff.text
+    assert client.get("/diff", params={"a": "nope", "b": night3}).status_code == 404

@@ -148,6 +148,44 @@ def test_grid_view_of_the_run_shows_every_task(system, tmp_path):
     print(f"grid view screenshot: {SCREENSHOT}")
 
 
+def test_the_pipewright_view_in_the_airflow_ui_shows_the_run_and_its_reports(system, night_1,
+                                                                           tmp_path):
+    """The plugin is served by Airflow's own API server (no other web server), listed by
+    Airflow's plugin API with its navigation entry, and shows night 1's run, its steps and
+    the Evaluator's report."""
+    _, airflow_run_id = night_1
+    finished(system, airflow_run_id)
+    request = urllib.request.Request(f"{system.api_url}/api/v2/plugins",
+                                     headers={"Authorization": f"Bearer {system.token()}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        plugins = json.loads(response.read())["plugins"]
+    [plugin] = [p for p in plugins if p["name"] == "pipewright"]
+    assert plugin["fastapi_apps"][0]["url_prefix"] == "/pipewright"
+    assert plugin["external_views"][0]["destination"] == "nav"
+
+    def page(path: str) -> str:
+        with urllib.request.urlopen(f"{system.api_url}/pipewright/{path}", timeout=60) as r:
+            return r.read().decode()
+
+    run_id = pipewright_run_id(airflow_run_id)
+    runs = page("")
+    row = runs[runs.index(f">{run_id}<"):].split("</tr>")[0]
+    assert "succeeded" in row and "v1" in row and "sparse_categorical_accuracy=" in row, row
+    assert airflow_run_id in row
+    run = page(f"runs/penguin/{run_id}")
+    for component in registry.load("penguin").components:
+        assert f"<a id='{component.id}'></a>" in run, component.id
+    assert "<span class='executed'>executed</span>" in run
+    evaluation = run[run.index("<a id='Evaluator'>"):].split("</tr>")[0]
+    artifact_id = evaluation.split("href='../../artifacts/")[1].split("'")[0]
+    report = page(f"artifacts/{artifact_id}")
+    assert "BLESSED" in report and "Lineage" in report
+    view = REPO_ROOT / "bench" / "out" / "airflow_pipewright_view.png"
+    headless_chromium(system, f"{system.api_url}/pipewright/runs/penguin/{run_id}",
+                      [f"--screenshot={view}", "--window-size=1400,900"], tmp_path)
+    assert view.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def headless_chromium(services: Services, url: str, args: list[str], tmp_path: Path):
     """Opens `url` logged in: the UI keeps its JWT in the `_token` cookie, which a local
     redirect sets for 127.0.0.1 (cookies are not bound to a port) before the UI loads."""
