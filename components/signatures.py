@@ -28,6 +28,9 @@ number of examples in the request:
                       becomes that default. JSON `null` and omitted inputs are rejected by TF
                       Serving's REST API before any signature runs (every signature input
                       must be sent, as a number or a string), hence NaN and "".
+                      A classifier's serving_raw also answers `classes`: DT_STRING
+                      [batch, num_classes], the class names in the order of `scores`, so a
+                      JSON answer reads {"scores": [...], "classes": [...]} per instance.
   classify            inputs: DT_STRING [batch] -> classes: DT_STRING [batch, num_classes],
                       scores: DT_FLOAT [batch, num_classes]; method_name
                       tensorflow/serving/classify, so TF Serving's Classify API (gRPC
@@ -156,17 +159,22 @@ def export_serving_model(model, fn_args, tf_transform_output, *, label_key: str,
     def serve_examples(examples):
         return predict(model.tft_layer(tf.io.parse_example(examples, served_spec)))
 
+    def class_names_for(scores):
+        return tf.tile(tf.constant([list(names)]), [tf.shape(scores)[0], 1])
+
     @tf.function(input_signature=[raw_inputs], autograph=False)
     def serve_raw(features):
         parsed = {name: _raw_to_parsed(features[name], spec) for name, spec in served.items()}
-        return predict(model.tft_layer(parsed))
+        answer = predict(model.tft_layer(parsed))
+        if names is not None:  # people read this one: each score with its class's name
+            answer["classes"] = class_names_for(answer["scores"])
+        return answer
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")],
                  autograph=False)
     def classify(inputs):
         scores = predict(model.tft_layer(tf.io.parse_example(inputs, served_spec)))["scores"]
-        classes = tf.tile(tf.constant([list(names)]), [tf.shape(scores)[0], 1])
-        return {"classes": classes, "scores": scores}
+        return {"classes": class_names_for(scores), "scores": scores}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")],
                  autograph=False)

@@ -43,7 +43,8 @@ def test_penguin_model_exports_the_signatures_evaluator_infra_validator_and_rest
     assert described["serving_raw"] == {
         "method": "tensorflow/serving/predict",
         "inputs": {name: (dtype, [-1]) for name, dtype in PENGUIN_FEATURES.items()},
-        "outputs": {"scores": ("DT_FLOAT", [-1, classes])}}
+        "outputs": {"scores": ("DT_FLOAT", [-1, classes]),
+                    "classes": ("DT_STRING", [-1, classes])}}
     assert described["classify"] == {
         "method": "tensorflow/serving/classify",
         "inputs": {"inputs": ("DT_STRING", [-1])},
@@ -68,10 +69,13 @@ def test_penguin_raw_call_with_missing_values_answers_finite_scores(trained_peng
         "bill_length_mm": [39.1, nan, nan], "bill_depth_mm": [18.7, 17.4, nan],
         "flipper_length_mm": [181.0, 186.0, nan], "body_mass_g": [3750.0, 3800.0, nan],
         "island": [b"Torgersen", b"Torgersen", b"Biscoe"], "sex": [b"male", b"", b""]}
-    scores = model.signatures["serving_raw"](**{
+    answer = model.signatures["serving_raw"](**{
         name: tf.constant(values, tf.string if PENGUIN_FEATURES[name] == "DT_STRING"
-                          else tf.float32) for name, values in raw.items()})["scores"].numpy()
+                          else tf.float32) for name, values in raw.items()})
+    scores = answer["scores"].numpy()
     assert scores.shape == (3, len(trained_penguin.labels))
+    # Each score beside its species' name, for a person reading a JSON answer.
+    assert [c.decode() for c in answer["classes"].numpy()[0]] == list(trained_penguin.labels)
     assert np.all(np.isfinite(scores)), scores
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
 

@@ -74,8 +74,9 @@ def predict_rest(services: Services) -> list[float]:
         f"http://127.0.0.1:{services.rest_port}/v1/models/penguin:predict", data=body,
         method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
-        [scores] = json.loads(response.read())["predictions"]
-    return scores
+        [answer] = json.loads(response.read())["predictions"]
+    assert sorted(answer["classes"]) == ["Adelie", "Chinstrap", "Gentoo"], answer
+    return answer["scores"]
 
 
 def predict_grpc(services: Services) -> tuple[int, list[float]]:
@@ -180,6 +181,15 @@ def test_the_pipewright_view_in_the_airflow_ui_shows_the_run_and_its_reports(sys
     artifact_id = evaluation.split("href='../../artifacts/")[1].split("'")[0]
     report = page(f"artifacts/{artifact_id}")
     assert "BLESSED" in report and "Lineage" in report
+    # The grid's extra link on each task leads to its step on that page.
+    links_url = (f"{system.api_url}/api/v2/dags/penguin/dagRuns/"
+                 f"{urllib.parse.quote(airflow_run_id, safe='')}/taskInstances/Evaluator/links")
+    request = urllib.request.Request(links_url,
+                                     headers={"Authorization": f"Bearer {system.token()}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        links = json.loads(response.read())
+    assert links["Pipewright report"] == \
+        f"{system.api_url}/pipewright/runs/penguin/{run_id}#Evaluator", links
     view = REPO_ROOT / "bench" / "out" / "airflow_pipewright_view.png"
     headless_chromium(system, f"{system.api_url}/pipewright/runs/penguin/{run_id}",
                       [f"--screenshot={view}", "--window-size=1400,900"], tmp_path)
