@@ -246,7 +246,9 @@ class Evaluator(Component):
         step.blessing.set(blessed=int(blessed), model_id=step.model.id,
                           baseline_model_id=baseline_id, baseline_version=baseline_version,
                           reason=reason)
-        step.note(f"{'blessed' if blessed else 'NOT blessed'}: {reason}")
+        headline = _headline(rows, plan)
+        step.note(f"{'blessed' if blessed else 'NOT blessed'}: {reason}"
+                  + (f"; {headline}" if headline else ""))
 
     # -- the EvalConfig -------------------------------------------------------------------
     def eval_plan(self, step: Step, has_baseline: bool) -> EvalPlan:
@@ -879,6 +881,26 @@ def _metric_rows(metrics_for_slices, plan: EvalPlan) -> list[tuple]:
                          values.get("diff")))
     rows.sort(key=lambda r: (r[0] != "Overall", r[0], r[1]))
     return rows
+
+
+def _headline(rows: list[tuple], plan: EvalPlan) -> str:
+    """The threshold metric on the overall slice against its bounds and the baseline, e.g.
+    "auc 0.8572 (bound >= 0.7; baseline 0.8511, change +0.0061)", or "" (a config file)."""
+    if plan.overall_bound is None:
+        return ""
+    metric, lower, upper = plan.overall_bound
+    name = _metric_key_name(metric)
+    row = next((r for r in rows if r[0] == "Overall" and r[1] == name), None)
+    if row is None or row[2] is None:
+        return ""
+    bounds = ([f">= {lower:g}"] if lower is not None else []) + \
+        ([f"<= {upper:g}"] if upper is not None else [])
+    text = f"{name} {row[2]:.4f}" + (f" (bound {' and '.join(bounds)})" if bounds else "")
+    if row[3] is not None:
+        text += f"; baseline {row[3]:.4f}"
+        if row[4] is not None:
+            text += f", change {row[4]:+.4f}"
+    return text
 
 
 def _metrics_json(rows: list[tuple], plan: EvalPlan) -> dict[str, Any]:

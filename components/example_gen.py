@@ -113,6 +113,8 @@ class ExampleGen(Component):
                              + (f" or the partition feature {step.partition_feature!r}"
                                 if step.partition_feature else ""))
         step.log.info("examples per split: %s", writer.counts)
+        step.note(f"{sum(writer.counts.values())} examples ("
+                  + ", ".join(f"{split} {n}" for split, n in writer.counts.items()) + ")")
         step.examples.set(span=selection.span, version=selection.version, split_names=split_names,
                           spans=selection.spans, input_files=list(selection.files),
                           span_range=[selection.spans[0], selection.spans[-1]],

@@ -76,7 +76,11 @@ class ExampleValidator(Component):
         with open(step.anomalies.path("report.txt"), "w", encoding="utf-8") as fh:
             fh.write("\n".join(report) + "\n")
         step.log.info("\n".join(report))
-        if count:
+        if not count:
+            step.note(f"no anomalies in {', '.join(splits)}")
+        else:
+            features = sorted({f for a in per_split.values() for f, _, _ in feature_anomalies(a)})
+            step.note(f"{count} anomal{'y' if count == 1 else 'ies'}: {', '.join(features)}")
             message = halt_message(per_split, step.statistics.input_files)
             if step.fail_on_anomalies:
                 step.halt(message)

@@ -50,6 +50,37 @@ class Trainer(Component):
                 f"{step.model.serving_dir}/saved_model.pb does not exist (export the model to "
                 f"fn_args.serving_model_dir)")
         step.model.set(span=step.examples.span)
+        scalars = last_scalars(step.model_run.uri)
+        if scalars:
+            step.note(", ".join(f"{tag} {value:.4g} (step {at})"
+                                for tag, (at, value) in scalars.items()))
+        step.note(f"TensorBoard: tensorboard --logdir {step.model_run.uri}")
+
+
+def last_scalars(log_dir: str) -> dict[str, tuple[int, float]]:
+    """"<run>/<tag>" (or "<tag>" at the top) -> (step, value) of the last scalar each
+    TensorBoard event file under `log_dir` holds (what run_fn wrote with tf.summary)."""
+    import tensorflow as tf
+
+    found: dict[str, tuple[int, float]] = {}
+    paths = sorted(os.path.join(directory, name) for directory, _, names in os.walk(log_dir)
+                   for name in names if name.startswith("events.out.tfevents."))
+    for path in paths:
+        run = os.path.relpath(os.path.dirname(path), log_dir)
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    number = (value.simple_value if value.HasField("simple_value") else
+                              float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
+                              else None)
+                    if number is None:
+                        continue
+                    tag = value.tag if run == "." else f"{run}/{value.tag}"
+                    if tag not in found or event.step >= found[tag][0]:
+                        found[tag] = (event.step, number)
+        except (tf.errors.DataLossError, ValueError, TypeError):
+            continue  # a truncated event file, or a non-scalar summary
+    return dict(sorted(found.items()))
 
 
 def fn_args_for(step: Step, *, serving_model_dir: str, model_run_dir: str,

@@ -104,12 +104,31 @@ class Transform(Component):
 
         metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
                                    os.path.join(graph_dir, RAW_METADATA_DIR))
+        vocabularies = _vocabulary_sizes(graph_dir)
+        if vocabularies:
+            step.note("vocabularies: " + ", ".join(f"{name} {size}"
+                                                   for name, size in vocabularies.items()))
         step.transform_graph.set(analyzer_cache=ANALYZER_CACHE_DIR)  # relative to the uri
         step.transformed_examples.set(split_names=list(splits), span=step.examples.span,
                                       version=step.examples.version,
                                       spans=step.examples.spans,
                                       span_range=step.examples.span_range,
                                       payload_format="tf.Example")
+
+
+def _vocabulary_sizes(graph_dir: str) -> dict[str, int]:
+    """vocab_filename -> entries, for each vocabulary tf.Transform wrote as an asset of the
+    transform graph (transform_fn/assets/<vocab_filename>, one entry per line)."""
+    assets = os.path.join(graph_dir, "transform_fn", "assets")
+    if not os.path.isdir(assets):
+        return {}
+    sizes = {}
+    for name in sorted(os.listdir(assets)):
+        path = os.path.join(assets, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                sizes[name] = sum(1 for _ in fh)
+    return sizes
 
 
 def _feature_error(exc: Exception, step: Step, preprocessing_fn, schema, adapter_config):
