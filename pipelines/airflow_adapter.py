@@ -20,7 +20,7 @@ import types
 import typing
 from typing import Any
 
-from airflow.sdk import DAG, BaseOperator, CronTriggerTimetable
+from airflow.sdk import DAG, BaseOperator, BaseOperatorLink, CronTriggerTimetable
 from airflow.sdk import Param as AirflowParam
 
 from components.base import QUEUE_NAME, Component, ExternalPath, Param
@@ -172,10 +172,28 @@ def _dag_doc(pipeline: Pipeline) -> str:
 
 
 # -- the task -----------------------------------------------------------------------------
+class PipewrightReportLink(BaseOperatorLink):
+    """The task's extra link (a button on the task in the grid) to its step in the run's
+    page of the Pipewright view (pipelines/airflow_plugin.py), where each output's report
+    is. Computed by the worker when the task ends, as Airflow 3 does for every link."""
+
+    name = "Pipewright report"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        from airflow.configuration import conf
+
+        from pipelines.airflow_plugin import URL_PREFIX
+
+        base = conf.get("api", "base_url", fallback="").rstrip("/")
+        return (f"{base}{URL_PREFIX}/runs/{ti_key.dag_id}/{pipewright_run_id(ti_key.run_id)}"
+                f"#{ti_key.task_id}")
+
+
 class ComponentOperator(BaseOperator):
     """Runs one component of the pipeline for the current Airflow run."""
 
     ui_color = "#e8f0fe"
+    operator_extra_links = (PipewrightReportLink(),)
 
     def __init__(self, *, pipeline: Pipeline, component: Component, **kwargs: Any):
         super().__init__(task_id=component.id, doc_md=_component_doc(component), **kwargs)

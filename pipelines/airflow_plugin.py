@@ -206,6 +206,13 @@ def _page(title: str, parts: list[str]) -> str:
             f"{STYLE}</head><body>{''.join(parts)}</body></html>")
 
 
+def _report_link():
+    """The grid's link from each task to its step in the run page (registered here so the
+    API server knows the link class)."""
+    from pipelines.airflow_adapter import PipewrightReportLink
+    return PipewrightReportLink()
+
+
 class PipewrightPlugin(AirflowPlugin):
     """Registers the app at /pipewright and a "Pipewright" entry in the UI's navigation."""
 
@@ -213,3 +220,4 @@ class PipewrightPlugin(AirflowPlugin):
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Pipewright"}]
     external_views = [{"name": "Pipewright", "href": "pipewright/", "destination": "nav",
                        "url_route": "pipewright"}]
+    operator_extra_links = [_report_link()]

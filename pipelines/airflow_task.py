@@ -7,6 +7,7 @@ Imported only inside a running task (it loads ML Metadata); DAG parsing never ne
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -44,8 +45,9 @@ def run_component(pipeline: Pipeline, component: Component, context: Any,
              home.root, " (re-run: the cache is not used)" if rerun else "")
     run = RunInfo(pipeline.name, run_id, values, list(pipeline.beam_args), run_context)
     try:
-        result = launch(component, run=run, metadata=metadata, home=home,
-                        enable_cache=not rerun)
+        with library_noise_kept_out_of(logging.getLogger().handlers):
+            result = launch(component, run=run, metadata=metadata, home=home,
+                            enable_cache=not rerun)
     except StepFailed as failure:
         if isinstance(failure.__cause__, InputsUnavailable):  # a retry cannot make them appear
             raise AirflowFailException(f"{failure}; run the whole DAG (or clear the upstream "
@@ -63,6 +65,36 @@ def run_component(pipeline: Pipeline, component: Component, context: Any,
     if result.outcome == "halted":
         raise AirflowFailException(f"{component.id} halted the run: {result.reason}")
     return summary
+
+
+# Loggers whose records are the user's business in a task log; everything else below
+# ERROR (TFMA's "Using Any for unsupported type", Beam's runner chatter, absl, py.warnings)
+# stays in the step's own log file only.
+OWN_LOGGERS = ("pipewright", "pipelines", "components", "serving", "airflow", "task")
+
+
+def is_library_noise(record: logging.LogRecord) -> bool:
+    """A record below ERROR from a library's logger (not one of OWN_LOGGERS)."""
+    return record.levelno < logging.ERROR and not any(
+        record.name == own or record.name.startswith(own + ".") for own in OWN_LOGGERS)
+
+
+@contextlib.contextmanager
+def library_noise_kept_out_of(handlers: list[logging.Handler]):
+    """Filters library noise (is_library_noise) out of `handlers` — Airflow's task log
+    handlers, attached to the root logger before the step runs — for the duration. The
+    step's log file handler, which the launcher adds afterwards, still receives it all."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not is_library_noise(record)
+
+    handlers = list(handlers)
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
 
 
 def run_parameters(pipeline: Pipeline, context: Any) -> dict[str, Any]:
