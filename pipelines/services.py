@@ -142,7 +142,9 @@ class Services:
         commands[MODEL_SERVER] = [
             str(self.bin_dir / "pipewright"), "serve", "--model_name", self.model_name,
             "--model_base_path", self.model_base_path, "--port", str(self.grpc_port),
-            "--rest_api_port", str(self.rest_port)]
+            "--rest_api_port", str(self.rest_port),
+            "--request_log_dir", os.path.join(self.home.root, "request_logs"),
+            "--request_log_sampling_rate", "1.0"]
         return commands
 
     # -- up ----------------------------------------------------------------------------------

@@ -52,6 +52,12 @@ class ServerOptions:
     enable_grpc_healthcheck_service: bool = False
     allow_version_labels_for_unavailable_models: bool = False
     saved_model_tags: str = "serve"
+    request_log_dir: str = ""
+    request_log_sampling_rate: float = 0.0
+    request_log_max_file_bytes: int = 64 << 20
+    request_log_max_file_age_seconds: float = 300.0
+    request_log_max_total_bytes: int = 1 << 30
+    request_log_queue_size: int = 1024
     extra: dict = field(default_factory=dict)
 
 
@@ -112,6 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
     flag("allow_version_labels_for_unavailable_models", bool,
          d.allow_version_labels_for_unavailable_models, "labels may name versions not yet loaded")
     flag("saved_model_tags", str, d.saved_model_tags, "comma separated MetaGraph tags")
+    # Request logging (serving/request_log.py); pipewright extensions: TF Serving reads only
+    # each model's logging_config, and its open-source binary refuses one.
+    flag("request_log_dir", str, d.request_log_dir,
+         "directory of the request logs: <dir>/<model>/<version>/<prefix>-<UTC time>-<seq>"
+         ".tfrecord.gz, gzip TFRecords of tensorflow.serving.PredictionLog; used by every "
+         "model with a logging_config (pipewright extension)")
+    flag("request_log_sampling_rate", float, d.request_log_sampling_rate,
+         "single-model command line: log this fraction (0..1) of the requests, i.e. "
+         "logging_config { log_collector_config { type: \"tfrecord\" filename_prefix: "
+         "\"requests\" } sampling_config { sampling_rate: RATE } }; needs --request_log_dir; "
+         "with --model_config_file give each model a logging_config instead (pipewright extension)")
+    flag("request_log_max_file_bytes", int, d.request_log_max_file_bytes,
+         "start a new request log file once a file holds this many record bytes (before "
+         "compression) (pipewright extension)")
+    flag("request_log_max_file_age_seconds", float, d.request_log_max_file_age_seconds,
+         "close a request log file this many seconds after it was opened (pipewright extension)")
+    flag("request_log_max_total_bytes", int, d.request_log_max_total_bytes,
+         "disk budget of the closed request log files; the oldest are removed past it "
+         "(pipewright extension)")
+    flag("request_log_queue_size", int, d.request_log_queue_size,
+         "records waiting for the request log writer; more are dropped and counted, never "
+         "waited for (pipewright extension)")
     return parser
 
 
@@ -143,6 +171,12 @@ def parse_args(argv: list[str]) -> ServerOptions:
         enable_grpc_healthcheck_service=ns.enable_grpc_healthcheck_service,
         allow_version_labels_for_unavailable_models=ns.allow_version_labels_for_unavailable_models,
         saved_model_tags=ns.saved_model_tags,
+        request_log_dir=ns.request_log_dir,
+        request_log_sampling_rate=ns.request_log_sampling_rate,
+        request_log_max_file_bytes=ns.request_log_max_file_bytes,
+        request_log_max_file_age_seconds=ns.request_log_max_file_age_seconds,
+        request_log_max_total_bytes=ns.request_log_max_total_bytes,
+        request_log_queue_size=ns.request_log_queue_size,
     )
 
 
@@ -157,6 +191,18 @@ def validate_options(options: ServerOptions) -> None:
     if options.batching_parameters_file and not options.enable_batching:
         raise ServingError(INVALID_ARGUMENT, "server_options.batching_parameters_file is set "
                            "without setting server_options.enable_batching to true.")
+    rate = options.request_log_sampling_rate
+    if not 0.0 <= rate <= 1.0:
+        raise ServingError(INVALID_ARGUMENT, f"--request_log_sampling_rate must be in [0, 1], got {rate}")
+    if rate > 0 and options.model_config_file:
+        raise ServingError(INVALID_ARGUMENT, "--request_log_sampling_rate is for the single-model "
+                           "command line; with --model_config_file give each model a logging_config")
+    if rate > 0 and not options.request_log_dir:
+        raise ServingError(INVALID_ARGUMENT, "--request_log_sampling_rate needs --request_log_dir")
+    for name in ("request_log_max_file_bytes", "request_log_max_file_age_seconds",
+                 "request_log_max_total_bytes", "request_log_queue_size"):
+        if getattr(options, name) <= 0:
+            raise ServingError(INVALID_ARGUMENT, f"--{name} must be positive")
 
 
 def read_file_bytes(path: str) -> bytes:
@@ -191,6 +237,10 @@ def model_server_config(options: ServerOptions) -> model_server_config_pb2.Model
     single.name = options.model_name
     single.base_path = options.model_base_path
     single.model_platform = TENSORFLOW_PLATFORM
+    if options.request_log_sampling_rate > 0:
+        single.logging_config.log_collector_config.type = "tfrecord"
+        single.logging_config.log_collector_config.filename_prefix = "requests"
+        single.logging_config.sampling_config.sampling_rate = options.request_log_sampling_rate
     return config
 
 

@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving import errors, protos
-from serving.data_plane import DataPlane, RequestContext
+from serving.data_plane import REQUEST_ID_KEY, DataPlane, RequestContext
 from serving.errors import ServingError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,10 @@ def request_context(context) -> RequestContext:
 
 
 async def _call(context, method, request):
-    """Run one data plane method for a gRPC handler; a ServingError aborts the call."""
+    """Run one data plane method for a gRPC handler; a ServingError aborts the call. The
+    request id goes back in the initial metadata (x-request-id)."""
     ctx = request_context(context)
+    await context.send_initial_metadata(((REQUEST_ID_KEY, ctx.request_id),))
     try:
         return await method(request, ctx)
     except ServingError as e:

@@ -1,8 +1,9 @@
 """Prometheus metrics in TF Serving's exposition format (util/prometheus_exporter.cc).
 
 TF Serving's own series keep their names and labels (request_count{model_name,status},
-request_latency{model_name,API,entrypoint} in microseconds, ...). Two pipewright series add
-what TF Serving lacks: request counts by API and entrypoint, and the loaded versions.
+request_latency{model_name,API,entrypoint} in microseconds, ...). Pipewright series add what
+TF Serving lacks: request counts by API and entrypoint, the loaded versions, and the request
+log's records, bytes, drops, removed files and failed requests (serving/request_log.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Counter:
     def render(self, lines: list[str]) -> None:
         lines.append(f"# TYPE {self.name} counter")
         for key, value in list(self.values.items()):
-            lines.append(f"{self.name}{{{_labels(self.labels, key)}}} {value}")
+            labels = _labels(self.labels, key)
+            lines.append(f"{self.name}{{{labels}}} {value}" if labels else f"{self.name} {value}")
 
 
 class Gauge(Counter):
@@ -90,6 +92,20 @@ class ServingMetrics:
                                     ("model_name", "version"))
         self.batch_size = Histogram(":pipewright:serving:batch_size", ("signature",),
                                     bounds=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
+        # Request log (serving/request_log.py); bytes are serialized PredictionLog bytes
+        # before compression, except request_log_removed_bytes (file sizes on disk).
+        self.request_log_records = Counter(":pipewright:serving:request_log_records",
+                                           ("model_name", "version"))
+        self.request_log_bytes = Counter(":pipewright:serving:request_log_bytes",
+                                         ("model_name", "version"))
+        self.request_log_dropped = Counter(":pipewright:serving:request_log_dropped",
+                                           ("model_name",))
+        self.request_log_write_errors = Counter(":pipewright:serving:request_log_write_errors",
+                                                ("model_name",))
+        self.request_log_failed_requests = Counter(
+            ":pipewright:serving:request_log_failed_requests", ("model_name", "version", "status"))
+        self.request_log_removed_files = Counter(":pipewright:serving:request_log_removed_files", ())
+        self.request_log_removed_bytes = Counter(":pipewright:serving:request_log_removed_bytes", ())
 
     def record_request(self, model_name: str, api: str, entrypoint: str, status: str,
                        latency_micros: float) -> None:
@@ -117,13 +133,29 @@ class ServingMetrics:
                 for version in versions:
                     self.version_loaded.set(name, str(version), value=1)
 
+    def count(self, counter: Counter, *label_values, amount: int = 1) -> None:
+        """Add amount to one of this object's counters (thread-safe)."""
+        with self._lock:
+            counter.inc(*label_values, amount=amount)
+
+    def value(self, counter: Counter, *label_values) -> int:
+        """A counter's current value (0 when never counted); the sum over all label values
+        when none are given."""
+        with self._lock:
+            if not label_values and counter.labels:
+                return sum(counter.values.values())
+            return counter.values.get(label_values, 0)
+
     def render(self) -> str:
         lines: list[str] = []
         with self._lock:
             # The exporter walks a std::map keyed by metric name.
             for metric in sorted([self.request_count, self.request_latency, self.warmup_latency,
                                   self.requests_by_api, self.loaded_versions, self.version_loaded,
-                                  self.batch_size], key=lambda m: m.name):
+                                  self.batch_size, self.request_log_records, self.request_log_bytes,
+                                  self.request_log_dropped, self.request_log_write_errors,
+                                  self.request_log_failed_requests, self.request_log_removed_files,
+                                  self.request_log_removed_bytes], key=lambda m: m.name):
                 if metric.values:
                     metric.render(lines)
         return "\n".join(lines) + "\n"

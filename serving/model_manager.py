@@ -306,6 +306,11 @@ class ModelManager:
             raise ServingError(errors.NOT_FOUND, f"Could not find any versions of model {name}")
         return sorted(snapshot, key=lambda item: -item[0])
 
+    def model_configs(self) -> list:
+        """The ModelConfig of each model in the current config, by name (lock-free snapshot)."""
+        models, active = self._models, self._active
+        return [models[name].config for name in sorted(active) if name in models]
+
     def loaded_versions(self) -> dict[str, list[int]]:
         return {name: sorted(versions) for name, versions in self._serving.items()}
 

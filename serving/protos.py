@@ -5,6 +5,11 @@ monitoring_config.proto), BatchingParameters (servables/tensorflow/session_bundl
 or the gRPC health service (grpc/health/v1/health.proto, grpcio-health-checking is not in the
 lock). They are declared here with the same packages, names and field numbers, so text
 configs written for TF Serving parse unchanged and the wire format matches.
+
+One is pipewright's own: RequestLogFields, the fields the request log adds to
+tensorflow.serving.LogMetadata (which has no request id or error) under field numbers TF
+Serving does not use, 1000-1003. A reader with TF Serving's protos keeps them as unknown fields;
+RequestLogFields.FromString(log_metadata.SerializeToString()) reads them.
 """
 
 from __future__ import annotations
@@ -75,6 +80,18 @@ _batching_file = _build_file(
     ],
     deps=["google/protobuf/wrappers.proto"])
 (BatchingParameters,) = _classes(_batching_file, "BatchingParameters")
+
+
+_request_log_file = _build_file(
+    "pipewright/serving/request_log.proto", "pipewright.serving",
+    [
+        _message("RequestLogFields",
+                 _field("request_id", 1000, _F.TYPE_STRING),
+                 _field("transport", 1001, _F.TYPE_STRING),
+                 _field("error_code", 1002, _F.TYPE_INT32),
+                 _field("error_message", 1003, _F.TYPE_STRING)),
+    ])
+(RequestLogFields,) = _classes(_request_log_file, "RequestLogFields")
 
 
 def _load_health():

@@ -128,6 +128,7 @@ class RestServer:
         ctx = RequestContext(
             TRANSPORT, {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.items()},
             timeout=self.timeout_s)
+        headers.append((b"X-Request-Id", ctx.request_id.encode("ascii")))
         try:
             body = await self._process(request, target, ctx)
             status = 200

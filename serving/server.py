@@ -23,6 +23,10 @@ class ModelServer:
         self.options = options
         # Parse every config file before the expensive TensorFlow import, so typos fail fast.
         self.model_config = config_lib.model_server_config(options)
+        if self.model_config.WhichOneof("config") == "model_config_list":
+            from serving import request_log
+            request_log.policies(self.model_config.model_config_list.config,
+                                 options.request_log_dir)  # a bad logging_config fails here
         self.batching_params = config_lib.batching_parameters(options) if options.enable_batching else None
         if self.batching_params is not None:
             from serving.batching import BatchOptions
@@ -39,6 +43,7 @@ class ModelServer:
         from serving.inference import InferenceService
         from serving.metrics import ServingMetrics
         from serving.model_manager import ModelManager
+        from serving.request_log import RequestLogger
         from serving.servable import load_servable
 
         options = self.options
@@ -66,6 +71,17 @@ class ModelServer:
         threads = (options.grpc_max_threads or 4 * cpus) + (
             (options.rest_api_num_threads or 4 * cpus) if options.rest_api_port else 0)
         self.data_plane = DataPlane(self.service, metrics=self.metrics, max_threads=threads)
+        self.request_logger = RequestLogger(
+            log_dir=options.request_log_dir, metrics=self.metrics,
+            max_file_bytes=options.request_log_max_file_bytes,
+            max_file_age_seconds=options.request_log_max_file_age_seconds,
+            max_total_bytes=options.request_log_max_total_bytes,
+            queue_size=options.request_log_queue_size, saved_model_tags=tags)
+        self.request_logger.configure(self.manager.model_configs())
+        self.manager.listeners.append(
+            lambda: self.request_logger.configure(self.manager.model_configs()))
+        self.request_logger.start()
+        self.data_plane.observers.append(self.request_logger)
         self.health = HealthServicer() if options.enable_grpc_healthcheck_service else None
 
         async def start_grpc():
@@ -85,6 +101,7 @@ class ModelServer:
                 start_grpc(), self.grpc_loop).result()
         except BaseException:
             self.grpc_loop.call_soon_threadsafe(self.grpc_loop.stop)
+            self.request_logger.stop()
             self.data_plane.stop()
             raise
         log.info("Running gRPC ModelServer at %s:%d ...", options.grpc_host, self.grpc_port)
@@ -150,6 +167,8 @@ class ModelServer:
             except Exception:
                 log.exception("gRPC server did not stop cleanly")
             self.grpc_loop.call_soon_threadsafe(self.grpc_loop.stop)
+        if getattr(self, "request_logger", None) is not None:
+            self.request_logger.stop()  # after the transports: writes what is queued, closes files
         if getattr(self, "data_plane", None) is not None:
             self.data_plane.stop()
         if getattr(self, "batcher", None) is not None:
