@@ -225,6 +225,9 @@ class Component:
     INPUTS: ClassVar[dict[str, InputSpec]] = {}
     OUTPUTS: ClassVar[dict[str, OutputSpec]] = {}
     PARAMETERS: ClassVar[dict[str, ParameterSpec]] = {}
+    # True for components whose executor imports TensorFlow: the launcher imports it first,
+    # with its start-up noise sent to the step's log (pipelines/quiet_import.py).
+    imports_tensorflow: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -372,7 +375,7 @@ def reserved_name_clash(name: str) -> str:
     if name in step_fields or (hasattr(Step, name) and not name.startswith("__")):
         return f"a field of Step (step.{name} is the framework's)"
     component_attrs = {"id", "enable_cache", "queue", "inputs", "outputs", "parameters",
-                       "upstream_order"}
+                       "upstream_order", "imports_tensorflow"}
     if name in component_attrs or (name in dir(Resolver) and not name.startswith("__")):
         return f"an attribute of Component"
     return ""

@@ -133,6 +133,8 @@ class Evaluator(Component):
     `baseline_pushed_model`, the baseline's record in the serving directory, lets the
     report say which version serves the baseline; it must be the push of `baseline_model`."""
 
+    imports_tensorflow = True
+
     examples: Input[Examples]
     model: Input[Model]
     baseline_model: OptionalInput[Model]

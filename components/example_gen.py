@@ -47,6 +47,8 @@ class ExampleGen(Component):
     - The cache key includes the content of the files read, so changed input re-runs it.
     """
 
+    imports_tensorflow = True
+
     examples: Output[Examples]
     input_base: Parameter[str]
     input_pattern: Parameter[str | None] = None

@@ -25,6 +25,8 @@ class ExampleValidator(Component):
       anomaly; with `fail_on_anomalies=False` it is logged as a warning instead.
     """
 
+    imports_tensorflow = True
+
     statistics: Input[ExampleStatistics]
     schema: Input[Schema]
     anomalies: Output[ExampleAnomalies]

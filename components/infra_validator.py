@@ -72,6 +72,8 @@ class InfraValidator(Component):
     the same relative path. Input artifacts are immutable, so the model is not rewritten: the
     Pusher adds the blessing's `assets.extra/` to the version it pushes."""
 
+    imports_tensorflow = True
+
     model: Input[Model]
     examples: Input[Examples]
     blessing: Output[InfraBlessing]

@@ -45,6 +45,8 @@ class SchemaGen(Component):
     `pipewright schema accept` infers new features the same way). Raises
     SchemaDeclarationError (a ValueError) naming a declared feature the schema lacks."""
 
+    imports_tensorflow = True
+
     statistics: Input[ExampleStatistics]
     current_schema: OptionalInput[Schema]
     schema: Output[Schema]

@@ -17,6 +17,8 @@ class StatisticsGen(Component):
     `Split-<name>/FeatureStats.pb` and `statistics.html`, a Facets view of the statistics
     (the first split against the second, when there are two or more)."""
 
+    imports_tensorflow = True
+
     examples: Input[Examples]
     schema: OptionalInput[Schema]
     statistics: Output[ExampleStatistics]

@@ -19,6 +19,8 @@ class Trainer(Component):
     the Tuner's best hyperparameters when given, and exports it as a SavedModel under
     `Format-Serving/`; TensorBoard logs go to the model run."""
 
+    imports_tensorflow = True
+
     examples: Input[Examples]
     transform_graph: OptionalInput[TransformGraph]
     schema: OptionalInput[Schema]

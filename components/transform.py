@@ -30,6 +30,8 @@ class Transform(Component):
     the op (with where the user module defines it); the raw error with its Arrow schema
     and tensor dumps is only in the step log."""
 
+    imports_tensorflow = True
+
     examples: Input[Examples]
     schema: Input[Schema]
     transform_graph: Output[TransformGraph]

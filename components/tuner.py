@@ -36,6 +36,8 @@ class Tuner(Component):
     parameter can switch tuning on), it writes no values, so the Trainer uses the
     module's defaults, and imports nothing heavy."""
 
+    imports_tensorflow = True
+
     examples: Input[Examples]
     transform_graph: OptionalInput[TransformGraph]
     schema: OptionalInput[Schema]

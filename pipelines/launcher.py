@@ -26,6 +26,7 @@ from components.interruption import StepInterrupted
 from pipelines import interrupts
 from pipelines.home import Home
 from pipelines.metadata import Metadata
+from pipelines.quiet_import import import_tensorflow_quietly
 
 CACHE_FORMAT = "1"  # bump to invalidate every cache entry after a launcher change
 
@@ -201,6 +202,8 @@ def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home
                 tmp_dir=tmp_dir, log=logger, beam_args=list(run.beam_args), metadata=metadata)
     try:
         logger.info("executing %s (execution %d)", component.id, execution_id)
+        if component.imports_tensorflow:
+            import_tensorflow_quietly(log_path)
         component.execute(step)
         signal_name = interrupts.since(started)
         if signal_name:

@@ -282,3 +282,44 @@ def test_diff_refuses_runs_of_two_pipelines(tmp_path, capsys):
     assert main(["diff", numbers.run_id, again.run_id, "--home", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "count: " in out and "-> 5" in out
+
+
+TF_PIPELINE = '''
+from components.artifacts import Artifact
+from components.base import Component, Output, Step
+from pipelines.pipeline import Pipeline
+
+
+class Version(Artifact):
+    PROPERTIES = {}
+
+
+class TensorFlowVersion(Component):
+    imports_tensorflow = True
+    version: Output[Version]
+
+    def execute(self, step: Step) -> None:
+        import tensorflow as tf
+        step.note(f"TensorFlow {tf.__version__}")
+
+
+def create_pipeline():
+    return Pipeline("tf_version", [TensorFlowVersion()])
+'''
+
+
+def test_tensorflow_start_up_noise_goes_to_the_step_log_not_the_console(tmp_path):
+    path = tmp_path / "tf_pipeline.py"
+    path.write_text(TF_PIPELINE)
+    # As Airflow tasks run (pipelines/services.py): TF's C++ ERROR lines are not muted.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(PIPEWRIGHT + ["run", str(path), "--home", str(tmp_path / "home")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "TensorFlowVersion      executed (TensorFlow 2." in done.stderr
+    for noise in ("Unable to register", "cuda_", "E external/local_xla"):
+        assert noise not in done.stderr and noise not in done.stdout
+    [log] = (tmp_path / "home" / "logs").rglob("TensorFlowVersion.log")
+    text = log.read_text()
+    assert "TensorFlow's start-up output (native stderr)" in text
+    assert "Unable to register cuDNN factory" in text  # the noise was there, and went here

@@ -149,53 +149,6 @@ def test_grid_view_of_the_run_shows_every_task(system, tmp_path):
     print(f"grid view screenshot: {SCREENSHOT}")
 
 
-def test_the_pipewright_view_in_the_airflow_ui_shows_the_run_and_its_reports(system, night_1,
-                                                                           tmp_path):
-    """The plugin is served by Airflow's own API server (no other web server), listed by
-    Airflow's plugin API with its navigation entry, and shows night 1's run, its steps and
-    the Evaluator's report."""
-    _, airflow_run_id = night_1
-    finished(system, airflow_run_id)
-    request = urllib.request.Request(f"{system.api_url}/api/v2/plugins",
-                                     headers={"Authorization": f"Bearer {system.token()}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        plugins = json.loads(response.read())["plugins"]
-    [plugin] = [p for p in plugins if p["name"] == "pipewright"]
-    assert plugin["fastapi_apps"][0]["url_prefix"] == "/pipewright"
-    assert plugin["external_views"][0]["destination"] == "nav"
-
-    def page(path: str) -> str:
-        with urllib.request.urlopen(f"{system.api_url}/pipewright/{path}", timeout=60) as r:
-            return r.read().decode()
-
-    run_id = pipewright_run_id(airflow_run_id)
-    runs = page("")
-    row = runs[runs.index(f">{run_id}<"):].split("</tr>")[0]
-    assert "succeeded" in row and "v1" in row and "sparse_categorical_accuracy=" in row, row
-    assert airflow_run_id in row
-    run = page(f"runs/penguin/{run_id}")
-    for component in registry.load("penguin").components:
-        assert f"<a id='{component.id}'></a>" in run, component.id
-    assert "<span class='executed'>executed</span>" in run
-    evaluation = run[run.index("<a id='Evaluator'>"):].split("</tr>")[0]
-    artifact_id = evaluation.split("href='../../artifacts/")[1].split("'")[0]
-    report = page(f"artifacts/{artifact_id}")
-    assert "BLESSED" in report and "Lineage" in report
-    # The grid's extra link on each task leads to its step on that page.
-    links_url = (f"{system.api_url}/api/v2/dags/penguin/dagRuns/"
-                 f"{urllib.parse.quote(airflow_run_id, safe='')}/taskInstances/Evaluator/links")
-    request = urllib.request.Request(links_url,
-                                     headers={"Authorization": f"Bearer {system.token()}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        links = json.loads(response.read())
-    assert links["Pipewright report"] == \
-        f"{system.api_url}/pipewright/runs/penguin/{run_id}#Evaluator", links
-    view = REPO_ROOT / "bench" / "out" / "airflow_pipewright_view.png"
-    headless_chromium(system, f"{system.api_url}/pipewright/runs/penguin/{run_id}",
-                      [f"--screenshot={view}", "--window-size=1400,900"], tmp_path)
-    assert view.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def headless_chromium(services: Services, url: str, args: list[str], tmp_path: Path):
     """Opens `url` logged in: the UI keeps its JWT in the `_token` cookie, which a local
     redirect sets for 127.0.0.1 (cookies are not bound to a port) before the UI loads."""
@@ -278,6 +231,67 @@ def sandbox_servers(services: Services) -> list[psutil.Process]:
             except psutil.Error:
                 continue
     return found
+
+
+def test_the_pipewright_view_in_the_airflow_ui_shows_runs_reports_and_a_diff(system, night_1,
+                                                                           tmp_path):
+    """Nights 1 and 2 in the Pipewright view, served by Airflow's own API server (the
+    plugin, listed by Airflow's plugin API with its navigation entry) and opened logged in
+    with headless Chromium: the runs, night 2's run with a cached step, the evaluation
+    report per slice, and the diff of the two nights; screenshots under bench/out/."""
+    _, airflow_run_1 = night_1
+    finished(system, airflow_run_1)
+    runs = [r for r in Metadata(system.home.metadata_uri).runs("penguin")
+            if r["orchestrator"] == "airflow"]
+    night_1_id, night_2_id = pipewright_run_id(airflow_run_1), runs[-1]["run_id"]
+    assert night_2_id != night_1_id and runs[-1]["state"] == "succeeded"
+
+    plugins = system.api("GET", "/api/v2/plugins")["plugins"]
+    [plugin] = [p for p in plugins if p["name"] == "pipewright"]
+    assert plugin["fastapi_apps"][0]["url_prefix"] == "/pipewright"
+    assert plugin["external_views"][0]["destination"] == "nav"
+
+    def page(path: str, name: str) -> str:
+        """The page as Chromium renders it (DOM), and its screenshot."""
+        url = f"{system.api_url}/pipewright/{path}"
+        dom = headless_chromium(system, url, ["--dump-dom"], tmp_path).stdout
+        shot = REPO_ROOT / "bench" / "out" / f"pipewright_view_{name}.png"
+        headless_chromium(system, url, [f"--screenshot={shot}", "--window-size=1400,1000"],
+                          tmp_path)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        return dom
+
+    index = page("", "runs")
+    row = index[index.index(f">{night_2_id}<"):].split("</tr>")[0]
+    assert "succeeded" in row and "v2" in row and "sparse_categorical_accuracy=0." in row, row
+    run = page(f"runs/penguin/{night_2_id}", "run")
+    for component in registry.load("penguin").components:
+        assert f"<a id=\"{component.id}\"></a>" in run, component.id
+    schema_row = run[run.index('<a id="ImportSchemaGen">'):].split("</tr>")[0]
+    assert '<span class="cached">cached</span>' in schema_row, schema_row
+    evaluation = run[run.index('<a id="Evaluator">'):].split("</tr>")[0]
+    artifact_id = evaluation.split('href="../../artifacts/')[1].split('"')[0]
+    report = page(f"artifacts/{artifact_id}", "evaluation")
+    assert "BLESSED" in report and "baseline model" in report
+    assert "island=Biscoe" in report and "sparse_categorical_accuracy" in report
+    diff = page(f"diff?a={night_1_id}&b={night_2_id}", "diff")
+    assert f"A = {night_1_id}" in diff and "span" in diff and "as version 2" in diff
+
+    # The grid's extra link on each task leads to its step on the run's page.
+    links = system.api("GET", f"/api/v2/dags/penguin/dagRuns/"
+                              f"{urllib.parse.quote(runs[-1]['airflow_run_id'], safe='')}"
+                              f"/taskInstances/Evaluator/links")
+    assert links["Pipewright report"] == \
+        f"{system.api_url}/pipewright/runs/penguin/{night_2_id}#Evaluator", links
+    # Task logs end with the step's key numbers, without TensorFlow's CUDA start-up noise.
+    path = f"/api/v2/dags/penguin/dagRuns/{urllib.parse.quote(runs[-1]['airflow_run_id'])}"
+    logs = {task: json.dumps(system.api("GET", f"{path}/taskInstances/{task}/logs/1"))
+            for task in ("ExampleGen", "Trainer", "Evaluator")}
+    assert "examples (train " in logs["ExampleGen"]
+    assert "TensorBoard: tensorboard --logdir" in logs["Trainer"]
+    assert "sparse_categorical_accuracy 0." in logs["Evaluator"]
+    for text in logs.values():
+        assert "Unable to register" not in text and "cuda_dnn" not in text
 
 
 def test_night_3_down_during_infra_validation_then_up_pushes_against_the_served_model(system):
