@@ -330,25 +330,56 @@ class Component:
         those files import, transitively (see components.source_fingerprint). The project
         is this repository and the directory the class's top-level package lives in. A
         class with no source file (defined in a REPL) falls back to its qualified name."""
-        from components.source_fingerprint import PROJECT_ROOT, fingerprint_sources
+        from components.source_fingerprint import fingerprint_sources
 
         digest = hashlib.sha256()
+        for qualname, path, search_dirs in self._class_sources():
+            digest.update(qualname.encode())
+            if path is not None:
+                digest.update(fingerprint_sources(path, search_dirs).encode())
+        return digest.hexdigest()
+
+    def _class_sources(self) -> list[tuple[str, str | None, list[str]]]:
+        """(qualified name, source file or None, import search dirs) of the class and its
+        bases up to Component."""
+        from components.source_fingerprint import PROJECT_ROOT
+
+        found = []
         for cls in type(self).__mro__:
             if cls in (Component, Resolver, object):
                 break
-            digest.update(cls.__qualname__.encode())
             try:
                 path = inspect.getfile(cls)
             except TypeError:
-                continue
-            if not os.path.isfile(path):
+                path = None
+            if path is None or not os.path.isfile(path):
+                found.append((cls.__qualname__, None, []))
                 continue
             # Absolute imports resolve where the class's top-level package lives.
             import_root = os.path.dirname(os.path.abspath(path))
             for _ in range(cls.__module__.count(".")):
                 import_root = os.path.dirname(import_root)
-            digest.update(fingerprint_sources(path, [PROJECT_ROOT, import_root]).encode())
-        return digest.hexdigest()
+            found.append((cls.__qualname__, path, [PROJECT_ROOT, import_root]))
+        return found
+
+    def source_files(self, params: dict[str, Any]) -> list[str]:
+        """Every file the cache key reads (code_fingerprint's and external_fingerprint's),
+        so that a change during a step can be named. A directory parameter counts as
+        itself."""
+        from components.source_fingerprint import source_closure
+
+        files: set[str] = set()
+        for _, path, search_dirs in self._class_sources():
+            if path is not None:
+                files.update(source_closure(path, search_dirs))
+        for name, spec in self.PARAMETERS.items():
+            value = params.get(name)
+            if spec.type is ExternalPath and value:
+                if str(value).endswith(".py") and os.path.isfile(value):
+                    files.update(source_closure(value, [os.path.dirname(os.path.abspath(value))]))
+                else:
+                    files.add(os.path.abspath(value))
+        return sorted(files)
 
     def external_fingerprint(self, params: dict[str, Any]) -> str:
         """Fingerprint of what the step reads from outside the pipeline: the content of

@@ -21,6 +21,7 @@ from components.base import Component
 from pipelines.airflow_adapter import RERUN_STEPS, pipewright_run_id
 from pipelines.home import Home
 from pipelines.launcher import InputsUnavailable, RunInfo, StepFailed, StepResult, launch
+from pipelines.log_filters import is_library_noise
 from pipelines.metadata import Metadata
 from pipelines.pipeline import Pipeline
 
@@ -65,18 +66,6 @@ def run_component(pipeline: Pipeline, component: Component, context: Any,
     if result.outcome == "halted":
         raise AirflowFailException(f"{component.id} halted the run: {result.reason}")
     return summary
-
-
-# Loggers whose records are the user's business in a task log; everything else below
-# ERROR (TFMA's "Using Any for unsupported type", Beam's runner chatter, absl, py.warnings)
-# stays in the step's own log file only.
-OWN_LOGGERS = ("pipewright", "pipelines", "components", "serving", "airflow", "task")
-
-
-def is_library_noise(record: logging.LogRecord) -> bool:
-    """A record below ERROR from a library's logger (not one of OWN_LOGGERS)."""
-    return record.levelno < logging.ERROR and not any(
-        record.name == own or record.name.startswith(own + ".") for own in OWN_LOGGERS)
 
 
 @contextlib.contextmanager

@@ -120,17 +120,28 @@ def build_parser() -> argparse.ArgumentParser:
 def _console_logging() -> None:
     """Warnings on the console; each step's full log goes to its own file."""
     import logging
+
+    from pipelines.log_filters import is_library_noise
     logging.captureWarnings(True)  # library warnings become records, so they follow the thread
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)
     # What a step's libraries say belongs in that step's log file, not on the console.
-    handler.addFilter(lambda record: not record.threadName.startswith("step"))
+    handler.addFilter(lambda record: not record.threadName.startswith("step")
+                      and not is_library_noise(record))
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except BrokenPipeError:  # `pipewright show 7 | head`: the reader left; not an error
+        sys.stdout = None  # nothing more to flush to the closed pipe at exit
+        return 0
+
+
+def _dispatch(argv: list[str]) -> int:
     # These commands own their flags (TF Serving's for `serve`).
     if argv and argv[0] == "serve":
         from serving.cli import main as serve_main
@@ -140,13 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         return rollback_main(argv[1:])
     if argv and argv[0] == "schema":
         from pipelines.schema_cli import main as schema_main
+        _console_logging()
         return schema_main(argv[1:])
     args = build_parser().parse_args(argv)
     _console_logging()
     try:
         return args.func(args)
     except (LookupError, TypeError, ValueError) as exc:
-        print(f"pipewright: {exc}", file=sys.stderr)
+        # str(KeyError) quotes its message; the message itself is what a person reads.
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"pipewright: {text}", file=sys.stderr)
         return 2
 
 

@@ -99,6 +99,18 @@ def cache_key(component: Component, params: dict[str, Any],
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _file_states(paths: list[str]) -> dict[str, tuple[int, int] | None]:
+    """(mtime in ns, size) of each path, None when it does not exist."""
+    states = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+            states[path] = (info.st_mtime_ns, info.st_size)
+        except OSError:
+            states[path] = None
+    return states
+
+
 class _ThreadLogFile(logging.FileHandler):
     """Sends the records of one step's thread (its own and its libraries') to its log."""
 
@@ -202,6 +214,7 @@ def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home
                 tmp_dir=tmp_dir, log=logger, beam_args=list(run.beam_args), metadata=metadata)
     try:
         logger.info("executing %s (execution %d)", component.id, execution_id)
+        watched = _file_states(component.source_files(params))
         if component.imports_tensorflow:
             import_tensorflow_quietly(log_path)
         component.execute(step)
@@ -210,9 +223,14 @@ def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home
             raise StepInterrupted(f"{signal_name} arrived while the step ran; its outputs "
                                   f"are discarded")
         if cache_key(component, params, inputs) != key:
-            raise StepInterrupted("the step's code or external files changed on disk while it "
-                                  "ran, so its outputs would be cached under a key that does "
-                                  "not describe them; they are discarded — run it again")
+            changed = [path for path, state in watched.items()
+                       if _file_states([path])[path] != state]
+            what = (", ".join(changed[:5]) + (f" and {len(changed) - 5} more"
+                                              if len(changed) > 5 else "")
+                    if changed else "a file it reads (its input data or an external file)")
+            raise StepInterrupted(f"{what} changed on disk while the step ran, so its outputs "
+                                  f"would be cached under a key that does not describe them; "
+                                  f"they are discarded — run it again")
         reason = "; ".join(filter(None, [step.outcome_reason, *step.notes]))
         shutil.rmtree(tmp_dir, ignore_errors=True)
         published = _move_into_place(outputs, home, run.pipeline_name, component.id, execution_id)

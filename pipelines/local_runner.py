@@ -44,10 +44,10 @@ class RunResult:
         rows = [("step", "status", "outcome", "seconds", "note")]
         for cid, r in self.steps.items():
             outcome = "-" if r.status == "failed" else r.outcome
-            note = "; ".join(filter(None, [r.reason[:70], _output_ids(r)]))
+            note = "; ".join(filter(None, [_shortened(r.reason, 100), _output_ids(r)]))
             rows.append((cid, r.status, outcome, f"{r.duration_s:.1f}", note))
         for cid, why in self.not_run.items():
-            rows.append((cid, "not run", "-", "-", why[:70]))
+            rows.append((cid, "not run", "-", "-", _shortened(why, 100)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -205,6 +205,15 @@ def _output_ids(step: StepResult) -> str:
         return ""
     return "outputs: " + ", ".join(f"{key}=#{artifact.id}"
                                    for key, artifact in step.outputs.items())
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text` cut at a word boundary to at most `limit` characters, marked with "…" (the
+    step's console line above the table has it whole)."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1].rsplit(" ", 1)[0] if " " in text[:limit - 1] else text[:limit - 1]
+    return cut.rstrip(";,:") + "…"
 
 
 def _step_line(step: StepResult) -> str:

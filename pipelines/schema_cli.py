@@ -61,6 +61,20 @@ def _pick_schema_gen(metadata: Metadata, pipeline: str, schema_gen_id: str | Non
     return ids[0]
 
 
+def _check_pipeline_and_run(metadata: Metadata, pipeline: str, run_id: str | None) -> None:
+    """Raises SchemaAcceptError when the store has no run of `pipeline`, or when `run_id`
+    is a run of another pipeline, naming what the store has."""
+    runs = metadata.runs()
+    pipelines = sorted({r.get("pipeline_name") for r in runs})
+    if pipeline not in pipelines:
+        raise SchemaAcceptError(f"no run of pipeline {pipeline!r} is recorded in {metadata.uri};"
+                                f" pipelines with runs there: {pipelines}")
+    owners = sorted({r.get("pipeline_name") for r in runs if r.get("run_id") == run_id})
+    if run_id is not None and owners and pipeline not in owners:
+        raise SchemaAcceptError(f"run {run_id} is a run of pipeline {owners[0]!r}, not "
+                                f"{pipeline!r}: accept it with --pipeline {owners[0]}")
+
+
 def _run_context(metadata: Metadata, pipeline: str, run_id: str):
     runs = [r for r in metadata.runs(pipeline) if r.get("run_id") == run_id]
     if not runs:
@@ -113,6 +127,7 @@ def accept(pipeline: str, *, run_id: str | None = None, statistics_id: int | Non
         raise SchemaAcceptError("give a RUN_ID or --statistics ARTIFACT_ID (one of them)")
     home_dir = Home.resolve(home)
     metadata = Metadata(home_dir.metadata_uri)
+    _check_pipeline_and_run(metadata, pipeline, run_id)
     schema_gen_id = _pick_schema_gen(metadata, pipeline, schema_gen_id)
     if run_id is not None:
         statistics, published = _from_run(metadata, pipeline, run_id, schema_gen_id)

@@ -251,3 +251,17 @@ def test_the_airflow_ui_view_shows_runs_steps_and_reports(life):
     diff = client.get("/diff", params={"a": life["night2"].run_id, "b": night3})
     assert diff.status_code == 200 and "+ referral_code BYTES optional" in diff.text
     assert client.get("/diff", params={"a": "nope", "b": night3}).status_code == 404
+
+
+def test_schema_accept_names_the_pipeline_a_run_belongs_to(life, capsys):
+    from tests import core_pipelines
+
+    other = run_pipeline(core_pipelines.create_pipeline(), home=life["home"],
+                         echo=lambda line: None)
+    home = ["--home", str(life["home"])]
+    assert cli.main(["schema", "accept", other.run_id, "--pipeline", "churn", *home]) == 1
+    err = capsys.readouterr().err
+    assert f"run {other.run_id} is a run of pipeline '{other.pipeline_name}', not 'churn'" in err
+    assert cli.main(["schema", "accept", other.run_id, "--pipeline", "nope", *home]) == 1
+    err = capsys.readouterr().err
+    assert "no run of pipeline 'nope' is recorded" in err and "'churn'" in err

@@ -323,3 +323,12 @@ def test_tensorflow_start_up_noise_goes_to_the_step_log_not_the_console(tmp_path
     text = log.read_text()
     assert "TensorFlow's start-up output (native stderr)" in text
     assert "Unable to register cuDNN factory" in text  # the noise was there, and went here
+
+
+def test_reading_commands_piped_into_head_end_quietly(tmp_path):
+    run_pipeline(core_pipelines.create_pipeline(), home=tmp_path,
+                 params={"count": 20000}, echo=lambda line: None)
+    command = " ".join(PIPEWRIGHT) + f" show 1 --home {tmp_path} | head -c 20"
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr

@@ -367,3 +367,25 @@ def test_a_rolled_back_model_is_not_pushed_again_by_a_later_run(tmp_path):
     assert again.steps["Pusher"].outcome == "skipped", again.summary()
     assert "rolled back from version 2" in again.steps["Pusher"].reason
     assert sorted(os.listdir(tmp_path / "serving" / "fake")) == [".push.lock", "1", "2", "3"]
+
+
+class EditsItsModule(Component):
+    """Edits its own user module while it runs (as a person saving a file mid-run)."""
+
+    numbers: Output[Numbers]
+    module_file: Parameter[ExternalPath]
+
+    def execute(self, step: Step) -> None:
+        with open(step.module_file, "a") as fh:
+            fh.write("# edited while the step ran\n")
+        step.numbers.set(count=0)
+
+
+def test_a_file_edited_during_a_step_is_named_and_nothing_is_published(tmp_path):
+    module = tmp_path / "user_module.py"
+    module.write_text("VALUE = 1\n")
+    pipeline = Pipeline("edited", [EditsItsModule(module_file=ExternalPath(module))])
+    result = run_pipeline(pipeline, home=tmp_path / "home", echo=_quiet)
+    assert not result.ok
+    assert f"{module} changed on disk while the step ran" in result.failure, result.failure
+    assert not Metadata(str(tmp_path / "home" / "metadata.sqlite")).artifacts_of_type(Numbers)
