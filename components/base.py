@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import math
 import os
 import re
 import types
@@ -158,25 +159,33 @@ def coerce_value(value: Any, expected: Any, what: str) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise TypeError(f"{what}: expected true or false, got {value!r}")
     if expected is int:
-        if isinstance(value, bool):
+        number = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = int(value)
+            except ValueError:
+                pass
+        if number is None:
             raise TypeError(f"{what}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise TypeError(f"{what}: expected an integer, got {value!r}")
+        if not -2**63 <= number < 2**63:  # what ML Metadata and TF can hold (int64)
+            raise ValueError(f"{what}: {number} is outside the 64-bit integer range")
+        return number
     if expected is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise TypeError(f"{what}: expected a number, got {value!r}")
+        if number is None:
+            raise TypeError(f"{what}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # NaN passes every bound check; inf no threshold means
+            raise ValueError(f"{what}: {value!r} is not a finite number")
+        return number
     if isinstance(expected, type) and issubclass(expected, str):
         if not isinstance(value, str):
             raise TypeError(f"{what}: expected text, got {value!r}")

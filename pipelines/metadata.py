@@ -157,7 +157,9 @@ def _mysql_config(uri: str, shown: str) -> pb.ConnectionConfig:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"metadata store {shown}: the port is not a number in 1-65535") from None
+        port = -1
+    if port is not None and not 1 <= port <= 65535:  # urlsplit takes 0, which MLMD reads as 3306
+        raise ValueError(f"metadata store {shown}: the port is not a number in 1-65535")
     database = urllib.parse.unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if not database:
         raise ValueError(f"metadata store {shown}: no database; mysql://user:password@host:"

@@ -249,6 +249,14 @@ def test_runtime_parameter_bounds_and_choices_are_enforced(tmp_path):
         pipeline.resolve_params({"steps": 101})
     with pytest.raises(ValueError, match=r"'mode': 'medium' is not one of \['fast', 'slow'\]"):
         pipeline.resolve_params({"mode": "medium"})
+    with pytest.raises(ValueError, match="'steps': 9223372036854775808 is outside the 64-bit"):
+        pipeline.resolve_params({"steps": str(2**63)})
+    bar = Param("bar", float, 0.5, minimum=0)
+    scaled = Pipeline("scaled", [MakeNumbers()], parameters=[bar])
+    for text in ("nan", "NaN", "inf", "-inf"):
+        with pytest.raises(ValueError, match=f"'bar': '{text}' is not a finite number"):
+            scaled.resolve_params({"bar": text})
+    assert scaled.resolve_params({"bar": "1e-3"}) == {"bar": 0.001}
 
 
 def test_metadata_store_is_sqlite_by_default_and_mysql_by_uri(tmp_path, monkeypatch):

@@ -84,6 +84,7 @@ def test_store_uris_that_work_and_the_ones_refused_by_name(tmp_path, monkeypatch
         ("mysql://u:hunter2@h:3306/", r"no database"),
         ("mysql://u:hunter2@h:3306/my-db", r"database 'my-db' must be letters"),
         ("mysql://u:hunter2@h:99999/db", r"port is not a number in 1-65535"),
+        ("mysql://u:hunter2@h:0/db", r"port is not a number in 1-65535"),
         ("mysql://u:hunter2@/db", r"no host"),
         ("mysql://u:hunter2@h/db?ssl=1", r"unknown query parameter\(s\) \['ssl'\]"),
         ("mysql://u:hunter2@h:3306/db?unix_socket=/s", r"takes no host or port"),
