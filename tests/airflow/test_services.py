@@ -95,7 +95,38 @@ def predict_grpc(services: Services) -> tuple[int, list[float]]:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         response = stub.Predict(request, timeout=30)
     [scores] = tf.make_ndarray(response.outputs["scores"]).tolist()
+    [classes] = tf.make_ndarray(response.outputs["classes"]).tolist()
+    assert sorted(c.decode() for c in classes) == ["Adelie", "Chinstrap", "Gentoo"], classes
     return response.model_spec.version.value, scores
+
+
+def classify_rest_and_grpc(services: Services) -> tuple[list, list]:
+    """TF Serving's Classify API over REST (`:classify`, JSON examples) and gRPC
+    (ClassificationRequest): each answer's (class name, score) pairs."""
+    import grpc
+    from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
+
+    body = json.dumps({"signature_name": "classify", "examples": [EXAMPLE]}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{services.rest_port}/v1/models/penguin:classify", data=body,
+        method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        [rest] = json.loads(response.read())["results"]
+    grpc_request = classification_pb2.ClassificationRequest()
+    grpc_request.model_spec.name = "penguin"
+    grpc_request.model_spec.signature_name = "classify"
+    example = grpc_request.input.example_list.examples.add()
+    for name, value in EXAMPLE.items():
+        if isinstance(value, str):
+            example.features.feature[name].bytes_list.value.append(value.encode())
+        else:
+            example.features.feature[name].float_list.value.append(value)
+    with grpc.insecure_channel(f"127.0.0.1:{services.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        answer = stub.Classify(grpc_request, timeout=30)
+    [classifications] = answer.result.classifications
+    return ([tuple(pair) for pair in rest],
+            [(c.label, c.score) for c in classifications.classes])
 
 
 def versions(services: Services) -> list[str]:
@@ -120,6 +151,10 @@ def test_night_1_rest_trigger_with_conf_pushes_version_1_served_over_rest_and_gr
     version, scores = predict_grpc(system)
     assert version == 1
     assert_probabilities(scores)
+    rest, grpc_answer = classify_rest_and_grpc(system)
+    for pairs in (rest, grpc_answer):
+        assert sorted(label for label, _ in pairs) == ["Adelie", "Chinstrap", "Gentoo"], pairs
+        assert_probabilities([score for _, score in pairs])
 
     # The metadata store ties the run to Airflow's; the DAG's success callback (run by the
     # DAG processor, a little after the run) marks it succeeded.
