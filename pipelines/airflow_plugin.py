@@ -64,7 +64,10 @@ def create_app(home: str | None = None):
         for pipeline in sorted({r["pipeline_name"] for r in runs}):
             rows = []
             for run in reversed([r for r in runs if r["pipeline_name"] == pipeline]):
-                metric, blessed, pushed = _key_results(store, run)
+                try:
+                    metric, blessed, pushed = _key_results(store, run)
+                except Exception as exc:  # one unreadable run does not take the page down
+                    metric, blessed, pushed = f"cannot read: {exc}", "?", "?"
                 steps = ", ".join(f"{n} {s}" for s, n in sorted(run["steps"].items()))
                 rows.append([_link(f"runs/{pipeline}/{run['run_id']}", run["run_id"]),
                              _e(run.get("state", "?")), _e(steps), _e(metric), _e(blessed),
@@ -181,8 +184,8 @@ def _captured(function, *args: Any) -> str:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         try:
             function(*args)
-        except (LookupError, OSError, ValueError) as exc:
-            print(f"cannot show it: {exc}")
+        except Exception as exc:  # a report that fails to render says why, in its place
+            print(f"cannot show it: {type(exc).__name__}: {exc}")
     return out.getvalue()
 
 

@@ -64,7 +64,11 @@ def diff_runs(metadata, run_a: str, run_b: str) -> list[str]:
     for kind, section in (("Schema", _schemas), ("ExampleStatistics", _statistics),
                           ("ModelEvaluation", _evaluations)):
         for name, (art_a, art_b) in pairs.get(kind, {}).items():
-            lines += section(name, art_a, art_b)
+            try:
+                lines += section(name, art_a, art_b)
+            except Exception as exc:  # files deleted or damaged: say so, compare the rest
+                lines.append(f"{kind} {name}: #{art_a.id} -> #{art_b.id}: cannot read "
+                             f"({type(exc).__name__}: {exc})")
     lines += _verdicts(pairs)
     return lines
 

@@ -265,3 +265,28 @@ def test_schema_accept_names_the_pipeline_a_run_belongs_to(life, capsys):
     assert cli.main(["schema", "accept", other.run_id, "--pipeline", "nope", *home]) == 1
     err = capsys.readouterr().err
     assert "no run of pipeline 'nope' is recorded" in err and "'churn'" in err
+
+
+def test_deleted_artifact_files_are_named_not_a_stack_trace(life, capsys):
+    """Last in this module: it moves night 1's statistics away (and back)."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from pipelines.airflow_plugin import create_app
+
+    statistics = life["night1"].steps["StatisticsGen"].outputs["statistics"]
+    moved = Path(statistics.uri + ".moved")
+    shutil.move(statistics.uri, moved)
+    try:
+        client = TestClient(create_app(str(life["home"])))
+        page = client.get(f"/artifacts/{statistics.id}")
+        assert page.status_code == 200 and "cannot show it" in page.text, page.text[:500]
+        assert "Lineage" in page.text  # the rest of the page still works
+        night1, night2 = life["night1"].run_id, life["night2"].run_id
+        assert cli.main(["diff", night1, night2, "--home", str(life["home"])]) == 0
+        out = capsys.readouterr().out
+        assert f"ExampleStatistics StatisticsGen.statistics: #{statistics.id} ->" in out
+        assert "cannot read (FileNotFoundError" in out and "evaluation Evaluator" in out
+    finally:
+        shutil.move(moved, statistics.uri)
