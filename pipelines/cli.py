@@ -157,7 +157,7 @@ def _dispatch(argv: list[str]) -> int:
     _console_logging()
     try:
         return args.func(args)
-    except (LookupError, TypeError, ValueError) as exc:
+    except (LookupError, TypeError, ValueError, OSError) as exc:
         # str(KeyError) quotes its message; the message itself is what a person reads.
         text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"pipewright: {text}", file=sys.stderr)

@@ -174,6 +174,10 @@ def print_artifact(home: str | None, ref: str) -> int:
     metadata = open_metadata(home)
     artifact = find_artifact(metadata, ref)
     print(_describe(artifact))
+    if not os.path.isdir(artifact.uri):
+        raise FileNotFoundError(f"the files of {type(artifact).__name__} #{artifact.id} are "
+                                f"gone: {artifact.uri} does not exist (deleted after it was "
+                                f"recorded)")
     viewer = _VIEWERS.get(type(artifact).__name__)
     if viewer:
         viewer(artifact)

@@ -286,7 +286,9 @@ def test_deleted_artifact_files_are_named_not_a_stack_trace(life, capsys):
         night1, night2 = life["night1"].run_id, life["night2"].run_id
         assert cli.main(["diff", night1, night2, "--home", str(life["home"])]) == 0
         out = capsys.readouterr().out
-        assert f"ExampleStatistics StatisticsGen.statistics: #{statistics.id} ->" in out
-        assert "cannot read (FileNotFoundError" in out and "evaluation Evaluator" in out
+        assert f"statistics StatisticsGen.statistics: #{statistics.id} " in out
+        assert "split train: (files gone)" in out and "evaluation Evaluator" in out
+        assert cli.main(["show", str(statistics.id), "--home", str(life["home"])]) == 2
+        assert "are gone:" in capsys.readouterr().err
     finally:
         shutil.move(moved, statistics.uri)
