@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("schema", help="show the current schema or accept a run's data "
                                   "(see `pipewright schema -h`)", add_help=False)
+    sub.add_parser("monitor", help="skew and drift of the served model's traffic, one window "
+                                   "of the request log (see `pipewright monitor -h`)",
+                   add_help=False)
     return parser
 
 
@@ -153,6 +156,10 @@ def _dispatch(argv: list[str]) -> int:
         from pipelines.schema_cli import main as schema_main
         _console_logging()
         return schema_main(argv[1:])
+    if argv and argv[0] == "monitor":
+        from pipelines.monitor_cli import main as monitor_main
+        _console_logging()
+        return monitor_main(argv[1:])
     args = build_parser().parse_args(argv)
     _console_logging()
     try:
