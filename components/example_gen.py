@@ -9,6 +9,7 @@ from components.base import (Component, ComponentDefinitionError, Output, Param,
 from components.csv_reading import DEFAULT_MISSING_VALUE_TOKENS
 from components.example_sources import FORMATS
 from components.example_splits import check_splits
+from components.progress import Progress
 from components.spans import (DATE_PARTS, InputSelection, check_pattern, check_range,
                               date_of_span, select_input)
 
@@ -101,12 +102,14 @@ class ExampleGen(Component):
 
         assigner = SplitAssigner(step.splits, step.partition_feature)
         split_names = list(step.splits)
+        progress = Progress(step.log, "rows")
         with SplitWriter(step.examples, split_names) as writer:
             for source in read_examples(step.input_format, selection.files,
                                         missing_value_tokens=step.missing_value_tokens,
                                         on_layout=log_layout):
                 split = assigner.split_of(source.example, f"{source.path} {source.where}")
                 writer.write(split, source.example.SerializeToString())
+                progress.tick()
         empty = [name for name, count in writer.counts.items() if count == 0]
         if empty:
             raise ValueError(f"split(s) {empty} received no examples out of "

@@ -53,10 +53,16 @@ class Trainer(Component):
                 f"fn_args.serving_model_dir)")
         step.model.set(span=step.examples.span)
         scalars = last_scalars(step.model_run.uri)
+        with open(step.model_run.path(SCALARS_FILE), "w") as fh:
+            json.dump({tag: {"step": at, "value": value}
+                       for tag, (at, value) in scalars.items()}, fh, indent=1)
         if scalars:
             step.note(", ".join(f"{tag} {value:.4g} (step {at})"
                                 for tag, (at, value) in scalars.items()))
         step.note(f"TensorBoard: tensorboard --logdir {step.model_run.uri}")
+
+
+SCALARS_FILE = "last_scalars.json"  # {tag: {"step", "value"}}: what `pipewright runs` shows
 
 
 def last_scalars(log_dir: str) -> dict[str, tuple[int, float]]:

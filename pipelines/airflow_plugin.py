@@ -65,15 +65,16 @@ def create_app(home: str | None = None):
             rows = []
             for run in reversed([r for r in runs if r["pipeline_name"] == pipeline]):
                 try:
-                    metric, blessed, pushed = _key_results(store, run)
+                    loss, metric, blessed, pushed = _key_results(store, run)
                 except Exception as exc:  # one unreadable run does not take the page down
-                    metric, blessed, pushed = f"cannot read: {exc}", "?", "?"
+                    loss, metric, blessed, pushed = "?", f"cannot read: {exc}", "?", "?"
                 steps = ", ".join(f"{n} {s}" for s, n in sorted(run["steps"].items()))
                 rows.append([_link(f"runs/{pipeline}/{run['run_id']}", run["run_id"]),
-                             _e(run.get("state", "?")), _e(steps), _e(metric), _e(blessed),
-                             _e(pushed), _e(run.get("airflow_run_id") or "")])
+                             _e(run.get("state", "?")), _e(steps), _e(loss), _e(metric),
+                             _e(blessed), _e(pushed), _e(run.get("airflow_run_id") or "")])
             body.append(f"<h2>{_e(pipeline)}</h2>" + _table(
-                ["run", "state", "steps", "metric", "blessed", "pushed", "Airflow run"], rows))
+                ["run", "state", "steps", "train", "eval", "blessed", "pushed", "Airflow run"],
+                rows))
         if not runs:
             body.append("<p>no runs recorded yet</p>")
         return _page("Pipewright", body)
@@ -99,15 +100,18 @@ def create_app(home: str | None = None):
             rows.append([f"<a id='{_e(cid)}'></a>{_e(cid)}", f"<span class='{status}'>"
                          f"{status}</span>", f"{record.duration_s:.1f}", links,
                          _e(reason[:300])])
-        others = [r["run_id"] for r in store.runs(pipeline) if r["run_id"] != run_id]
+        picture = _lineage_svg(store, step_outputs(store, run))
+        ordered = [r["run_id"] for r in store.runs(pipeline)]  # oldest first
+        earlier = ordered[:ordered.index(run_id)] if run_id in ordered else []
         diff = (f"<p>compare with the previous run: "
-                f"{_link(f'../../diff?a={others[-1]}&b={run_id}', others[-1])}</p>"
-                if others else "")
+                f"{_link(f'../../diff?a={earlier[-1]}&b={run_id}', earlier[-1])}</p>"
+                if earlier else "")
         return _page(f"{pipeline} {run_id}", [
             f"<h1>{_e(pipeline)} — run {_e(run_id)}</h1>",
             f"<p>{_e(run.get('state', '?'))}; parameters {_e(run.get('parameters') or '{}')}"
             f"</p>", diff,
             _table(["step", "status", "seconds", "outputs", "note"], rows),
+            "<h2>Lineage</h2>", picture,
             f"<p>{_link('../..', 'all runs')}</p>"])
 
     @app.get("/artifacts/{artifact_id}", response_class=HTMLResponse)
@@ -156,6 +160,53 @@ def create_app(home: str | None = None):
                                        f"<pre>{_e(chr(10).join(lines))}</pre>"])
 
     return app
+
+
+def _lineage_svg(store, steps: dict) -> str:
+    """The run's steps as boxes in columns by depth, an arrow for each artifact one step
+    consumed from another (inputs recorded in ML Metadata), labelled with the artifact's
+    key and id. Inline SVG: no script, nothing fetched."""
+    producer = {a.id: cid for cid, (_, outputs) in steps.items() for a in outputs.values()}
+    edges = []
+    for cid, (record, _) in steps.items():
+        for key, artifact in store.inputs_of_execution(record.id).items():
+            if artifact is not None and producer.get(artifact.id) not in (None, cid):
+                edges.append((producer[artifact.id], cid, f"{key} #{artifact.id}"))
+    depth: dict[str, int] = {}
+
+    def level(cid: str, seen=()) -> int:
+        if cid not in depth:
+            parents = [a for a, b, _ in edges if b == cid and a not in seen]
+            depth[cid] = 1 + max((level(p, seen + (cid,)) for p in parents), default=-1)
+        return depth[cid]
+
+    columns: dict[int, list[str]] = {}
+    for cid in steps:
+        columns.setdefault(level(cid), []).append(cid)
+    width, height, gap_x, gap_y = 150, 34, 60, 22
+    place = {cid: (20 + col * (width + gap_x), 20 + row * (height + gap_y))
+             for col, cids in columns.items() for row, cid in enumerate(cids)}
+    parts = []
+    for a, b, label in edges:
+        (xa, ya), (xb, yb) = place[a], place[b]
+        x1, y1, x2, y2 = xa + width, ya + height / 2, xb, yb + height / 2
+        parts.append(f"<line x1='{x1}' y1='{y1}' x2='{x2}' y2='{y2}' stroke='#888' "
+                     f"marker-end='url(#arrow)'><title>{_e(label)}</title></line>")
+    for cid, (x, y) in place.items():
+        status = _status(steps[cid][0])
+        fill = {"failed": "#fdd", "halted": "#fdd", "cached": "#eee",
+                "skipped": "#ffe9c6"}.get(status, "#e8f0fe")
+        parts.append(f"<a href='#{_e(cid)}'><rect x='{x}' y='{y}' width='{width}' "
+                     f"height='{height}' rx='5' fill='{fill}' stroke='#557'/>"
+                     f"<text x='{x + 8}' y='{y + 15}' font-size='12'>{_e(cid)}</text>"
+                     f"<text x='{x + 8}' y='{y + 28}' font-size='10' fill='#555'>"
+                     f"{_e(status)}</text></a>")
+    size_x = 40 + max((len(columns)) * (width + gap_x), width)
+    size_y = 40 + max(len(c) for c in columns.values()) * (height + gap_y) if columns else 60
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{size_x}' height='{size_y}'>"
+            "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' "
+            "markerWidth='6' markerHeight='6' orient='auto'><path d='M0,0L10,5L0,10z' "
+            "fill='#888'/></marker></defs>" + "".join(parts) + "</svg>")
 
 
 def _home_root(home: str | None) -> str:

@@ -33,15 +33,15 @@ def print_runs(home: str | None, pipeline: str | None) -> int:
     if not runs:
         print("no runs recorded")
         return 0
-    rows = [("started", "pipeline", "run", "state", "steps", "metric", "blessed", "pushed",
-             "parameters")]
+    rows = [("started", "pipeline", "run", "state", "steps", "train", "eval", "blessed",
+             "pushed", "parameters")]
     for run in runs:
         started = dt.datetime.fromtimestamp(run.get("started_at") or 0).strftime("%Y-%m-%d %H:%M:%S")
         steps = ", ".join(f"{n} {s}" for s, n in sorted(run["steps"].items()))
-        metric, blessed, pushed = _key_results(metadata, run)
+        loss, metric, blessed, pushed = _key_results(metadata, run)
         params = json.loads(run.get("parameters") or "{}")
         rows.append((started, run["pipeline_name"], run["run_id"], run.get("state", "?"), steps,
-                     metric, blessed, pushed,
+                     loss, metric, blessed, pushed,
                      " ".join(f"{k}={v}" for k, v in sorted(params.items()))
                      + (f"  airflow={run['airflow_run_id']}" if run.get("airflow_run_id") else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -50,18 +50,27 @@ def print_runs(home: str | None, pipeline: str | None) -> int:
     return 0
 
 
-def _key_results(metadata: Metadata, run: dict) -> tuple[str, str, str]:
-    """("auc=0.8496", "yes"/"no"/"-", "v3"/"-") for one run, from its Evaluator's
-    metrics.json, its ModelBlessing and its PushedModel (cached steps count: their
-    outputs are this run's too)."""
+def _key_results(metadata: Metadata, run: dict) -> tuple[str, str, str, str]:
+    """("loss=0.4123", "auc=0.8496", "yes"/"no"/"-", "v3"/"-") for one run: the last
+    training loss the Trainer's TensorBoard logs hold (its last_scalars.json), the
+    Evaluator's threshold metric (metrics.json), the ModelBlessing and the PushedModel
+    (cached steps count: their outputs are this run's too)."""
     from components.evaluator import METRICS_FILE
+    from components.trainer import SCALARS_FILE
     from pipelines.run_diff import step_outputs
 
-    metric, blessed, pushed = "-", "-", "-"
+    loss, metric, blessed, pushed = "-", "-", "-", "-"
     for _, outputs in step_outputs(metadata, run).values():
         for artifact in outputs.values():
             kind = type(artifact).__name__
-            if kind == "ModelEvaluation" and os.path.isfile(artifact.path(METRICS_FILE)):
+            if kind == "ModelRun" and os.path.isfile(artifact.path(SCALARS_FILE)):
+                with open(artifact.path(SCALARS_FILE), encoding="utf-8") as fh:
+                    scalars = json.load(fh)
+                losses = sorted(tag for tag in scalars if tag.split("/")[-1] == "loss")
+                train = [t for t in losses if "valid" not in t and "eval" not in t]
+                if train or losses:
+                    loss = f"loss={scalars[(train or losses)[0]]['value']:.4f}"
+            elif kind == "ModelEvaluation" and os.path.isfile(artifact.path(METRICS_FILE)):
                 with open(artifact.path(METRICS_FILE), encoding="utf-8") as fh:
                     evaluation = json.load(fh)
                 name = evaluation.get("threshold_metric")
@@ -72,7 +81,7 @@ def _key_results(metadata: Metadata, run: dict) -> tuple[str, str, str]:
                 blessed = "yes" if artifact.blessed else "no"
             elif kind == "PushedModel" and artifact.pushed:
                 pushed = f"v{artifact.pushed_version}"
-    return metric, blessed, pushed
+    return loss, metric, blessed, pushed
 
 
 _ID_REF = re.compile(r"(?:[A-Za-z_][\w.]*=)?#?(?P<id>\d+)")  # 7, #7, examples=#7

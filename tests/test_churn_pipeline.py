@@ -240,6 +240,8 @@ def test_the_airflow_ui_view_shows_runs_steps_and_reports(life):
     run = client.get(f"/runs/churn/{bad.run_id}").text
     validator = run[run.index("<a id='ExampleValidator'>"):].split("</tr>")[0]
     assert "<span class='halted'>halted</span>" in validator and str(path) in validator
+    assert "<svg" in run and "<title>statistics #" in run  # the lineage picture
+    assert "diff?a=" in run  # compared with the run before it
     statistics = life["night3"].steps["StatisticsGen"].outputs["statistics"]
     page = client.get(f"/artifacts/{statistics.id}").text
     assert "TFDV facets view" in page and "plan" in page
