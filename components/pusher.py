@@ -6,10 +6,14 @@ import os
 import shutil
 from contextlib import contextmanager
 
-from components.artifacts import InfraBlessing, Model, ModelBlessing, PushedModel
+from components.artifacts import InfraBlessing, Model, ModelBlessing, PushedModel, Schema
 from components.base import Component, Input, OptionalInput, Output, Parameter, Step
 
 ASSETS_EXTRA = "assets.extra"  # TF Serving's warmup requests live here
+# The schema the model was trained with, for the model server's data-quality counters
+# (serving/data_quality.py). TF Serving reads only assets.extra/tf_serving_warmup_requests
+# (saved_model_warmup_util.cc), so it ignores this file.
+SCHEMA_FILE = os.path.join(ASSETS_EXTRA, "schema.pbtxt")
 
 
 class Pusher(Component):
@@ -20,11 +24,14 @@ class Pusher(Component):
     Warmup requests the InfraValidator validated (its blessing's `assets.extra/`) are
     added to the pushed version. A model `pipewright rollback` took out of this directory
     is not pushed again (the next night would otherwise undo the rollback), nor is the
-    model the newest version already serves."""
+    model the newest version already serves. The `schema` the model was trained with, when
+    connected, goes with it as `assets.extra/schema.pbtxt` (the model server checks live
+    requests against it)."""
 
     model: Input[Model]
     model_blessing: Input[ModelBlessing]
     infra_blessing: OptionalInput[InfraBlessing]
+    schema: OptionalInput[Schema]
     pushed_model: Output[PushedModel]
     model_name: Parameter[str]
     push_destination: Parameter[str] = ""  # default: the home's serving directory
@@ -42,6 +49,7 @@ class Pusher(Component):
             return
         version = push(step.model.serving_dir, destination, step.metadata,
                        extra_assets=_validated_extra_assets(step.infra_blessing),
+                       schema_file=step.schema.file if step.schema is not None else None,
                        before_rename=step.check_not_interrupted)
         _write_report(step.pushed_model, f"pushed model {step.model.id} as version {version} "
                                          f"to {destination}\n")
@@ -100,9 +108,12 @@ def _already_served(metadata, destination: str, model: Model) -> str:
 
 
 def push(saved_model_dir: str, destination: str, metadata=None,
-         extra_assets: str | None = None, before_rename=None) -> int:
+         extra_assets: str | None = None, before_rename=None,
+         schema_file: str | None = None) -> int:
     """Copies a SavedModel to `destination/<new version>` atomically; returns the version.
-    `extra_assets` (e.g. validated warmup requests) is added as the version's assets.extra/.
+    `extra_assets` (e.g. validated warmup requests) is added as the version's assets.extra/;
+    `schema_file` (a schema.pbtxt) is copied to SCHEMA_FILE in the version (FileNotFoundError
+    when it does not exist).
     `before_rename` is called just before the version appears (the Pusher's interruption
     check: a push interrupted by a signal must not reach the model server)."""
     if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
@@ -116,6 +127,9 @@ def push(saved_model_dir: str, destination: str, metadata=None,
         if extra_assets:
             shutil.copytree(extra_assets, os.path.join(staging, ASSETS_EXTRA),
                             dirs_exist_ok=True)
+        if schema_file:
+            os.makedirs(os.path.join(staging, ASSETS_EXTRA), exist_ok=True)
+            shutil.copyfile(schema_file, os.path.join(staging, SCHEMA_FILE))
         try:
             if before_rename is not None:
                 before_rename()

@@ -139,12 +139,18 @@ class Services:
         }
         if importlib.util.find_spec("serving.cli") is None:
             return commands  # no model server in this checkout
+        # TF Serving's MonitoringConfig: Prometheus (its metrics, and the served versions'
+        # data quality, serving/data_quality.py) at /monitoring/prometheus/metrics.
+        monitoring = os.path.join(self.state_dir, "monitoring.config")
+        os.makedirs(self.state_dir, exist_ok=True)
+        with open(monitoring, "w") as fh:
+            fh.write('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
         commands[MODEL_SERVER] = [
             str(self.bin_dir / "pipewright"), "serve", "--model_name", self.model_name,
             "--model_base_path", self.model_base_path, "--port", str(self.grpc_port),
             "--rest_api_port", str(self.rest_port),
             "--request_log_dir", os.path.join(self.home.root, "request_logs"),
-            "--request_log_sampling_rate", "1.0"]
+            "--request_log_sampling_rate", "1.0", "--monitoring_config_file", monitoring]
         return commands
 
     # -- up ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 TF Serving's own series keep their names and labels (request_count{model_name,status},
 request_latency{model_name,API,entrypoint} in microseconds, ...). Pipewright series add what
 TF Serving lacks: request counts by API and entrypoint, the loaded versions, and the request
-log's records, bytes, drops, removed files and failed requests (serving/request_log.py).
+log's records, bytes, drops, removed files and failed requests (serving/request_log.py), and
+live data quality per version (serving/data_quality.py documents those series).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from bisect import bisect_left
 
 # monitoring::Buckets::Exponential(10, 1.8, 33), plus the +Inf bucket.
 LATENCY_BUCKETS = [10 * 1.8 ** i for i in range(33)]
+# A regressor's predictions (serving/data_quality.py): fine steps on [0, 1] (probabilities,
+# normalized targets), decades beyond; plus the +Inf bucket.
+PREDICTION_BUCKETS = [-1e6, -1e4, -1e3, -100, -10, -1, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+                      0.8, 0.9, 1, 10, 100, 1e3, 1e4, 1e6]
 
 
 def _label_value(value: str) -> str:
@@ -106,6 +111,20 @@ class ServingMetrics:
             ":pipewright:serving:request_log_failed_requests", ("model_name", "version", "status"))
         self.request_log_removed_files = Counter(":pipewright:serving:request_log_removed_files", ())
         self.request_log_removed_bytes = Counter(":pipewright:serving:request_log_removed_bytes", ())
+        # Data quality (serving/data_quality.py); counts are rows (examples).
+        mv = ("model_name", "version")
+        self.data_quality_schema_loaded = Gauge(":pipewright:serving:data_quality_schema_loaded", mv)
+        self.data_quality_rows = Counter(":pipewright:serving:data_quality_rows", mv)
+        self.feature_missing_count = Counter(":pipewright:serving:feature_missing_count",
+                                             mv + ("feature",))
+        self.feature_out_of_schema_count = Counter(
+            ":pipewright:serving:feature_out_of_schema_count", mv + ("feature", "reason"))
+        self.output_invalid_count = Counter(":pipewright:serving:output_invalid_count",
+                                            mv + ("output", "reason"))
+        self.prediction_class_count = Counter(":pipewright:serving:prediction_class_count",
+                                              mv + ("class",))
+        self.prediction_value = Histogram(":pipewright:serving:prediction_value", mv,
+                                          bounds=PREDICTION_BUCKETS)
 
     def record_request(self, model_name: str, api: str, entrypoint: str, status: str,
                        latency_micros: float) -> None:
@@ -138,6 +157,22 @@ class ServingMetrics:
         with self._lock:
             counter.inc(*label_values, amount=amount)
 
+    def set_gauge(self, gauge: Gauge, *label_values, value: int) -> None:
+        with self._lock:
+            gauge.set(*label_values, value=value)
+
+    def add_all(self, counts: dict, histogram: Histogram | None = None, labels: tuple = (),
+                values=()) -> None:
+        """One call's updates under one lock: counts {(counter, label values): amount}, and
+        values observed in histogram under labels."""
+        if not counts and not values:
+            return
+        with self._lock:
+            for (counter, label_values), amount in counts.items():
+                counter.inc(*label_values, amount=amount)
+            for value in values:
+                histogram.observe(value, *labels)
+
     def value(self, counter: Counter, *label_values) -> int:
         """A counter's current value (0 when never counted); the sum over all label values
         when none are given."""
@@ -155,7 +190,11 @@ class ServingMetrics:
                                   self.batch_size, self.request_log_records, self.request_log_bytes,
                                   self.request_log_dropped, self.request_log_write_errors,
                                   self.request_log_failed_requests, self.request_log_removed_files,
-                                  self.request_log_removed_bytes], key=lambda m: m.name):
+                                  self.request_log_removed_bytes, self.data_quality_schema_loaded,
+                                  self.data_quality_rows, self.feature_missing_count,
+                                  self.feature_out_of_schema_count, self.output_invalid_count,
+                                  self.prediction_class_count, self.prediction_value],
+                                 key=lambda m: m.name):
                 if metric.values:
                     metric.render(lines)
         return "\n".join(lines) + "\n"

@@ -39,6 +39,7 @@ class ModelServer:
     def start(self) -> None:
         from serving.batching import BatchScheduler
         from serving.data_plane import DataPlane
+        from serving.data_quality import DataQuality
         from serving.grpc_service import HealthServicer, build_grpc_server
         from serving.inference import InferenceService
         from serving.metrics import ServingMetrics
@@ -49,10 +50,17 @@ class ModelServer:
         options = self.options
         tags = {t for t in options.saved_model_tags.split(",") if t}
         self.metrics = ServingMetrics()
+        self.data_quality = DataQuality(self.metrics)
+
+        def load(name, version, path):
+            servable = load_servable(name, version, path, tags)
+            self.data_quality.version_loaded(name, version, path)  # its schema, when it loads
+            return servable
+
         self.batcher = (BatchScheduler(self.batch_options, self.metrics.record_batch)
                         if self.batching_params is not None else None)
         self.manager = ModelManager(
-            loader=lambda name, version, path: load_servable(name, version, path, tags),
+            loader=load,
             poll_wait_seconds=options.file_system_poll_wait_seconds,
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval_micros=options.load_retry_interval_micros,
@@ -82,6 +90,7 @@ class ModelServer:
             lambda: self.request_logger.configure(self.manager.model_configs()))
         self.request_logger.start()
         self.data_plane.observers.append(self.request_logger)
+        self.data_plane.observers.append(self.data_quality)
         self.health = HealthServicer() if options.enable_grpc_healthcheck_service else None
 
         async def start_grpc():

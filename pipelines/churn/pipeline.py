@@ -70,7 +70,8 @@ def create_pipeline(slice_thresholds: dict[str, float] | None = None) -> Pipelin
     infra_validator = InfraValidator(model=trainer.outputs.model,
                                      examples=example_gen.outputs.examples, model_name="churn")
     pusher = Pusher(model=trainer.outputs.model, model_blessing=evaluator.outputs.blessing,
-                    infra_blessing=infra_validator.outputs.blessing, model_name="churn")
+                    infra_blessing=infra_validator.outputs.blessing, model_name="churn",
+                    schema=schema_gen.outputs.schema)  # the Trainer's: served beside the model
     return Pipeline(
         "churn",
         [example_gen, statistics_gen, current_schema, schema_gen, example_validator, transform,

@@ -64,7 +64,8 @@ def create_pipeline() -> Pipeline:
                                      examples=example_gen.outputs.examples,
                                      model_name="penguin", write_warmup=True)
     pusher = Pusher(model=trainer.outputs.model, model_blessing=evaluator.outputs.blessing,
-                    infra_blessing=infra_validator.outputs.blessing, model_name="penguin")
+                    infra_blessing=infra_validator.outputs.blessing, model_name="penguin",
+                    schema=schema_gen.outputs.schema)  # the Trainer's: served beside the model
     return Pipeline(
         "penguin",
         [example_gen, schema_gen, statistics_gen, example_validator, transform, tuner, trainer,
