@@ -6,9 +6,10 @@ Three measures, every one recorded for every feature that both sides have:
   features), computed by TFDV itself: `tfdv.validate_statistics` with a skew or drift
   comparator on each feature (set as ExampleValidator sets them, components/example_validator
   `_set_comparators`) fills `Anomalies.drift_skew_info` with the measured value and the
-  threshold of every compared feature, over threshold or not
-  (tensorflow_data_validation/anomalies/feature_statistics_validator.cc,
-  `UpdateDriftSkewInfo`; tensorflow_metadata/proto/v0/anomalies.proto `DriftSkewInfo`).
+  threshold of every compared feature, over threshold or not (TFDV's C++ validator,
+  tensorflow_data_validation/anomalies/; the message is tensorflow_metadata/proto/v0/
+  anomalies.proto `DriftSkewInfo`; tests/test_traffic_monitor.py checks a value is present
+  for every feature, under threshold too).
 - Population Stability Index, computed here from the histograms TFDV wrote:
 
       PSI = sum_i (a_i - e_i) * ln(a_i / e_i)
