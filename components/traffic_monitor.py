@@ -3,8 +3,9 @@ windows of the request log.
 
 `ServedModelLineage` (a Resolver) finds, through ML Metadata, the model being served from
 `<serving dir>/<model name>/` (components.resolver.served_model: the newest version on disk
-that a recorded push put there), its push, the schema it was trained with (the Trainer
-execution's `schema` input) and the training statistics (the StatisticsGen statistics of the
+that a recorded push put there), its push, the schema it was trained with (the Pusher
+execution's `schema` input, which it served beside the model, else the Trainer execution's)
+and the training statistics (the StatisticsGen statistics of the
 examples the Trainer's examples were made from: pushed model -> Model -> Trainer execution ->
 its `examples` -> back through Transform to the raw examples -> the StatisticsGen execution
 that read them).
@@ -73,21 +74,28 @@ class ServedModelLineage(Resolver):
         if found is None:
             raise LookupError(f"no model is served from {destination}: nothing to monitor")
         model, push = found
-        schema, statistics = training_lineage(step.metadata, model)
+        schema, statistics = training_lineage(step.metadata, model, push)
         step.note(f"served: model {model.id} as version {push.pushed_version}; schema "
                   f"{schema.id}, training statistics {statistics.id}")
         return {"served_model": model, "served_push": push, "schema": schema,
                 "training_statistics": statistics}
 
 
-def training_lineage(metadata, model: Model) -> tuple[Schema, ExampleStatistics]:
+def training_lineage(metadata, model: Model,
+                     push: PushedModel | None = None) -> tuple[Schema, ExampleStatistics]:
     """(schema, training statistics) of a model, through ML Metadata (module docstring).
-    Raises LineageError naming where the chain breaks."""
+    The schema is the push's: the Pusher execution's `schema` input (the file it put in the
+    version as assets.extra/schema.pbtxt, components/pusher.py SCHEMA_FILE), else the
+    Trainer execution's. Raises LineageError naming where the chain breaks."""
     producers = metadata.lineage(model)["producers"]
     if not producers:
         raise LineageError(f"model {model.id} ({model.uri}) has no recorded producer")
     trainer_inputs = producers[0]["inputs"]
-    schema = trainer_inputs.get("schema")
+    pushed_with = None
+    if push is not None:
+        pushers = metadata.lineage(push)["producers"]
+        pushed_with = pushers[0]["inputs"].get("schema") if pushers else None
+    schema = pushed_with or trainer_inputs.get("schema")
     if schema is None:
         raise LineageError(f"the execution that produced model {model.id} "
                            f"({producers[0]['execution'].component_id}) had no schema input")

@@ -220,6 +220,8 @@ def test_window_from_the_training_distribution_records_every_feature_under_thres
     assert inputs["served_model"].id == trained_penguin.run.steps["Trainer"].outputs["model"].id
     assert inputs["training_statistics"].id == \
         trained_penguin.run.steps["StatisticsGen"].outputs["statistics"].id
+    # The schema the push served beside the model (the pipeline's curated one).
+    assert inputs["schema"].id == trained_penguin.run.steps["ImportSchemaGen"].outputs["schema"].id
 
 
 def test_shifted_window_flags_exactly_the_shifted_features_as_skew_and_drift(two_windows):
