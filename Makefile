@@ -6,7 +6,7 @@ VENV := .venv
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: env up down test bench
+.PHONY: env up up-cluster down test bench
 
 $(UV):
 	$(PYTHON) -m pip install --user --quiet uv
@@ -21,6 +21,12 @@ env: $(VENV)/.synced
 # 127.0.0.1, state under $(PIPEWRIGHT_HOME) or .pipewright/; `make down` stops them all.
 up: env
 	$(VENV)/bin/python -m pipelines.services up
+
+# The cluster mode: the same Airflow with the CeleryExecutor and two Celery workers, PostgreSQL
+# (Airflow's database), Redis (the broker) and MariaDB (ML Metadata), all on 127.0.0.1 with
+# their state under the home; `make down` stops it too.
+up-cluster: env
+	$(VENV)/bin/python -m pipelines.cluster up
 
 down:
 	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python -m pipelines.services down; \

@@ -203,12 +203,14 @@ def _client(server: MariaDBServer, statement: str, *, as_root: bool = False,
 
 def start(directory: str | os.PathLike, *, user: str = "pipewright",
           password: str | None = None, database: str = "mlmd", port: int | None = None,
-          timeout_s: float = 60) -> MariaDBServer:
+          timeout_s: float = 60, die_with_parent: bool = True) -> MariaDBServer:
     """Starts `mariadbd` on `directory` (created; its data directory initialised on first
     use) and returns once `user` (password: given, else random; stored in
     `directory/password` so a restart keeps it) can query `database` over TCP. Raises
     MariaDBUnavailable when the binaries are missing, initialisation fails, or the server
-    exits or does not answer within `timeout_s` seconds — naming its error log."""
+    exits or does not answer within `timeout_s` seconds — naming its error log.
+    `die_with_parent=False` lets the server outlive the process that started it (the
+    cluster mode's `up` exits and `down` stops the server by its PID)."""
     paths = binaries()
     if paths is None:
         raise MariaDBUnavailable(f"{BINARIES} are not installed: apt-get install "
@@ -236,8 +238,8 @@ def start(directory: str | os.PathLike, *, user: str = "pipewright",
                                stderr=subprocess.DEVNULL, start_new_session=True,
                                # The death signal follows the forking *thread*: only the main
                                # thread lives as long as the process.
-                               preexec_fn=_die_with_parent
-                               if threading.current_thread() is threading.main_thread() else None)
+                               preexec_fn=_die_with_parent if die_with_parent and
+                               threading.current_thread() is threading.main_thread() else None)
     server = MariaDBServer(root, port, sock, user, password, database, process)
     deadline = time.monotonic() + timeout_s
     last_error = ""

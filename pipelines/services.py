@@ -337,14 +337,19 @@ class Services:
         except psutil.Error:
             return None
 
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """The services `running` reports and `down` stops (the cluster mode adds its own)."""
+        return ALL_SERVICES
+
     def running(self) -> dict[str, int]:
-        return {name: p.pid for name in ALL_SERVICES if (p := self._process(name))}
+        return {name: p.pid for name in self.service_names if (p := self._process(name))}
 
     def down(self, *, timeout_s: float = 15, echo=lambda line: print(line, flush=True)) -> int:
         """Stops every service and everything it started; returns how many processes.
         What has not exited `timeout_s` after SIGTERM is killed: a task killed mid-step
         publishes nothing, and the next run records its execution as failed."""
-        roots = {name: p for name in ALL_SERVICES if (p := self._process(name))}
+        roots = {name: p for name in self.service_names if (p := self._process(name))}
         tree = _with_descendants(roots.values())
         # Every process is asked to stop at once: the services, their workers, and the tasks
         # (which run in process groups of their own).
@@ -359,7 +364,7 @@ class Services:
             echo(f"killing pid {process.pid} ({_describe(process)})")
             _send(process, signal.SIGKILL)
         psutil.wait_procs(stubborn, timeout=10)
-        for name in ALL_SERVICES:
+        for name in self.service_names:
             if os.path.exists(self.pid_file(name)):
                 os.remove(self.pid_file(name))
         echo(f"stopped {len(tree)} process(es)" if tree else "nothing was running")
@@ -431,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallelism", type=int, default=2,
                         help="Airflow tasks run at once (each loads TensorFlow)")
     args = parser.parse_args(argv)
+    if args.action != "up":
+        from pipelines import cluster
+
+        if cluster.started_here(Home.resolve(args.home)):  # `make up-cluster` runs there
+            return cluster.main([args.action] + (["--home", args.home] if args.home else []))
     services = Services(Home.resolve(args.home), api_port=args.api_port,
                         parallelism=args.parallelism)
     try:
