@@ -409,6 +409,16 @@ class DataQuality:
                 bad_value = lambda v: v != v or v < low or v > high  # noqa: E731
             else:
                 bad_value = None
+            # Fast paths (C loops) for the usual all-present, all-in-domain tensor.
+            if is_string:
+                clean = b"" not in values and (rule.strings is None or
+                                               rule.strings.issuperset(values))
+            else:
+                total = sum(values)
+                clean = total == total and (bad_value is None or (
+                    min(values) >= rule.low and max(values) <= rule.high))
+            if clean:
+                continue
             if is_string or proto.dtype in _FLOAT_DTYPES:
                 missing = _rows_where(values, n, width, gone)
             else:
@@ -442,8 +452,10 @@ class DataQuality:
                 tally.add(m.output_invalid_count, labels + (alias, EMPTY),
                           _rows_where(values, n, width, lambda v: not v))
             elif dtype in _FLOAT_DTYPES:
-                tally.add(m.output_invalid_count, labels + (alias, NAN),
-                          _rows_where(values, n, width, _is_nan))
+                total = sum(values)
+                if total != total:  # some NaN (or inf - inf): count the rows
+                    tally.add(m.output_invalid_count, labels + (alias, NAN),
+                              _rows_where(values, n, width, _is_nan))
         scores = flats.get("scores")
         if scores is not None and outputs["scores"].dtype in _FLOAT_DTYPES and scores[1] \
                 and len(outputs["scores"].tensor_shape.dim) == 2:
@@ -453,9 +465,10 @@ class DataQuality:
                 classes = None
             for i in range(n):
                 row = values[i * width:(i + 1) * width]
-                if any(v != v for v in row):
+                top = sum(row)
+                if top != top and any(v != v for v in row):
                     continue  # counted as NaN above
-                j = max(range(width), key=row.__getitem__)
+                j = row.index(max(row))
                 name = classes[2][i * width + j] if classes is not None else None
                 tally.add(m.prediction_class_count, labels + (self._class_name(state, name, j),))
             return
