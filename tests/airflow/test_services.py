@@ -276,8 +276,13 @@ def test_the_pipewright_view_in_the_airflow_ui_shows_runs_reports_and_a_diff(sys
     report per slice, and the diff of the two nights; screenshots under bench/out/."""
     _, airflow_run_1 = night_1
     finished(system, airflow_run_1)
-    runs = [r for r in Metadata(system.home.metadata_uri).runs("penguin")
-            if r["orchestrator"] == "airflow"]
+    deadline = time.monotonic() + 90  # the DAG's success callback records the state late
+    while True:
+        runs = [r for r in Metadata(system.home.metadata_uri).runs("penguin")
+                if r["orchestrator"] == "airflow"]
+        if runs[-1]["state"] == "succeeded" or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     night_1_id, night_2_id = pipewright_run_id(airflow_run_1), runs[-1]["run_id"]
     assert night_2_id != night_1_id and runs[-1]["state"] == "succeeded"
 
