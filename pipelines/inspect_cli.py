@@ -69,7 +69,7 @@ def _key_results(metadata: Metadata, run: dict) -> tuple[str, str, str, str]:
                 losses = sorted(tag for tag in scalars if tag.split("/")[-1] == "loss")
                 train = [t for t in losses if "valid" not in t and "eval" not in t]
                 if train or losses:
-                    loss = f"loss={scalars[(train or losses)[0]]['value']:.4f}"
+                    loss = f"loss={scalars[(train or losses)[0]]['value']:.4g}"
             elif kind == "ModelEvaluation" and os.path.isfile(artifact.path(METRICS_FILE)):
                 with open(artifact.path(METRICS_FILE), encoding="utf-8") as fh:
                     evaluation = json.load(fh)

@@ -39,6 +39,7 @@ from tests.airflow.system import SPAN_PATTERN, trigger, wait_for_run, write_span
 RUN_TIMEOUT_S = 600
 EXAMPLE = {"island": "Biscoe", "bill_length_mm": 48.6, "bill_depth_mm": 16.0,
            "flipper_length_mm": 230.0, "body_mass_g": 5800.0, "sex": "male"}
+INT_FEATURES = {"flipper_length_mm", "body_mass_g"}  # INT in schemas/penguin/schema.pbtxt
 SCREENSHOT = REPO_ROOT / "bench" / "out" / "airflow_grid_penguin.png"
 CHROMIUM = "/usr/bin/chromium"
 
@@ -106,7 +107,11 @@ def classify_rest_and_grpc(services: Services) -> tuple[list, list]:
     import grpc
     from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
 
-    body = json.dumps({"signature_name": "classify", "examples": [EXAMPLE]}).encode()
+    # A tf.Example carries each feature in its schema type: the penguin schema's flipper
+    # length and body mass are INT (JSON integers), the bill measures FLOAT.
+    example = {name: int(value) if name in INT_FEATURES else value
+               for name, value in EXAMPLE.items()}
+    body = json.dumps({"signature_name": "classify", "examples": [example]}).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{services.rest_port}/v1/models/penguin:classify", data=body,
         method="POST", headers={"Content-Type": "application/json"})
@@ -119,6 +124,8 @@ def classify_rest_and_grpc(services: Services) -> tuple[list, list]:
     for name, value in EXAMPLE.items():
         if isinstance(value, str):
             example.features.feature[name].bytes_list.value.append(value.encode())
+        elif name in INT_FEATURES:
+            example.features.feature[name].int64_list.value.append(int(value))
         else:
             example.features.feature[name].float_list.value.append(value)
     with grpc.insecure_channel(f"127.0.0.1:{services.grpc_port}") as channel:
@@ -321,7 +328,7 @@ def test_the_pipewright_view_in_the_airflow_ui_shows_runs_reports_and_a_diff(sys
     links = system.api("GET", f"/api/v2/dags/penguin/dagRuns/"
                               f"{urllib.parse.quote(runs[-1]['airflow_run_id'], safe='')}"
                               f"/taskInstances/Evaluator/links")
-    assert links["Pipewright report"] == \
+    assert links["extra_links"]["Pipewright report"] == \
         f"{system.api_url}/pipewright/runs/penguin/{night_2_id}#Evaluator", links
     # Task logs end with the step's key numbers, without TensorFlow's CUDA start-up noise.
     path = f"/api/v2/dags/penguin/dagRuns/{urllib.parse.quote(runs[-1]['airflow_run_id'])}"
