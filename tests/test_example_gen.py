@@ -86,7 +86,8 @@ def test_missing_value_tokens_keep_number_columns_numeric(tmp_path):
         "name": "string, 2 missing of 5",
         "empty": "string, 5 missing of 5 (no value at all: typed string)",
     }
-    assert step.reason == ""  # no column mixes numbers and words: nothing to note
+    # No column mixes numbers and words: nothing to note but the examples per split.
+    assert step.reason == "5 examples (all 5)", step.reason  # one split, "all"
 
 
 def test_missing_value_tokens_are_configurable(tmp_path):
@@ -225,7 +226,8 @@ def test_rolling_window_merges_the_latest_spans(tmp_path):
     assert _values(examples, "island") == Counter({"Biscoe": 20, "Torgersen": 20})
     assert step.reason == (f"rolling window of 3 span(s) {_span('2024-02-03')}.."
                            f"{_span('2024-02-05')} (2024-02-03..2024-02-05): read 2, absent "
-                           f"{_span('2024-02-03')} (2024-02-03)")
+                           f"{_span('2024-02-03')} (2024-02-03); 40 examples "
+                           f"(train {step.reason.split('(train ')[1]}")
     # MLMD has the properties too (what the next run's steps see).
     recorded = Metadata(str(home / "metadata.sqlite")).artifacts_of_type(Examples)
     assert [a.span_range for a in recorded] == [examples.span_range]
