@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.owned_process import apt_install, stop as stop_process
+
 APT_PACKAGE = "mariadb-server"
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
 # mariadb-install-db and the client come with the package (mariadb-client is a dependency).
@@ -53,26 +55,8 @@ def install(timeout_s: float = 900, package: str = APT_PACKAGE) -> float:
     service or its port 3306.
     Raises MariaDBUnavailable naming the command and the tail of its output when it fails
     or times out, or when the binaries are still missing afterwards."""
-    started = time.monotonic()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lock = "-o DPkg::Lock::Timeout=600"  # other developers may be installing packages too
-    command = (f"apt-get {lock} update -q && apt-get {lock} install -y -q "
-               f"--no-install-recommends {package}")
-    if os.geteuid() != 0:
-        raise MariaDBUnavailable(f"{BINARIES} are not installed and `{command}` needs root "
-                                 f"(running as uid {os.geteuid()})")
-    try:
-        done = subprocess.run(command, shell=True, env=env, capture_output=True, text=True,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise MariaDBUnavailable(f"`{command}` did not finish in {timeout_s:.0f} s") from None
-    if done.returncode != 0:
-        raise MariaDBUnavailable(f"`{command}` failed (exit {done.returncode}):\n"
-                                 f"{(done.stdout + done.stderr)[-2000:]}")
-    if binaries() is None:
-        raise MariaDBUnavailable(f"`{command}` succeeded but {BINARIES} are still not all on "
-                                 f"{_SEARCH_PATH}")
-    return time.monotonic() - started
+    return apt_install(package, lambda: binaries() is not None, MariaDBUnavailable,
+                       f"{BINARIES} are", timeout_s)
 
 
 @dataclass
@@ -123,14 +107,7 @@ class MariaDBServer:
     def stop(self, timeout_s: float = 30) -> None:
         """SIGTERM to the server's own PID (a clean InnoDB shutdown), SIGKILL after
         `timeout_s` seconds. Idempotent."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        stop_process(self.process, signal.SIGTERM, timeout_s)
 
     def restart(self, timeout_s: float = 60) -> None:
         """Stops the server (if running) and starts it again on the same directory, port

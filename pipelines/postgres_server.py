@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.owned_process import stop as stop_process
+
 APT_PACKAGE = "postgresql"
 SYSTEM_USER = "postgres"  # Debian's package creates it
 
@@ -61,14 +63,7 @@ class PostgresServer:
     def stop(self, timeout_s: float = 30) -> None:
         """SIGINT to the postmaster (PostgreSQL's fast shutdown), SIGKILL to its group after
         `timeout_s`. Idempotent."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+        stop_process(self.process, signal.SIGINT, timeout_s, kill_group=True)
 
 
 def _run_as() -> dict:

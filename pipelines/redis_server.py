@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.owned_process import apt_install, stop as stop_process
+
 APT_PACKAGE = "redis-server"
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
 
@@ -36,23 +38,8 @@ def install(timeout_s: float = 900) -> float:
     """apt-get install redis-server (no recommended packages); returns the seconds it took.
     Needs root. Debian's maintainer scripts may start the packaged service (port 6379);
     nothing here uses it. Raises RedisUnavailable naming the command and its output."""
-    started = time.monotonic()
-    lock = "-o DPkg::Lock::Timeout=600"  # other developers may be installing packages too
-    command = (f"apt-get {lock} update -q && apt-get {lock} install -y -q "
-               f"--no-install-recommends {APT_PACKAGE}")
-    if os.geteuid() != 0:
-        raise RedisUnavailable(f"redis-server is not installed and `{command}` needs root "
-                               f"(running as uid {os.geteuid()})")
-    try:
-        done = subprocess.run(command, shell=True, capture_output=True, text=True,
-                              timeout=timeout_s,
-                              env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    except subprocess.TimeoutExpired:
-        raise RedisUnavailable(f"`{command}` did not finish in {timeout_s:.0f} s") from None
-    if done.returncode != 0 or binary() is None:
-        raise RedisUnavailable(f"`{command}` failed (exit {done.returncode}):\n"
-                               f"{(done.stdout + done.stderr)[-2000:]}")
-    return time.monotonic() - started
+    return apt_install(APT_PACKAGE, lambda: binary() is not None, RedisUnavailable,
+                       "redis-server is", timeout_s)
 
 
 @dataclass
@@ -74,14 +61,7 @@ class RedisServer:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/{db}"
 
     def stop(self, timeout_s: float = 30) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        stop_process(self.process, signal.SIGTERM, timeout_s)
 
 
 def last_line(log: Path) -> str:

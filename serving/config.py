@@ -7,6 +7,7 @@ plain protobuf; tensorflow_serving.apis would pull in all of TensorFlow).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -151,33 +152,11 @@ def _normalize(argv: list[str]) -> list[str]:
 
 def parse_args(argv: list[str]) -> ServerOptions:
     ns = build_parser().parse_args(_normalize(argv))
-    return ServerOptions(
-        grpc_port=ns.port, grpc_host=ns.grpc_host or ns.host, rest_api_port=ns.rest_api_port,
-        rest_host=ns.host, rest_api_num_threads=ns.rest_api_num_threads,
-        rest_api_timeout_in_ms=ns.rest_api_timeout_in_ms,
-        rest_api_enable_cors_support=ns.rest_api_enable_cors_support,
-        rest_api_max_body_bytes=ns.rest_api_max_body_bytes,
-        enable_batching=ns.enable_batching, batching_parameters_file=ns.batching_parameters_file,
-        model_config_file=ns.model_config_file,
-        model_config_file_poll_wait_seconds=ns.model_config_file_poll_wait_seconds,
-        model_name=ns.model_name, model_base_path=ns.model_base_path,
-        max_num_load_retries=ns.max_num_load_retries,
-        load_retry_interval_micros=ns.load_retry_interval_micros,
-        file_system_poll_wait_seconds=ns.file_system_poll_wait_seconds,
-        grpc_max_threads=ns.grpc_max_threads, grpc_channel_arguments=ns.grpc_channel_arguments,
-        enable_model_warmup=ns.enable_model_warmup,
-        num_request_iterations_for_warmup=ns.num_request_iterations_for_warmup,
-        monitoring_config_file=ns.monitoring_config_file,
-        enable_grpc_healthcheck_service=ns.enable_grpc_healthcheck_service,
-        allow_version_labels_for_unavailable_models=ns.allow_version_labels_for_unavailable_models,
-        saved_model_tags=ns.saved_model_tags,
-        request_log_dir=ns.request_log_dir,
-        request_log_sampling_rate=ns.request_log_sampling_rate,
-        request_log_max_file_bytes=ns.request_log_max_file_bytes,
-        request_log_max_file_age_seconds=ns.request_log_max_file_age_seconds,
-        request_log_max_total_bytes=ns.request_log_max_total_bytes,
-        request_log_queue_size=ns.request_log_queue_size,
-    )
+    # TF Serving's flag names are the options' names, except the ports and hosts.
+    renamed = {"grpc_port": ns.port, "grpc_host": ns.grpc_host or ns.host, "rest_host": ns.host}
+    same = {f.name: getattr(ns, f.name) for f in dataclasses.fields(ServerOptions)
+            if f.name not in renamed and hasattr(ns, f.name)}
+    return ServerOptions(**same, **renamed)
 
 
 def validate_options(options: ServerOptions) -> None:

@@ -299,25 +299,31 @@ class DataPlane:
     async def _classify(self, request, ctx: RequestContext):
         from tensorflow_serving.apis import classification_pb2
 
-        servable, runner, inputs = self._examples_call(request, ctx, self.service.prepare_classify)
-        response = classification_pb2.ClassificationResponse()
-        _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name,
-                    servable.version)
-        n = len(inputs["inputs"])
-        outputs = await self._execute(ctx, runner, inputs, fetched_outputs(runner, CLASSIFY_METHOD))
-        fill_classification(response.result, classification_result(runner, outputs, n))
-        return response
+        return await self._examples_method(
+            request, ctx, classification_pb2.ClassificationResponse(),
+            self.service.prepare_classify, CLASSIFY_METHOD,
+            lambda result, runner, outputs, n: fill_classification(
+                result, classification_result(runner, outputs, n)))
 
     async def _regress(self, request, ctx: RequestContext):
         from tensorflow_serving.apis import regression_pb2
 
-        servable, runner, inputs = self._examples_call(request, ctx, self.service.prepare_regress)
-        response = regression_pb2.RegressionResponse()
+        return await self._examples_method(
+            request, ctx, regression_pb2.RegressionResponse(),
+            self.service.prepare_regress, REGRESS_METHOD,
+            lambda result, runner, outputs, n: fill_regression(
+                result, regression_result(runner, outputs, n)))
+
+    async def _examples_method(self, request, ctx: RequestContext, response, prepare,
+                               method: str, fill):
+        """Classify and Regress: the same call on serialized examples; only the signature
+        method and how the result is filled differ."""
+        servable, runner, inputs = self._examples_call(request, ctx, prepare)
         _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name,
                     servable.version)
         n = len(inputs["inputs"])
-        outputs = await self._execute(ctx, runner, inputs, fetched_outputs(runner, REGRESS_METHOD))
-        fill_regression(response.result, regression_result(runner, outputs, n))
+        outputs = await self._execute(ctx, runner, inputs, fetched_outputs(runner, method))
+        fill(response.result, runner, outputs, n)
         return response
 
     def _examples_call(self, request, ctx: RequestContext, prepare):
