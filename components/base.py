@@ -329,6 +329,14 @@ class Component:
         return resolved
 
     # -- the executor -------------------------------------------------------------------
+    def pending(self, params: dict[str, Any], serving_dir: str) -> float | None:
+        """Seconds to wait before this step can run to its end (an external process it
+        watches, e.g. a rollout's bake window), or None (the default) to run now. Called by
+        orchestrators that can wait without holding a worker (Airflow defers the task and
+        calls it again); it may advance external state, never the metadata store. The local
+        runner does not call it: the step's own `execute` waits."""
+        return None
+
     def execute(self, step: "Step") -> None:
         raise NotImplementedError(f"{type(self).__name__} does not implement execute()")
 

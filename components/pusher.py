@@ -4,10 +4,15 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import time
 from contextlib import contextmanager
 
 from components.artifacts import InfraBlessing, Model, ModelBlessing, PushedModel, Schema
-from components.base import Component, Input, OptionalInput, Output, Parameter, Step
+from components.base import Component, Input, OptionalInput, Output, Param, Parameter, Step
+from components.rollout_policy import (DEFAULT_GUARDS, DEFAULT_STEPS, IMMEDIATE, LOADING,
+                                       SHADOW, RolloutConfigError, RolloutPolicy, check_guards,
+                                       check_steps, check_strategy, read_policy, served_version,
+                                       write_policy)
 
 ASSETS_EXTRA = "assets.extra"  # TF Serving's warmup requests live here
 # The schema the model was trained with, for the model server's data-quality counters
@@ -26,7 +31,17 @@ class Pusher(Component):
     is not pushed again (the next night would otherwise undo the rollback), nor is the
     model the newest version already serves. The `schema` the model was trained with, when
     connected, goes with it as `assets.extra/schema.pbtxt` (the model server checks live
-    requests against it)."""
+    requests against it).
+
+    `rollout` says how the new version meets traffic (components/rollout_policy.py,
+    docs/rollout.md): "immediate" (every request at once, TF Serving's behaviour), "canary"
+    (`rollout_steps` percent of unpinned requests, one step per `bake_seconds`), "shadow"
+    (`shadow_percent` of requests also sent to it, answers compared) or "blue_green" (all at
+    once, the old version kept loaded for an instant revert). Anything but "immediate" writes
+    `rollout.json` in the `loading` state; the Rollout step drives it. A first push has no
+    stable model to compare with and is served at once (the note says so).
+    Raises RolloutConfigError, naming the parameter, for an unknown strategy, steps that do
+    not increase within (0, 100], or an unknown guard."""
 
     model: Input[Model]
     model_blessing: Input[ModelBlessing]
@@ -35,8 +50,34 @@ class Pusher(Component):
     pushed_model: Output[PushedModel]
     model_name: Parameter[str]
     push_destination: Parameter[str] = ""  # default: the home's serving directory
+    rollout: Parameter[str] = IMMEDIATE
+    rollout_steps: Parameter[list[float]] = list(DEFAULT_STEPS)  # canary shares, percent
+    bake_seconds: Parameter[float] = 600.0  # per rollout step
+    rollout_guards: Parameter[dict[str, float]] = dict(DEFAULT_GUARDS)
+    shadow_percent: Parameter[float] = 100.0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.check_rollout({k: v for k, v in self.parameters.items()
+                            if not isinstance(v, Param)})
+
+    @staticmethod
+    def check_rollout(values: dict) -> None:
+        """RolloutConfigError naming the parameter; values not given are not checked."""
+        if "rollout" in values:
+            check_strategy(values["rollout"])
+        if "rollout_steps" in values:
+            check_steps(values["rollout_steps"], "rollout_steps")
+        if "rollout_guards" in values:
+            check_guards(values["rollout_guards"], "rollout_guards")
+        if values.get("bake_seconds", 1) <= 0:
+            raise RolloutConfigError(f"bake_seconds = {values['bake_seconds']}: must be > 0")
+        if not 0 < values.get("shadow_percent", 100) <= 100:
+            raise RolloutConfigError(f"shadow_percent = {values['shadow_percent']}: must be "
+                                     f"in (0, 100]")
 
     def execute(self, step: Step) -> None:
+        self.check_rollout(step.values)
         destination = serving_base(step.serving_dir, step.push_destination, step.model_name)
         step.pushed_model.set(pushed=0, model_id=step.model.id, model_name=step.model_name,
                               pushed_destination=destination)
@@ -54,7 +95,41 @@ class Pusher(Component):
         _write_report(step.pushed_model, f"pushed model {step.model.id} as version {version} "
                                          f"to {destination}\n")
         step.pushed_model.set(pushed=1, pushed_version=version)
-        step.note(f"pushed model {step.model.id} as version {version}")
+        step.note(f"pushed model {step.model.id} as version {version}"
+                  + _start_rollout(step, destination, version))
+
+
+def _start_rollout(step: Step, destination: str, version: int) -> str:
+    """Writes rollout.json for the new version; returns the note's rollout part."""
+    policy = read_policy(destination)
+    stable = policy.stable_version if policy is not None else None
+    if stable is None:
+        earlier = [v for v in versions_on_disk(destination) if v < version]
+        stable = earlier[-1] if earlier else None
+    strategy = step.rollout
+    if strategy == IMMEDIATE or stable is None:
+        if policy is None and strategy == IMMEDIATE:
+            return ""  # no policy file: the server serves the newest version, as TF Serving
+        write_policy(destination, RolloutPolicy(strategy=IMMEDIATE, stable_version=version,
+                                                generation=policy.generation if policy else 0,
+                                                reason="pushed with rollout=immediate"
+                                                if strategy == IMMEDIATE else
+                                                f"first push: no stable version to "
+                                                f"{strategy} against; served at once"))
+        return "" if strategy == IMMEDIATE else (f"; {strategy} rollout not applicable: "
+                                                 f"first version, served at once")
+    if policy is not None and policy.in_progress:
+        step.log.warning("version %s supersedes version %s, whose %s rollout was in progress",
+                         version, policy.candidate_version, policy.strategy)
+    write_policy(destination, RolloutPolicy(
+        strategy=strategy, stable_version=stable, candidate_version=version,
+        shadow_percent=step.shadow_percent if strategy == SHADOW else 0.0,
+        steps_percent=list(step.rollout_steps), bake_seconds=step.bake_seconds,
+        guards=dict(step.rollout_guards), state=LOADING,
+        generation=policy.generation if policy else 0,
+        reason=f"{strategy} rollout of version {version} against version {stable}: loading",
+        window={"loading_since": time.time()}))
+    return f"; {strategy} rollout against version {stable} begins once it is loaded"
 
 
 def serving_base(serving_dir: str, push_destination: str, model_name: str) -> str:
@@ -97,13 +172,13 @@ def _already_served(metadata, destination: str, model: Model) -> str:
     Evaluator's code or settings), or ""."""
     if metadata is None:
         return ""
-    versions = versions_on_disk(destination)
-    if not versions:
+    served = served_version(destination, versions_on_disk(destination))
+    if served is None:
         return ""
     newest = [p for p in pushes_to(metadata, destination)
-              if p.pushed_version == versions[-1] and not p.rolled_back]
+              if p.pushed_version == served and not p.rolled_back]
     if newest and newest[-1].model_id == model.id:
-        return f"model {model.id} is already served as version {versions[-1]}"
+        return f"model {model.id} is already served as version {served}"
     return ""
 
 

@@ -6,6 +6,7 @@ import os
 from components.artifacts import Model, PushedModel
 from components.base import Input, Output, Parameter, Resolver, Step
 from components.pusher import pushes_to, serving_base, versions_on_disk
+from components.rollout_policy import served_version
 
 
 class BaselineError(RuntimeError):
@@ -27,7 +28,8 @@ class LatestPushedModel(Resolver):
     served yet (a first push: value thresholds alone decide).
 
     Raises BaselineError, naming the directory, when the highest version on disk (the one
-    a model server serves) was not pushed as recorded in this metadata store, or when the
+    a model server serves; with a rollout.json, its stable version — a candidate still
+    under a canary is not a baseline) was not pushed as recorded in this metadata store, or when the
     served model's SavedModel is gone from its artifact directory. TFX's counterpart is the LatestBlessedModel resolver
     strategy; resolving from pushes follows what a model server serves
     (tensorflow_serving/sources/storage_path: the highest numbered version)."""
@@ -60,6 +62,10 @@ def served_model(metadata, destination: str,
     on_disk = versions_on_disk(destination)
     if not on_disk:
         return None
+    served = served_version(destination, on_disk)
+    # Versions above the served one are candidates under a rollout (or rolled back): not
+    # served to everyone, so not a baseline.
+    on_disk = [v for v in on_disk if v <= served] or on_disk
     pushes = {p.pushed_version: p for p in pushes_to(metadata, destination)}
     traced = [v for v in on_disk if v in pushes]
     if not traced:

@@ -203,7 +203,18 @@ class ComponentOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from pipelines import airflow_task  # the launcher and ML Metadata load here only
 
+        wait_s = airflow_task.pending_seconds(self.pipeline, self.component, context, self.log)
+        if wait_s is not None:
+            # A long external wait (a rollout's bake window) holds no worker slot: the
+            # triggerer wakes the task, which looks again (Component.pending).
+            from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+            self.defer(trigger=TimeDeltaTrigger(dt.timedelta(seconds=max(1.0, wait_s))),
+                       method_name="execute_after_wait")
         return airflow_task.run_component(self.pipeline, self.component, context, self.log)
+
+    def execute_after_wait(self, context: Any, event: Any = None) -> dict[str, Any]:
+        return self.execute(context)
 
 
 def _component_doc(component: Component) -> str:

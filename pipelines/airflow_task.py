@@ -68,6 +68,17 @@ def run_component(pipeline: Pipeline, component: Component, context: Any,
     return summary
 
 
+def pending_seconds(pipeline: Pipeline, component: Component, context: Any,
+                    log: logging.Logger) -> float | None:
+    """Component.pending for this run's parameter values: seconds the task should defer
+    before looking again, or None to run the step now."""
+    values = component.resolve_parameters(run_parameters(pipeline, context))
+    wait_s = component.pending(values, Home.resolve().serving_dir)
+    if wait_s is not None:
+        log.info("%s: waiting %.0f s (deferred: no worker slot is held)", component.id, wait_s)
+    return wait_s
+
+
 @contextlib.contextmanager
 def library_noise_kept_out_of(handlers: list[logging.Handler]):
     """Filters library noise (is_library_noise) out of `handlers` — Airflow's task log

@@ -1,6 +1,7 @@
 """`pipewright rollback MODEL`: serve the previous blessed model again.
 
-The model served now is the newest version in `<serving dir>/MODEL/`. Rolling back pushes
+The model served now is the newest version in `<serving dir>/MODEL/` (with a rollout.json,
+its stable version; the rolled-back-to version then becomes the stable one, immediately). Rolling back pushes
 the model served before it — the newest lower version, recorded as a push there, whose push
 was not itself rolled back and which holds another model — as a new, higher version, so
 model servers pick it up like any push and versions stay monotonic. The version it was served as before is copied when still there (warmup
@@ -17,6 +18,8 @@ import sys
 
 from components.artifacts import Model, PushedModel
 from components.pusher import push, pushes_to, serving_base, versions_on_disk
+from components.rollout_policy import (IMMEDIATE, RolloutPolicy, read_policy, served_version,
+                                       write_policy)
 from pipelines.home import Home
 from pipelines.metadata import Metadata
 
@@ -33,6 +36,7 @@ def rollback(model_name: str, home: str | None = None, push_destination: str = "
     served = versions_on_disk(destination)
     if not served:
         raise RollbackError(f"nothing is served under {destination}: no version to roll back")
+    served = [v for v in served if v <= served_version(destination, served)] or served
     pushes = pushes_to(metadata, destination)
     by_version = {p.pushed_version: p for p in pushes}
     current = by_version.get(served[-1])
@@ -51,6 +55,11 @@ def rollback(model_name: str, home: str | None = None, push_destination: str = "
             source = model.serving_dir
         if model is not None and os.path.isfile(os.path.join(source, "saved_model.pb")):
             version = push(source, destination, metadata)
+            if read_policy(destination) is not None:  # the server routes by it: follow
+                write_policy(destination, RolloutPolicy(
+                    strategy=IMMEDIATE, stable_version=version,
+                    generation=read_policy(destination).generation,
+                    reason=f"pipewright rollback from version {served[-1]}"))
             current.set(rolled_back=1)  # never a baseline again unless pushed again
             metadata.update_artifact(current)
             return _record(metadata, model, destination, model_name, version, served[-1])

@@ -12,6 +12,7 @@ from components.example_validator import ExampleValidator
 from components.infra_validator import InfraValidator
 from components.pusher import Pusher
 from components.resolver import LatestPushedModel
+from components.rollout import Rollout
 from components.schema_gen import ImportSchemaGen
 from components.statistics_gen import StatisticsGen
 from components.trainer import Trainer
@@ -35,6 +36,10 @@ def create_pipeline() -> Pipeline:
     accuracy_threshold = Param("accuracy_threshold", float, 0.6,
                                "lowest eval accuracy a model may have to be pushed", minimum=0)
     tune = Param("tune", bool, False, "search hyperparameters with KerasTuner before training")
+    rollout = Param("rollout", str, "canary", "how a new version meets traffic",
+                    choices=("immediate", "canary", "shadow", "blue_green"))
+    bake_seconds = Param("bake_seconds", float, 600.0, "bake window per rollout step (s)",
+                         minimum=1)
 
     example_gen = ExampleGen(input_base=data_root, input_pattern=input_pattern)
     schema_gen = ImportSchemaGen(schema_file=SCHEMA_FILE)
@@ -65,11 +70,15 @@ def create_pipeline() -> Pipeline:
                                      model_name="penguin", write_warmup=True)
     pusher = Pusher(model=trainer.outputs.model, model_blessing=evaluator.outputs.blessing,
                     infra_blessing=infra_validator.outputs.blessing, model_name="penguin",
-                    schema=schema_gen.outputs.schema)  # the Trainer's: served beside the model
+                    schema=schema_gen.outputs.schema,  # the Trainer's: served beside the model
+                    rollout=rollout, bake_seconds=bake_seconds)
+    # Bakes the candidate on live traffic (5, 25, 50, 100 %), then promotes or rolls back.
+    rollout_step = Rollout(pushed_model=pusher.outputs.pushed_model, model_name="penguin")
     return Pipeline(
         "penguin",
         [example_gen, schema_gen, statistics_gen, example_validator, transform, tuner, trainer,
-         baseline, evaluator, infra_validator, pusher],
-        parameters=[data_root, input_pattern, train_steps, accuracy_threshold, tune],
+         baseline, evaluator, infra_validator, pusher, rollout_step],
+        parameters=[data_root, input_pattern, train_steps, accuracy_threshold, tune, rollout,
+                    bake_seconds],
         description=__doc__,
     )

@@ -1,0 +1,187 @@
+"""The rollout controller's decisions, one bake window at a time, on Prometheus text as the
+model server writes it (the end-to-end test with a real server is test_rollout_live.py)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from components.rollout_controller import Settings, advance, history
+from components.rollout_evidence import parse_metrics
+from components.rollout_policy import (CANARY, LOADING, RolloutConfigError, RolloutPolicy,
+                                       parse_policy, read_policy, write_policy)
+
+
+class Server:
+    """Counters a model server would export, grown by `traffic`; rendered as Prometheus text
+    and read back through the real parser."""
+
+    def __init__(self, model="penguin"):
+        self.model = model
+        self.requests = {}  # (version, status) -> n
+        self.classes = {}  # (version, class) -> n
+        self.latency = {}  # version -> n (all in the 1000 us bucket)
+        self.loaded = set()
+
+    def traffic(self, version, n, classes, errors=0):
+        self.requests[(version, "OK")] = self.requests.get((version, "OK"), 0) + n - errors
+        if errors:
+            key = (version, "INVALID_ARGUMENT")
+            self.requests[key] = self.requests.get(key, 0) + errors
+        for name, share in classes.items():
+            self.classes[(version, name)] = self.classes.get((version, name), 0) + round(n * share)
+        self.latency[version] = self.latency.get(version, 0) + n
+
+    def text(self):
+        m = self.model
+        lines = ["# TYPE :pipewright:serving:version_request_count counter"]
+        lines += [f':pipewright:serving:version_request_count{{model_name="{m}",version="{v}",'
+                  f'status="{s}"}} {n}' for (v, s), n in self.requests.items()]
+        lines.append("# TYPE :pipewright:serving:prediction_class_count counter")
+        lines += [f':pipewright:serving:prediction_class_count{{model_name="{m}",version="{v}",'
+                  f'class="{c}"}} {n}' for (v, c), n in self.classes.items()]
+        lines.append("# TYPE :pipewright:serving:version_request_latency histogram")
+        for v, n in self.latency.items():
+            lab = f'model_name="{m}",version="{v}"'
+            lines += [f':pipewright:serving:version_request_latency_bucket{{{lab},le="1000"}} {n}',
+                      f':pipewright:serving:version_request_latency_bucket{{{lab},le="+Inf"}} {n}',
+                      f':pipewright:serving:version_request_latency_sum{{{lab}}} {n * 900}',
+                      f':pipewright:serving:version_request_latency_count{{{lab}}} {n}']
+        return "\n".join(lines) + "\n"
+
+    def snapshot(self, model_name):
+        return parse_metrics(self.text(), model_name)
+
+    def available(self, model_name, version):
+        return version in self.loaded
+
+    def __str__(self):
+        return "test server"
+
+
+SPECIES = {"Adelie": 0.45, "Gentoo": 0.35, "Chinstrap": 0.20}
+
+
+@pytest.fixture
+def base(tmp_path):
+    for version in (1, 2):
+        os.makedirs(tmp_path / str(version))
+    write_policy(str(tmp_path), RolloutPolicy(
+        strategy=CANARY, stable_version=1, candidate_version=2, state=LOADING,
+        steps_percent=[10, 50, 100], bake_seconds=60,
+        guards={"max_prediction_distance": 0.2, "max_error_rate_ratio": 2.0,
+                "max_latency_p99_ratio": 2.0}, window={"loading_since": 1000.0}))
+    return str(tmp_path)
+
+
+def test_good_candidate_goes_through_every_step_to_promotion(base):
+    server = Server()
+    settings = Settings(min_requests=20)
+    assert advance(base, "penguin", server, settings, now=1001).event == "waiting"  # loading
+    server.loaded.add(2)
+    started = advance(base, "penguin", server, settings, now=1002)
+    assert (started.event, read_policy(base).candidate_percent) == ("started", 10)
+    assert advance(base, "penguin", server, settings, now=1030).event == "waiting"
+    shares = []
+    now = 1002
+    for share in (10, 50, 100):
+        shares.append(read_policy(base).candidate_percent)
+        server.traffic(1, round(1000 * (100 - share) / 100), SPECIES)
+        server.traffic(2, round(1000 * share / 100), SPECIES)
+        now += 61
+        decision = advance(base, "penguin", server, settings, now=now)
+        assert all(g.passed for g in decision.guards), decision.guards
+    assert shares == [10, 50, 100]
+    policy = read_policy(base)
+    assert (decision.event, policy.state, policy.stable_version, policy.candidate_version) == \
+        ("promoted", "promoted", 2, None)
+    events = [e["event"] for e in history(base, 2)]
+    assert events == ["started", "advanced", "advanced", "promoted"]
+
+
+def test_bad_candidate_is_rolled_back_in_its_first_window_naming_the_guard(base):
+    server = Server()
+    server.loaded.add(2)
+    advance(base, "penguin", server, now=1002)
+    server.traffic(1, 900, SPECIES)
+    server.traffic(2, 100, {"Adelie": 1.0})  # predicts one class only
+    decision = advance(base, "penguin", server, now=1063)
+    policy = read_policy(base)
+    assert (decision.event, policy.state, policy.candidate_version, policy.candidate_percent) == \
+        ("rolled_back", "rolled_back", None, 0)
+    assert "max_prediction_distance 0.55" in policy.reason, policy.reason
+    assert policy.stable_version == 1
+
+
+def test_errors_and_latency_guards_compare_with_stable(base):
+    server = Server()
+    server.loaded.add(2)
+    advance(base, "penguin", server, now=1002)
+    server.traffic(1, 900, SPECIES, errors=9)
+    server.traffic(2, 100, SPECIES, errors=10)  # 10 % vs 1 %
+    decision = advance(base, "penguin", server, now=1063)
+    assert decision.event == "rolled_back"
+    failed = {g.name for g in decision.guards if g.passed is False}
+    assert failed == {"max_error_rate_ratio"}
+
+
+def test_no_traffic_extends_the_window_then_rolls_back_without_promoting(base):
+    server = Server()
+    server.loaded.add(2)
+    advance(base, "penguin", server, now=1002)
+    now = 1002
+    events = []
+    for _ in range(3):
+        server.traffic(2, 3, SPECIES)
+        now += 61
+        events.append(advance(base, "penguin", server, Settings(max_inconclusive=3), now=now).event)
+    assert events == ["extended", "extended", "rolled_back"]
+    assert "no evidence in 3 windows" in read_policy(base).reason
+
+
+def test_a_server_restart_in_the_window_is_not_evidence(base):
+    server = Server()
+    server.loaded.add(2)
+    server.traffic(1, 500, SPECIES)
+    advance(base, "penguin", server, now=1002)
+    server.requests.clear()
+    server.classes.clear()
+    server.latency.clear()  # restarted: counters start again at 0
+    server.traffic(1, 10, SPECIES)
+    decision = advance(base, "penguin", server, now=1063)
+    assert decision.event == "extended" and "restarted" in decision.reason
+
+
+def test_a_candidate_that_never_loads_is_rolled_back_after_the_timeout(base):
+    server = Server()
+    assert advance(base, "penguin", server, Settings(load_timeout_s=30), now=1010).event == "waiting"
+    decision = advance(base, "penguin", server, Settings(load_timeout_s=30), now=1031)
+    assert decision.event == "rolled_back" and "did not become AVAILABLE" in decision.reason
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps_percent": [5, 5, 50]}, "steps_percent[1] = 5.0: steps must increase"),
+    ({"candidate_percent": 120}, "candidate_percent = 120.0: must be in [0, 100]"),
+    ({"guards": {"max_p50": 1}}, "guards.max_p50: unknown guard"),
+    ({"stable_version": -1}, "stable_version: expected a version number"),
+    ({"colour": "blue"}, "unknown field 'colour'"),
+    ({"strategy": "linear"}, "unknown strategy 'linear'"),
+])
+def test_bad_rollout_files_are_rejected_naming_the_field(base, change, message):
+    raw = json.loads(open(os.path.join(base, "rollout.json")).read())
+    raw.update(change)
+    with open(os.path.join(base, "rollout.json"), "w") as fh:
+        json.dump(raw, fh)
+    with pytest.raises(RolloutConfigError) as info:
+        read_policy(base)
+    assert message in str(info.value) and "rollout.json" in str(info.value)
+    with pytest.raises(RolloutConfigError, match=message.split(":")[0].replace("[", r"\[")
+                       .replace("]", r"\]").replace(".", r"\.")):
+        parse_policy(raw)
+
+
+def test_a_policy_naming_a_missing_version_is_not_written(base):
+    with pytest.raises(RolloutConfigError, match="candidate_version = 7: no such version"):
+        write_policy(base, RolloutPolicy(strategy=CANARY, stable_version=1, candidate_version=7))
+    assert read_policy(base).candidate_version == 2  # the last good file stays
