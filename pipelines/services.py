@@ -92,6 +92,8 @@ class Services:
         env = dict(os.environ)
         env.update({
             "PIPEWRIGHT_HOME": self.home.root,
+            # Where a Rollout step reads the served versions' live evidence.
+            "PIPEWRIGHT_MODEL_SERVER_REST": f"http://{HOST}:{self.rest_port}",
             "TF_USE_LEGACY_KERAS": "1",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "AIRFLOW_HOME": self.airflow_home,

@@ -108,7 +108,7 @@ def penguin_with_infra_validator(**infra_args) -> Pipeline:
     pusher = Pusher(model=trainer.outputs.model, infra_blessing=infra.outputs.blessing,
                     model_blessing=penguin.component("Evaluator").outputs.blessing,
                     model_name="penguin")
-    kept = [c for c in penguin.components if c.id not in ("InfraValidator", "Pusher")]
+    kept = [c for c in penguin.components if c.id not in ("InfraValidator", "Pusher", "Rollout")]
     return Pipeline("penguin", kept + [infra, pusher], parameters=penguin.parameters)
 
 

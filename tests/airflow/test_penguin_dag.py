@@ -66,6 +66,7 @@ def test_impossible_threshold_skips_pusher_and_leaves_serving_unchanged(penguin)
         dag_run = dag.test(run_conf={"train_steps": TRAIN_STEPS, "accuracy_threshold": 1.01})
     states = task_states(dag_run)
     assert states.pop("Pusher") == "skipped"
+    assert states.pop("Rollout") == "skipped"  # nothing pushed: nothing to roll out
     assert set(states.values()) == {"success"}, states
     assert state(dag_run) == "success"
     assert serving_tree(serving_dir) == before

@@ -227,8 +227,10 @@ def test_night_2_new_span_trains_again_and_the_server_moves_to_version_2(system)
     incoming = Path(system.home.root) / "incoming"
     write_span(incoming, "2026-03-02", keep=lambda i: True)
     # The scheduled run's settings: default training steps and accuracy threshold.
+    # rollout=immediate: a canary's bake needs live traffic (tests/test_rollout_live.py).
     run, states = finished(system, trigger(system, "penguin", {"data_root": str(incoming),
-                                                              "input_pattern": SPAN_PATTERN}))
+                                                              "input_pattern": SPAN_PATTERN,
+                                                              "rollout": "immediate"}))
     assert set(states.values()) == {"success"}, states
     assert versions(system) == ["1", "2"]
 
@@ -352,7 +354,7 @@ def test_night_3_down_during_infra_validation_then_up_pushes_against_the_served_
 
     incoming = Path(system.home.root) / "incoming"
     write_span(incoming, "2026-03-03", keep=lambda i: True)
-    conf = {"data_root": str(incoming), "input_pattern": SPAN_PATTERN}
+    conf = {"data_root": str(incoming), "input_pattern": SPAN_PATTERN, "rollout": "immediate"}
     interrupted = trigger(system, "penguin", conf)
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not sandbox_servers(system):
