@@ -1,6 +1,7 @@
 """Rollout: after the Pusher, bakes the pushed candidate on live traffic and promotes it or
 rolls it back (components/rollout_controller.py), from the model server's per-version
-evidence. Never cached: its verdict depends on traffic, not on its inputs."""
+evidence. Cached like any step: a re-run whose Pusher was cached (the same push) reuses the
+verdict that push's rollout reached; an interrupted rollout publishes nothing."""
 from __future__ import annotations
 
 import os
@@ -47,10 +48,6 @@ class Rollout(Component):
     min_requests: Parameter[int] = 20  # per version and window, for a guard to judge
     load_timeout_seconds: Parameter[float] = 600.0
     max_inconclusive: Parameter[int] = 3
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("enable_cache", False)
-        super().__init__(**kwargs)
 
     def execute(self, step: Step) -> None:
         pushed, report = step.pushed_model, step.rollout_report

@@ -51,15 +51,15 @@ def print_runs(home: str | None, pipeline: str | None) -> int:
 
 
 def _key_results(metadata: Metadata, run: dict) -> tuple[str, str, str, str]:
-    """("loss=0.4123", "auc=0.8496", "yes"/"no"/"-", "v3"/"-") for one run: the last
+    """("loss=0.4123", "auc=0.8496", "yes"/"no"/"-", "v3"/"v3 rolled back"/"-") for one run: the last
     training loss the Trainer's TensorBoard logs hold (its last_scalars.json), the
     Evaluator's threshold metric (metrics.json), the ModelBlessing and the PushedModel
-    (cached steps count: their outputs are this run's too)."""
+    with the Rollout step's verdict (cached steps count: their outputs are this run's too)."""
     from components.evaluator import METRICS_FILE
     from components.trainer import SCALARS_FILE
     from pipelines.run_diff import step_outputs
 
-    loss, metric, blessed, pushed = "-", "-", "-", "-"
+    loss, metric, blessed, pushed, rollout = "-", "-", "-", "-", ""
     for _, outputs in step_outputs(metadata, run).values():
         for artifact in outputs.values():
             kind = type(artifact).__name__
@@ -81,6 +81,10 @@ def _key_results(metadata: Metadata, run: dict) -> tuple[str, str, str, str]:
                 blessed = "yes" if artifact.blessed else "no"
             elif kind == "PushedModel" and artifact.pushed:
                 pushed = f"v{artifact.pushed_version}"
+            elif kind == "RolloutReport" and artifact.state in ("promoted", "rolled_back"):
+                rollout = artifact.state.replace("_", " ")
+    if pushed != "-" and rollout:
+        pushed = f"{pushed} {rollout}"
     return loss, metric, blessed, pushed
 
 
@@ -288,4 +292,7 @@ _VIEWERS = {
     "ModelEvaluation": _show_text_report,
     "ModelBlessing": _show_text_report,
     "InfraBlessing": _show_infra_blessing,
+    "PushedModel": _show_text_report,
+    "RolloutReport": _show_text_report,  # every bake window with its guards
+    "TrafficReport": _show_text_report,
 }
