@@ -16,6 +16,8 @@ $PIPEWRIGHT_HOME, which `make up` sets for every Airflow process):
                                         and its lineage; statistics link TFDV's facets view
   /pipewright/artifacts/{id}/files/{name}  a file of the artifact (statistics.html, ...)
   /pipewright/diff?a=RUN&b=RUN          `pipewright diff` of two runs
+  /pipewright/dashboard/{model}         the model server, live, per version, and drift
+                                        (pipelines/serving_dashboard.py, Chart.js)
 
 The pages are read-only and, like every FastAPI plugin app, not behind Airflow's login:
 the API server `make up` starts listens on 127.0.0.1 only.
@@ -54,6 +56,9 @@ def create_app(home: str | None = None):
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from None
 
+    from pipelines import serving_dashboard
+    serving_dashboard.add_routes(app, home, metadata)
+
     @app.get("/", response_class=HTMLResponse)
     def runs_page() -> str:
         from pipelines.inspect_cli import _key_results
@@ -61,6 +66,10 @@ def create_app(home: str | None = None):
         store = metadata()
         runs = store.runs()
         body = [f"<h1>Pipewright runs</h1><p>home {_e(_home_root(home))}</p>"]
+        served = _served_models(home)
+        if served:
+            body.append("<p>serving dashboards: " + ", ".join(
+                _link(f"dashboard/{m}", m) for m in served) + "</p>")
         for pipeline in sorted({r["pipeline_name"] for r in runs}):
             rows = []
             for run in reversed([r for r in runs if r["pipeline_name"] == pipeline]):
@@ -207,6 +216,16 @@ def _lineage_svg(store, steps: dict) -> str:
             "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' "
             "markerWidth='6' markerHeight='6' orient='auto'><path d='M0,0L10,5L0,10z' "
             "fill='#888'/></marker></defs>" + "".join(parts) + "</svg>")
+
+
+def _served_models(home: str | None) -> list[str]:
+    """Model directories under the home's serving directory."""
+    from pipelines.home import Home
+    root = Home.resolve(home).serving_dir
+    try:
+        return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    except OSError:
+        return []
 
 
 def _home_root(home: str | None) -> str:
