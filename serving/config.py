@@ -59,6 +59,7 @@ class ServerOptions:
     request_log_max_file_age_seconds: float = 300.0
     request_log_max_total_bytes: int = 1 << 30
     request_log_queue_size: int = 1024
+    rollout_max_shadow_inflight: int = 16
     extra: dict = field(default_factory=dict)
 
 
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("request_log_queue_size", int, d.request_log_queue_size,
          "records waiting for the request log writer; more are dropped and counted, never "
          "waited for (pipewright extension)")
+    flag("rollout_max_shadow_inflight", int, d.rollout_max_shadow_inflight,
+         "shadow calls (rollout.json shadow_percent) running at once; beyond that a call is "
+         "not mirrored and counted in :pipewright:serving:shadow_skipped_count; 0 turns "
+         "shadowing off (pipewright extension)")
     return parser
 
 
@@ -178,6 +183,8 @@ def validate_options(options: ServerOptions) -> None:
                            "command line; with --model_config_file give each model a logging_config")
     if rate > 0 and not options.request_log_dir:
         raise ServingError(INVALID_ARGUMENT, "--request_log_sampling_rate needs --request_log_dir")
+    if options.rollout_max_shadow_inflight < 0:
+        raise ServingError(INVALID_ARGUMENT, "--rollout_max_shadow_inflight must be >= 0")
     for name in ("request_log_max_file_bytes", "request_log_max_file_age_seconds",
                  "request_log_max_total_bytes", "request_log_queue_size"):
         if getattr(options, name) <= 0:

@@ -10,6 +10,19 @@ here, once:
               -> DataPlane.<method>(request, ctx)      (servable lookup, checks, model call)
               -> _finish: metrics, then every observer (request logging, ...) in one place
               -> response proto (or ServingError) -> transport
+              -> (shadowed calls) the same call on the candidate, after the answer
+
+Rollouts (serving/rollout.py) enter here too, once for both protocols: an unpinned Predict /
+Classify / Regress call (no version, no label in its ModelSpec) is routed by the model's
+rollout policy when its base path has a rollout.json (ModelManager.route, keyed by the REST
+header X-Request-Key / gRPC metadata x-request-key when sent); a call naming a version or a
+label is never re-routed. The version that answered is the one in the response's model_spec,
+in the metrics and in the request log. A call the policy shadows is answered by stable; after
+the answer is finished the same request runs on the candidate as a task of the event loop
+(at most max_shadow_inflight at a time; beyond that it is skipped and counted), its answer is
+compared with stable's (serving/shadow.py) and handed to the observers as a CallRecord with
+shadow=True and the same request id. Shadow calls are not counted in TF Serving's metrics nor
+in version_request_count.
 
 Methods are coroutines to be awaited on the transport's event loop. Model calls go to the
 batch scheduler when batching is on, else to this object's thread pool; calls that block for
@@ -21,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +46,7 @@ from serving.errors import ServingError
 from serving.inference import (CLASSIFY_METHOD, REGRESS_METHOD, InferenceService,
                                classification_result, fetched_outputs, regression_result,
                                serialized_examples, verify_inputs)
+from serving.rollout import REQUEST_KEY, ROUTE_PINNED, ROUTE_SHADOW
 from serving.servable import DEFAULT_SIGNATURE
 
 log = logging.getLogger(__name__)
@@ -46,6 +61,9 @@ _CLIENT_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 # TF Serving counts every REST request (http_rest_api_handler.cc ProcessRequest) but, over
 # gRPC, only the inference RPCs (prediction_service_impl.cc).
 _COUNTED_GRPC_METHODS = frozenset({PREDICT, CLASSIFY, REGRESS})
+# The calls a rollout routes and the per-version metrics count.
+ROUTED_METHODS = _COUNTED_GRPC_METHODS
+DEFAULT_MAX_SHADOW_INFLIGHT = 16
 
 
 def request_id_from(headers: Mapping[str, str]) -> str:
@@ -68,7 +86,11 @@ class RequestContext:
         "predict", or "" for GETs, as TF Serving labels them).
     timeout: seconds a model call may take before DEADLINE_EXCEEDED (None: no limit).
     The data plane fills in method, model_name and version (the version that answered, once a
-    servable was resolved) as the request proceeds.
+    servable was resolved) as the request proceeds, and, for models with a rollout, route
+    ("stable", "canary", "pinned"; "shadow" on a shadow call's own context) and shadow (the
+    candidate's servable when the call is to be mirrored). A shadow call's context has
+    parent = the client call's context; `logged` is set by the request logger when it keeps
+    the call (so it keeps the call's shadow too).
     """
 
     transport: str
@@ -81,6 +103,11 @@ class RequestContext:
     model_name: str = ""
     version: int | None = None
     finished: bool = False
+    servable: object = None
+    route: str | None = None
+    shadow: object = None
+    parent: "RequestContext | None" = None
+    logged: bool = False
 
     def __post_init__(self):
         if not self.request_id:
@@ -101,6 +128,7 @@ class CallRecord:
     response: object
     error: ServingError | None
     latency_micros: float
+    shadow: bool = False  # the candidate's answer to a shadowed call (ctx.parent: the call)
 
 
 def as_serving_error(exc: BaseException) -> ServingError:
@@ -132,15 +160,21 @@ class DataPlane:
     observers: callables taking a CallRecord, run after every call (success or failure) on
     the caller's event loop; they must not block, and their exceptions are logged, never
     raised to the request.
+    max_shadow_inflight: shadow calls running at once (over all event loops); a call to be
+    shadowed beyond that is not mirrored and counted in shadow_skipped_count.
     """
 
-    def __init__(self, service: InferenceService, *, metrics=None, max_threads: int = 8):
+    def __init__(self, service: InferenceService, *, metrics=None, max_threads: int = 8,
+                 max_shadow_inflight: int = DEFAULT_MAX_SHADOW_INFLIGHT):
         self.service = service
         self.manager = service.manager
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=max(1, max_threads),
                                            thread_name_prefix="data-plane")
         self.observers: list[Callable[[CallRecord], None]] = []
+        self.max_shadow_inflight = max(0, max_shadow_inflight)
+        self._shadow_slots = threading.BoundedSemaphore(self.max_shadow_inflight or 1)
+        self._shadow_tasks: set = set()
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -239,6 +273,8 @@ class DataPlane:
             self._finish(ctx, method, request, None, error)
             raise error from None
         self._finish(ctx, method, request, response, None)
+        if ctx.shadow is not None:
+            self._start_shadow(ctx, method, request, response, handler)
         return result
 
     def _finish(self, ctx: RequestContext, method: str, request, response, error) -> None:
@@ -246,21 +282,85 @@ class DataPlane:
         latency = (time.perf_counter() - ctx.start) * 1e6
         if self.metrics is not None and (ctx.transport != "GRPC" or method in _COUNTED_GRPC_METHODS):
             api = method if ctx.api_label is None else ctx.api_label
+            version = (str(ctx.version) if method in ROUTED_METHODS and ctx.version is not None
+                       else None)
             self.metrics.record_request(ctx.model_name, api, ctx.transport,
-                                        error.code_name if error is not None else "OK", latency)
+                                        error.code_name if error is not None else "OK", latency,
+                                        version, ctx.route)
         if self.observers:
-            record = CallRecord(ctx, method, ctx.model_name, ctx.version, request, response,
-                                error, latency)
-            for observer in self.observers:
-                try:
-                    observer(record)
-                except Exception:
-                    log.exception("data plane observer failed")
+            self._notify(CallRecord(ctx, method, ctx.model_name, ctx.version, request, response,
+                                    error, latency))
+
+    def _notify(self, record: CallRecord) -> None:
+        for observer in self.observers:
+            try:
+                observer(record)
+            except Exception:
+                log.exception("data plane observer failed")
 
     def _servable(self, spec, ctx: RequestContext):
-        servable = self.service.servable_for(spec)
+        """The servable a call runs on, resolved once per call (the REST predict path asks
+        before the call, for the input dtypes): routed by the rollout for unpinned Predict /
+        Classify / Regress calls, else ServerCore::GetServableHandle's."""
+        servable = ctx.servable
+        if servable is None:
+            if ctx.method in ROUTED_METHODS and spec.WhichOneof("version_choice") is None:
+                servable, ctx.route, ctx.shadow = self.manager.route(
+                    spec.name, ctx.headers.get(REQUEST_KEY))
+            else:
+                servable = self.service.servable_for(spec)
+                if ctx.method in ROUTED_METHODS and self.manager.has_rollout(spec.name):
+                    ctx.route = ROUTE_PINNED
+            ctx.servable = servable
         ctx.version = servable.version
         return servable
+
+    # ------------------------------------------------------------ shadow calls
+
+    def _start_shadow(self, ctx: RequestContext, method: str, request, response, handler) -> None:
+        candidate = ctx.shadow
+        if not self.max_shadow_inflight or not self._shadow_slots.acquire(blocking=False):
+            if self.metrics is not None:
+                self.metrics.record_shadow(ctx.model_name, str(candidate.version), None)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._shadow(ctx, method, request, response, handler, candidate))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, task) -> None:
+        self._shadow_tasks.discard(task)
+        self._shadow_slots.release()
+
+    async def _shadow(self, parent: RequestContext, method: str, request, stable_response,
+                      handler, candidate) -> None:
+        from serving.shadow import Comparison, compare
+
+        ctx = RequestContext(parent.transport, parent.headers, request_id=parent.request_id,
+                             timeout=parent.timeout, method=method, model_name=parent.model_name,
+                             servable=candidate, route=ROUTE_SHADOW, parent=parent)
+        response = error = None
+        try:
+            response = await handler(request, ctx)
+        except asyncio.CancelledError:
+            error = ServingError(errors.CANCELLED, "Shadow call was cancelled")
+        except Exception as e:
+            error = as_serving_error(e)
+        latency = (time.perf_counter() - ctx.start) * 1e6
+        comparison = Comparison()
+        if response is not None:
+            try:
+                comparison = compare(method, stable_response, response)
+            except Exception:
+                log.exception("shadow comparison failed")
+        if self.metrics is not None:
+            self.metrics.record_shadow(ctx.model_name, str(candidate.version),
+                                       error.code_name if error is not None else "OK",
+                                       comparison.same, comparison.different,
+                                       comparison.distances)
+        if self.observers:
+            self._notify(CallRecord(ctx, method, ctx.model_name, candidate.version, request,
+                                    response, error, latency, shadow=True))
 
     async def _execute(self, ctx: RequestContext, runner, inputs, outputs=None):
         future = self.service.submit_on_loop(runner, inputs, outputs)

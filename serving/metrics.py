@@ -4,7 +4,29 @@ TF Serving's own series keep their names and labels (request_count{model_name,st
 request_latency{model_name,API,entrypoint} in microseconds, ...). Pipewright series add what
 TF Serving lacks: request counts by API and entrypoint, the loaded versions, and the request
 log's records, bytes, drops, removed files and failed requests (serving/request_log.py), and
-live data quality per version (serving/data_quality.py documents those series).
+live data quality per version (serving/data_quality.py documents those series), and the
+per-version evidence of a rollout (serving/rollout.py, docs/rollout.md):
+
+  :pipewright:serving:version_request_count{model_name,version,status}  counter: Predict /
+      Classify / Regress calls whose version was resolved, by the version that answered;
+      status "OK" or the error code name. Shadow calls are not counted here.
+  :pipewright:serving:version_request_latency{model_name,version}  histogram, microseconds,
+      the same calls (every status).
+  :pipewright:serving:route_count{model_name,version,route}  counter, for models with a
+      rollout.json: route "stable" / "canary" (unpinned calls, as routed), "pinned" (the call
+      named a version or label), "shadow" (mirrored calls started on the candidate).
+  :pipewright:serving:shadow_request_count{model_name,version,status}  counter: shadow calls
+      finished on the candidate (version), by status.
+  :pipewright:serving:shadow_skipped_count{model_name,version}  counter: shadow calls not
+      made because the bound on concurrent shadow calls was reached.
+  :pipewright:serving:shadow_comparison_count{model_name,version,agreement}  counter of rows
+      (examples) of OK shadow calls: agreement "same" / "different" (serving/shadow.py).
+  :pipewright:serving:shadow_score_distance{model_name,version}  histogram of the per-row
+      L-infinity distance between stable and candidate scores (classifiers), 0..1.
+  :pipewright:serving:rollout_generation{model_name}  gauge: the generation of the rollout
+      policy in effect (-1: none).
+  :pipewright:serving:rollout_config_rejected{model_name}  counter: rollout.json contents
+      rejected by validation (the last good policy stays in effect).
 """
 
 from __future__ import annotations
@@ -18,6 +40,9 @@ LATENCY_BUCKETS = [10 * 1.8 ** i for i in range(33)]
 # normalized targets), decades beyond; plus the +Inf bucket.
 PREDICTION_BUCKETS = [-1e6, -1e4, -1e3, -100, -10, -1, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
                       0.8, 0.9, 1, 10, 100, 1e3, 1e4, 1e6]
+
+# Score distances are on [0, 1]: fine steps near 0, where agreeing models sit.
+DISTANCE_BUCKETS = [0, 1e-6, 1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1]
 
 
 def _label_value(value: str) -> str:
@@ -126,13 +151,63 @@ class ServingMetrics:
         self.prediction_value = Histogram(":pipewright:serving:prediction_value", mv,
                                           bounds=PREDICTION_BUCKETS)
 
+        # Rollout evidence (serving/rollout.py); see the module docstring.
+        mvs = mv + ("status",)
+        self.version_request_count = Counter(":pipewright:serving:version_request_count", mvs)
+        self.version_request_latency = Histogram(":pipewright:serving:version_request_latency", mv)
+        self.route_count = Counter(":pipewright:serving:route_count", mv + ("route",))
+        self.shadow_request_count = Counter(":pipewright:serving:shadow_request_count", mvs)
+        self.shadow_skipped_count = Counter(":pipewright:serving:shadow_skipped_count", mv)
+        self.shadow_comparison_count = Counter(":pipewright:serving:shadow_comparison_count",
+                                               mv + ("agreement",))
+        self.shadow_score_distance = Histogram(":pipewright:serving:shadow_score_distance", mv,
+                                               bounds=DISTANCE_BUCKETS)
+        self.rollout_generation = Gauge(":pipewright:serving:rollout_generation", ("model_name",))
+        self.rollout_config_rejected = Counter(":pipewright:serving:rollout_config_rejected",
+                                               ("model_name",))
+
     def record_request(self, model_name: str, api: str, entrypoint: str, status: str,
-                       latency_micros: float) -> None:
+                       latency_micros: float, version: str | None = None,
+                       route: str | None = None) -> None:
+        """One call: TF Serving's series; with version (a resolved Predict / Classify /
+        Regress call) the per-version series; with route, route_count."""
         with self._lock:
             self.request_count.inc(model_name, status)
             self.requests_by_api.inc(model_name, api, entrypoint, status)
             if status == "OK":
                 self.request_latency.observe(latency_micros, model_name, api, entrypoint)
+            if version is not None:
+                self.version_request_count.inc(model_name, version, status)
+                self.version_request_latency.observe(latency_micros, model_name, version)
+                if route is not None:
+                    self.route_count.inc(model_name, version, route)
+
+    def record_shadow(self, model_name: str, version: str, status: str | None,
+                      same: int = 0, different: int = 0, distances=()) -> None:
+        """One shadow call on the candidate `version`: status None = skipped (over the bound);
+        same / different rows and per-row score distances when it answered."""
+        with self._lock:
+            if status is None:
+                self.shadow_skipped_count.inc(model_name, version)
+                return
+            self.route_count.inc(model_name, version, "shadow")
+            self.shadow_request_count.inc(model_name, version, status)
+            if same:
+                self.shadow_comparison_count.inc(model_name, version, "same", amount=same)
+            if different:
+                self.shadow_comparison_count.inc(model_name, version, "different", amount=different)
+            for distance in distances:
+                self.shadow_score_distance.observe(distance, model_name, version)
+
+    def set_rollouts(self, status: dict[str, dict]) -> None:
+        """status: ModelManager.rollout_status()."""
+        with self._lock:
+            for key in list(self.rollout_generation.values):
+                self.rollout_generation.set(*key, value=-1)
+            for name, entry in status.items():
+                policy = entry["policy"]
+                self.rollout_generation.set(name, value=policy.generation if policy else -1)
+                self.rollout_config_rejected.values[(name,)] = entry["rejected"]
 
     def record_batch(self, signature: str, rows: int) -> None:
         with self._lock:
@@ -185,16 +260,8 @@ class ServingMetrics:
         lines: list[str] = []
         with self._lock:
             # The exporter walks a std::map keyed by metric name.
-            for metric in sorted([self.request_count, self.request_latency, self.warmup_latency,
-                                  self.requests_by_api, self.loaded_versions, self.version_loaded,
-                                  self.batch_size, self.request_log_records, self.request_log_bytes,
-                                  self.request_log_dropped, self.request_log_write_errors,
-                                  self.request_log_failed_requests, self.request_log_removed_files,
-                                  self.request_log_removed_bytes, self.data_quality_schema_loaded,
-                                  self.data_quality_rows, self.feature_missing_count,
-                                  self.feature_out_of_schema_count, self.output_invalid_count,
-                                  self.prediction_class_count, self.prediction_value],
-                                 key=lambda m: m.name):
+            metrics = [m for m in vars(self).values() if isinstance(m, (Counter, Histogram))]
+            for metric in sorted(metrics, key=lambda m: m.name):
                 if metric.values:
                     metric.render(lines)
         return "\n".join(lines) + "\n"

@@ -11,6 +11,12 @@
 - Labels are resolved when a config is applied, and may only name AVAILABLE versions (unless
   --allow_version_labels_for_unavailable_models), as in ServerCore.
 - The serving map is an immutable snapshot swapped atomically, so request threads never lock.
+- A model's `<base path>/rollout.json` (serving/rollout.py), read with each poll, replaces the
+  version policy: the aspired versions are its stable, candidate and held versions, labels
+  "stable" and "canary" name the first two, and unpinned calls are routed by its Routes
+  (published atomically beside the serving map). A file that fails validation is logged with
+  its path and field and the last good policy stays in effect; a file that disappears ends
+  the rollout (the version policy applies again).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from serving import errors
 from serving.config import validate_model_config_list
 from serving.errors import ServingError
 from serving.ints import safe_strto64
+from serving.rollout import RolloutError, Routes, build_routes, read_policy, ROLLOUT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,10 @@ class VersionRecord:
 class ModelState:
     config: object  # ModelConfig proto
     versions: dict[int, VersionRecord] = field(default_factory=dict)
+    rollout: object = None          # the RolloutPolicy in effect (the last good one), or None
+    rollout_seen: tuple | None = None  # what the file looked like when last read
+    rollout_error: str | None = None   # why the file's current contents were rejected
+    rollout_rejected: int = 0          # rejected contents so far
 
 
 class ModelManager:
@@ -73,6 +84,7 @@ class ModelManager:
         self._active: set[str] = set()
         self._labels: dict[str, dict[str, int]] = {}
         self._serving: dict[str, dict[int, object]] = {}   # snapshot, replaced not mutated
+        self._routes: dict[str, Routes] = {}                # snapshot, replaced not mutated
         self._lock = threading.RLock()                     # config changes, polls, loads
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -160,7 +172,11 @@ class ModelManager:
             if on_disk is None:
                 log.warning("base path %s of model %s does not exist", model.config.base_path, name)
                 continue
-            aspired = _aspired_versions(model.config, on_disk)
+            changed |= self._read_rollout(name, model, on_disk)
+            if model.rollout is not None:
+                aspired = set(model.rollout.aspired_versions) & set(on_disk)
+            else:
+                aspired = _aspired_versions(model.config, on_disk)
             if not on_disk:
                 log.warning("No versions of servable %s found under base path %s", name,
                             model.config.base_path)
@@ -176,6 +192,58 @@ class ModelManager:
                     changed = True
             changed |= self._apply_policy(model)
         return changed
+
+    def _read_rollout(self, name: str, model: ModelState, on_disk: dict[int, str]) -> bool:
+        """Re-read <base path>/rollout.json when it (or the set of versions on disk) changed;
+        True when the policy in effect changed."""
+        path = os.path.join(model.config.base_path, ROLLOUT_FILE)
+        try:
+            st = os.stat(path)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size, frozenset(on_disk))
+        except FileNotFoundError:
+            seen = None
+        except (OSError, ValueError):
+            seen = ("unstatable", frozenset(on_disk))
+        if seen == model.rollout_seen:
+            return False
+        model.rollout_seen = seen
+        try:
+            policy = read_policy(model.config.base_path, set(on_disk))
+        except RolloutError as e:
+            model.rollout_error = str(e)
+            model.rollout_rejected += 1
+            kept = (f"keeping generation {model.rollout.generation} ({model.rollout.strategy}, "
+                    f"stable {model.rollout.stable_version})" if model.rollout is not None
+                    else "no rollout in effect: the version policy applies")
+            log.error("rollout config of model %s rejected: %s; %s", name, e, kept)
+            return True  # nothing to load, but listeners count the rejection
+        model.rollout_error = None
+        if policy == model.rollout:
+            return False
+        if policy is None:
+            log.info("rollout of model %s ended: %s is gone; the version policy applies", name, path)
+        else:
+            log.info("rollout of model %s: generation %d, strategy %s, stable %d, candidate %s "
+                     "at %g %% (shadow %g %%), hold %s", name, policy.generation, policy.strategy,
+                     policy.stable_version, policy.candidate_version, policy.candidate_percent,
+                     policy.shadow_percent, list(policy.hold_versions))
+        model.rollout = policy
+        self._update_routes(name, model)
+        return True
+
+    def _update_routes(self, name: str, model: ModelState) -> None:
+        routes = dict(self._routes)
+        previous = routes.get(name)
+        new = None
+        if model.rollout is not None and name in self._active:
+            new = build_routes(model.rollout, self._serving.get(name, {}), previous)
+        if new is None:
+            routes.pop(name, None)
+        else:
+            routes[name] = new
+            if new.fallback and (previous is None or previous.fallback != new.fallback):
+                log.warning("rollout of model %s: %s", name, new.fallback)
+        self._routes = routes
 
     # ------------------------------------------------------------ lifecycle
 
@@ -215,7 +283,9 @@ class ModelManager:
         pending = [r for r in managed if r.aspired and (r.state == START or
                    (r.state == LOADING and r.retry_at <= now))]
         if pending:
-            return "load", max(pending, key=lambda r: r.version)
+            # The rollout's stable version first: a candidate that fails must not delay it.
+            stable = model.rollout.stable_version if model.rollout is not None else None
+            return "load", max(pending, key=lambda r: (r.version == stable, r.version))
         return None
 
     def _load(self, model: ModelState, record: VersionRecord) -> bool:
@@ -261,6 +331,7 @@ class ModelManager:
         else:
             serving.pop(name, None)
         self._serving = serving
+        self._update_routes(name, model)
 
     def _publish(self) -> None:
         for listener in self.listeners:
@@ -275,13 +346,18 @@ class ModelManager:
         """ServerCore::GetServableHandle."""
         if not name:
             raise ServingError(errors.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+        routes = self._routes.get(name)
         if label is not None:
-            version = self._labels.get(name, {}).get(label)
+            version = routes.policy.labels.get(label) if routes is not None else None
+            if version is None:
+                version = self._labels.get(name, {}).get(label)
             if version is None:
                 raise ServingError(errors.INVALID_ARGUMENT,
                                    f"Unrecognized servable version label: {label}")
         versions = self._serving.get(name)
         if version is None:
+            if routes is not None:
+                return routes.stable
             if versions:
                 return versions[max(versions)]
             raise ServingError(errors.NOT_FOUND, f"Servable not found for request: Latest({name})")
@@ -290,6 +366,35 @@ class ModelManager:
             raise ServingError(errors.NOT_FOUND,
                                f"Servable not found for request: Specific({name}, {version})")
         return servable
+
+    def route(self, name: str, key: str | None = None):
+        """An unpinned call's (servable, route, shadow servable or None): by the model's
+        rollout policy (serving/rollout.py Routes.route; key: the client's request key, or
+        None), else the newest version with route None. Raises ServingError NOT_FOUND as
+        servable() does."""
+        routes = self._routes.get(name)
+        if routes is None:
+            return self.servable(name), None, None
+        return routes.route(key)
+
+    def has_rollout(self, name: str) -> bool:
+        """Whether unpinned calls of the model are routed by a rollout policy."""
+        return name in self._routes
+
+    def rollout_status(self) -> dict[str, dict]:
+        """{model name: {"policy": RolloutPolicy or None, "error": str or None, "rejected":
+        int, "fallback": str or None}} for the models whose base path has (or had) a
+        rollout.json (lock-free snapshot)."""
+        status = {}
+        routes = self._routes
+        for name, model in list(self._models.items()):
+            if model.rollout is None and model.rollout_error is None and not model.rollout_rejected:
+                continue
+            current = routes.get(name)
+            status[name] = {"policy": model.rollout, "error": model.rollout_error,
+                            "rejected": model.rollout_rejected,
+                            "fallback": current.fallback if current is not None else None}
+        return status
 
     def version_status(self, name: str, version: int | None = None) -> list[tuple[int, int, ServingError | None]]:
         """GetModelStatusImpl: [(version, state, error)] newest first."""

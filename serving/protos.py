@@ -8,7 +8,7 @@ configs written for TF Serving parse unchanged and the wire format matches.
 
 One is pipewright's own: RequestLogFields, the fields the request log adds to
 tensorflow.serving.LogMetadata (which has no request id or error) under field numbers TF
-Serving does not use, 1000-1003. A reader with TF Serving's protos keeps them as unknown fields;
+Serving does not use, 1000-1004. A reader with TF Serving's protos keeps them as unknown fields;
 RequestLogFields.FromString(log_metadata.SerializeToString()) reads them.
 """
 
@@ -89,7 +89,8 @@ _request_log_file = _build_file(
                  _field("request_id", 1000, _F.TYPE_STRING),
                  _field("transport", 1001, _F.TYPE_STRING),
                  _field("error_code", 1002, _F.TYPE_INT32),
-                 _field("error_message", 1003, _F.TYPE_STRING)),
+                 _field("error_message", 1003, _F.TYPE_STRING),
+                 _field("route", 1004, _F.TYPE_STRING)),
     ])
 (RequestLogFields,) = _classes(_request_log_file, "RequestLogFields")
 

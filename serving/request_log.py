@@ -22,7 +22,12 @@ tensorflow.serving.PredictionLog (tensorflow_serving/apis/prediction_log.proto):
 classify_log / regress_log / multi_inference_log {request, response}, and log_metadata with
 model_spec (name, signature, the version that answered), the model's sampling_config, the
 saved_model_tags, timestamp_secs, plus protos.RequestLogFields (request_id, transport,
-error_code, error_message) under pipewright's field numbers.
+error_code, error_message, route) under pipewright's field numbers.
+
+Rollouts (serving/rollout.py): route is "stable", "canary" or "pinned" for a call of a model
+with a rollout policy ("" otherwise), and "shadow" for the candidate's answer to a shadowed
+call. That answer is logged exactly when the client call was (not sampled again), with the
+same request_id and the candidate's version, so the pair can be joined.
 
 Failed requests: PredictionLog has no error field. A failed call that reached the data plane is
 sampled and logged like any other, with its request, no response, and error_code/error_message
@@ -183,7 +188,10 @@ class RequestLogger:
                                _version_label(record.version), record.error.code_name)
         if record.request is None:
             return
-        if policy.sampling_rate < 1.0 and random.random() >= policy.sampling_rate:
+        if record.shadow:
+            if record.ctx.parent is None or not record.ctx.parent.logged:
+                return
+        elif policy.sampling_rate < 1.0 and random.random() >= policy.sampling_rate:
             return
         if self._stopping.is_set():
             self.metrics.count(self.metrics.request_log_dropped, record.model_name)
@@ -192,6 +200,8 @@ class RequestLogger:
             self._queue.put_nowait((policy, field, record, time.time()))
         except queue.Full:
             self.metrics.count(self.metrics.request_log_dropped, record.model_name)
+            return
+        record.ctx.logged = True
 
     # ------------------------------------------------------------ the writer thread
 
@@ -261,7 +271,8 @@ class RequestLogger:
         meta.sampling_config.CopyFrom(policy.sampling_config)
         meta.saved_model_tags.extend(self.saved_model_tags)
         meta.timestamp_secs = int(when)
-        extra = RequestLogFields(request_id=record.ctx.request_id, transport=record.ctx.transport)
+        extra = RequestLogFields(request_id=record.ctx.request_id, transport=record.ctx.transport,
+                                 route=record.ctx.route or "")
         if record.error is not None:
             extra.error_code = record.error.code
             extra.error_message = record.error.message

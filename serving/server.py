@@ -71,6 +71,7 @@ class ModelServer:
             self.manager._warmup = lambda servable: self.service.warmup(servable, iterations)
         self.manager.listeners.append(
             lambda: self.metrics.set_loaded(self.manager.loaded_versions(), self.manager.model_names()))
+        self.manager.listeners.append(lambda: self.metrics.set_rollouts(self.manager.rollout_status()))
         self.manager.apply_config(self.model_config)
         self.manager.start()
 
@@ -78,7 +79,8 @@ class ModelServer:
         # One pool for both transports' model calls: each keeps the threads its flag gives it.
         threads = (options.grpc_max_threads or 4 * cpus) + (
             (options.rest_api_num_threads or 4 * cpus) if options.rest_api_port else 0)
-        self.data_plane = DataPlane(self.service, metrics=self.metrics, max_threads=threads)
+        self.data_plane = DataPlane(self.service, metrics=self.metrics, max_threads=threads,
+                                    max_shadow_inflight=options.rollout_max_shadow_inflight)
         self.request_logger = RequestLogger(
             log_dir=options.request_log_dir, metrics=self.metrics,
             max_file_bytes=options.request_log_max_file_bytes,

@@ -69,3 +69,15 @@ def data_plane(demo_model):
     yield plane
     plane.stop()
     manager.stop()
+
+
+@pytest.fixture(scope="session")
+def rollout_models(tmp_path_factory) -> Path:
+    """Versions 1 (stable) and 2 (candidate) of the two classifiers in
+    tests/serving/rollout_models.py (built once, shared read-only: copy before changing)."""
+    from rollout_models import CANDIDATE_THRESHOLD, STABLE_THRESHOLD, write_classifier
+
+    base = tmp_path_factory.mktemp("rollout_models") / "clf"
+    write_classifier(base / "1", STABLE_THRESHOLD)
+    write_classifier(base / "2", CANDIDATE_THRESHOLD)
+    return base
