@@ -19,6 +19,7 @@ ASSETS_EXTRA = "assets.extra"  # TF Serving's warmup requests live here
 # (serving/data_quality.py). TF Serving reads only assets.extra/tf_serving_warmup_requests
 # (saved_model_warmup_util.cc), so it ignores this file.
 SCHEMA_FILE = os.path.join(ASSETS_EXTRA, "schema.pbtxt")
+DEFAULT_SHADOW_AGREEMENT = 0.9
 
 
 class Pusher(Component):
@@ -125,11 +126,19 @@ def _start_rollout(step: Step, destination: str, version: int) -> str:
         strategy=strategy, stable_version=stable, candidate_version=version,
         shadow_percent=step.shadow_percent if strategy == SHADOW else 0.0,
         steps_percent=list(step.rollout_steps), bake_seconds=step.bake_seconds,
-        guards=dict(step.rollout_guards), state=LOADING,
+        guards=_guards(strategy, step.rollout_guards), state=LOADING,
         generation=policy.generation if policy else 0,
         reason=f"{strategy} rollout of version {version} against version {stable}: loading",
         window={"loading_since": time.time()}))
     return f"; {strategy} rollout against version {stable} begins once it is loaded"
+
+
+def _guards(strategy: str, guards: dict[str, float]) -> dict[str, float]:
+    """The guards as given; a shadow rollout also checks agreement (0.9 unless given)."""
+    guards = dict(guards)
+    if strategy == SHADOW:
+        guards.setdefault("min_shadow_agreement", DEFAULT_SHADOW_AGREEMENT)
+    return guards
 
 
 def serving_base(serving_dir: str, push_destination: str, model_name: str) -> str:

@@ -8,17 +8,19 @@ person can run `pipewright rollout` in between. Transitions:
 
   loading  -> baking        the candidate is AVAILABLE on the server (loaded and warmed);
                             canary: its share becomes the first step; shadow: mirroring
-                            starts; blue_green: it takes 100 % (the old stable stays loaded)
+                            starts; blue_green: one window of stable alone (the reference),
+                            then it takes 100 % at once, the old stable kept loaded
   loading  -> rolled_back   it is not AVAILABLE within `load_timeout_s`
   baking   -> baking        the window passed its guards: the next canary step
-  baking   -> promoted      the last window passed: the candidate becomes stable (blue-green
-                            and shadow keep the old stable loaded in hold_versions)
+  baking   -> promoted      the last window passed (a canary step of 100 % is the promotion
+                            itself): the candidate becomes stable (blue-green and shadow keep
+                            the old stable loaded in hold_versions)
   baking   -> rolled_back   a guard failed, or `max_inconclusive` windows in a row had fewer
                             than `min_requests` requests on a version the guards compare
                             (no evidence is no promotion)
 
-Guards (thresholds in the policy's `guards`; values per window, candidate against stable —
-at a 100 % step the stable's evidence of the previous window):
+Guards (thresholds in the policy's `guards`; values per window, candidate against stable in
+the same window — for blue-green, against stable's reference window before the switch):
   max_error_rate_ratio     max(rate_c, 1 %) / max(rate_s, 1 %): error rates under ERROR_RATE_FLOOR
                            are noise at a window's request counts, not a regression
   max_latency_p99_ratio    p99_c / p99_s (histogram bucket upper bounds)
@@ -26,7 +28,9 @@ at a 100 % step the stable's evidence of the previous window):
                            drift measure; tensorflow_data_validation/anomalies/metrics.cc)
   min_shadow_agreement     same / (same + different) over the candidate's shadowed rows
   min_live_accuracy        not evaluated from the server (delayed labels come from the
-                           traffic monitor); reported as "not available"
+                           traffic monitor); reported as "not judged"
+Under `shadow` the candidate answers no client, so the error and latency guards are not
+judged; its shadow answers give the agreement and the predicted-class shares.
 Practice followed: Flagger's canary analysis (step weights, an analysis per interval, a
 failed-checks threshold before rollback) and Argo Rollouts' AnalysisRun "inconclusive".
 """
@@ -43,6 +47,7 @@ from components.rollout_policy import (BAKING, BLUE_GREEN, CANARY, LOADING, PROM
                                        write_policy)
 
 HISTORY_FILE = "rollout_history.jsonl"
+REFERENCE, SWITCHED = "reference", "switched"  # blue-green's two windows
 ERROR_RATE_FLOOR = 0.01
 
 
@@ -80,17 +85,30 @@ class Settings:
     max_inconclusive: int = 3
 
 
+NOT_JUDGED = "not judged: "  # a guard that cannot apply (never blocks, never counts as open)
+
+
 def evaluate_guards(policy: RolloutPolicy, candidate: VersionEvidence,
                     stable: VersionEvidence, min_requests: int) -> list[GuardResult]:
+    """Each guard's value for one window. Under `shadow` the candidate answers no client:
+    error and latency guards are not judged (shadow calls are not client requests), and the
+    prediction distance compares the classes of its shadow answers."""
     results = []
-    enough = candidate.requests >= min_requests and stable.requests >= min_requests
-    short = (f"too little evidence: candidate {candidate.requests}, stable "
+    shadow = policy.strategy == SHADOW
+    answered = sum(candidate.class_counts.values()) if shadow else candidate.requests
+    enough = answered >= min_requests and stable.requests >= min_requests
+    short = (f"too little evidence: candidate {answered}, stable "
              f"{stable.requests} requests (need {min_requests} each)")
     for name, threshold in sorted(policy.guards.items()):
         if name == "min_live_accuracy":
             results.append(GuardResult(name, threshold, None, None,
-                                       "not available from the server (delayed labels: "
-                                       "pipewright monitor)"))
+                                       NOT_JUDGED + "not available from the server (delayed "
+                                       "labels: pipewright monitor)"))
+            continue
+        if shadow and name in ("max_error_rate_ratio", "max_latency_p99_ratio"):
+            results.append(GuardResult(name, threshold, None, None,
+                                       NOT_JUDGED + "the candidate answers no client under "
+                                       "shadow"))
             continue
         if name == "min_shadow_agreement":
             compared = candidate.shadow_same + candidate.shadow_different
@@ -166,9 +184,9 @@ def _start(base_path, model_name, policy, evidence, settings, now) -> Decision:
     policy.step_index = 0
     if policy.strategy == CANARY:
         policy.candidate_percent = policy.steps_percent[0]
-    elif policy.strategy == BLUE_GREEN:
-        policy.candidate_percent = 100.0
     policy.window = {"started_at": now, "start": snapshot.to_json(), "inconclusive": 0}
+    if policy.strategy == BLUE_GREEN:  # first a window of stable alone: the reference
+        policy.window["phase"] = REFERENCE
     policy.reason = _routing(policy)
     write_policy(base_path, policy)
     _history(base_path, policy, "started", policy.reason)
@@ -176,6 +194,9 @@ def _start(base_path, model_name, policy, evidence, settings, now) -> Decision:
 
 
 def _routing(policy: RolloutPolicy) -> str:
+    if policy.window.get("phase") == REFERENCE:
+        return (f"measuring version {policy.stable_version} alone before switching to version "
+                f"{policy.candidate_version} (it is loaded and held)")
     if policy.strategy == SHADOW:
         return (f"shadowing {policy.shadow_percent:g} % of requests to version "
                 f"{policy.candidate_version}")
@@ -196,8 +217,10 @@ def _judge(base_path, model_name, policy, evidence, settings, now) -> Decision:
         return _inconclusive(base_path, policy, settings, now,
                              "the model server restarted during the window", [])
     candidate, stable = found[policy.candidate_version], found[policy.stable_version]
+    if policy.window.get("phase") == REFERENCE:
+        return _switch(base_path, policy, settings, now, end, stable)
     reference = stable
-    if stable.requests < settings.min_requests and policy.window.get("reference"):
+    if policy.window.get("phase") == SWITCHED:  # stable serves nobody now: its window before
         reference = VersionEvidence(policy.stable_version, **policy.window["reference"])
     guards = evaluate_guards(policy, candidate, reference, settings.min_requests)
     record = {"candidate": candidate.to_json(), "stable": stable.to_json(),
@@ -207,19 +230,36 @@ def _judge(base_path, model_name, policy, evidence, settings, now) -> Decision:
         reason = "; ".join(f"{g.name} {g.value} beyond {g.threshold} ({g.detail})"
                            for g in failed)
         return _roll_back(base_path, policy, now, reason, guards, record)
-    open_ = [g for g in guards if g.passed is None and g.name != "min_live_accuracy"]
+    open_ = [g for g in guards if g.passed is None and not g.detail.startswith(NOT_JUDGED)]
     if open_:
         return _inconclusive(base_path, policy, settings, now,
                              "; ".join(f"{g.name}: {g.detail}" for g in open_), guards, record)
     return _next_step(base_path, policy, end, stable, now, guards, record)
 
 
+def _switch(base_path, policy, settings, now, end, stable) -> Decision:
+    """Blue-green: stable's window alone is the reference; then all traffic switches."""
+    if stable.requests < settings.min_requests:
+        return _inconclusive(base_path, policy, settings, now,
+                             f"too little evidence: stable {stable.requests} requests (need "
+                             f"{settings.min_requests}) to compare the switch with", [])
+    policy.candidate_percent = 100.0
+    policy.window = {"started_at": now, "start": end.to_json(), "inconclusive": 0,
+                     "phase": SWITCHED, "reference": {
+                         k: v for k, v in stable.to_json().items()
+                         if k in ("requests", "errors", "latency_p99_micros", "class_counts")}}
+    policy.reason = (f"switched: 100 % of unpinned requests to version "
+                     f"{policy.candidate_version}, version {policy.stable_version} held loaded")
+    write_policy(base_path, policy)
+    _history(base_path, policy, "switched", policy.reason, {"stable": stable.to_json()})
+    return Decision(BAKING, policy.bake_seconds, "switched", policy.reason)
+
+
 def _next_step(base_path, policy, end, stable, now, guards, record) -> Decision:
-    reference = policy.window.get("reference")
-    if stable.requests:
-        reference = {k: v for k, v in stable.to_json().items()
-                     if k in ("requests", "errors", "latency_p99_micros", "class_counts")}
-    last = (policy.strategy != CANARY or policy.step_index + 1 >= len(policy.steps_percent))
+    # A step of 100 % is the promotion itself: stable would serve nobody to compare with.
+    following = policy.step_index + 1
+    last = (policy.strategy != CANARY or following >= len(policy.steps_percent)
+            or policy.steps_percent[following] >= 100)
     if last:
         previous = policy.stable_version
         policy.stable_version, policy.candidate_version = policy.candidate_version, None
@@ -234,8 +274,7 @@ def _next_step(base_path, policy, end, stable, now, guards, record) -> Decision:
         return Decision(PROMOTED, None, "promoted", policy.reason, guards)
     policy.step_index += 1
     policy.candidate_percent = policy.steps_percent[policy.step_index]
-    policy.window = {"started_at": now, "start": end.to_json(), "inconclusive": 0,
-                     "reference": reference}
+    policy.window = {"started_at": now, "start": end.to_json(), "inconclusive": 0}
     policy.reason = f"step {policy.step_index + 1}: " + _routing(policy)
     write_policy(base_path, policy)
     _history(base_path, policy, "advanced", policy.reason, record)

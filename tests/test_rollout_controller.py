@@ -48,6 +48,9 @@ class Server:
                       f':pipewright:serving:version_request_latency_bucket{{{lab},le="+Inf"}} {n}',
                       f':pipewright:serving:version_request_latency_sum{{{lab}}} {n * 900}',
                       f':pipewright:serving:version_request_latency_count{{{lab}}} {n}']
+        lines.append("# TYPE :pipewright:serving:shadow_comparison_count counter")
+        lines += [f':pipewright:serving:shadow_comparison_count{{model_name="{m}",version="2",'
+                  f'agreement="{a}"}} {n}' for a, n in getattr(self, "shadow", {}).items()]
         return "\n".join(lines) + "\n"
 
     def snapshot(self, model_name):
@@ -85,19 +88,19 @@ def test_good_candidate_goes_through_every_step_to_promotion(base):
     assert advance(base, "penguin", server, settings, now=1030).event == "waiting"
     shares = []
     now = 1002
-    for share in (10, 50, 100):
+    for share in (10, 50):  # the 100 % step is the promotion itself
         shares.append(read_policy(base).candidate_percent)
         server.traffic(1, round(1000 * (100 - share) / 100), SPECIES)
         server.traffic(2, round(1000 * share / 100), SPECIES)
         now += 61
         decision = advance(base, "penguin", server, settings, now=now)
         assert all(g.passed for g in decision.guards), decision.guards
-    assert shares == [10, 50, 100]
+    assert shares == [10, 50]
     policy = read_policy(base)
     assert (decision.event, policy.state, policy.stable_version, policy.candidate_version) == \
         ("promoted", "promoted", 2, None)
     events = [e["event"] for e in history(base, 2)]
-    assert events == ["started", "advanced", "advanced", "promoted"]
+    assert events == ["started", "advanced", "promoted"]
 
 
 def test_bad_candidate_is_rolled_back_in_its_first_window_naming_the_guard(base):
@@ -185,3 +188,50 @@ def test_a_policy_naming_a_missing_version_is_not_written(base):
     with pytest.raises(RolloutConfigError, match="candidate_version = 7: no such version"):
         write_policy(base, RolloutPolicy(strategy=CANARY, stable_version=1, candidate_version=7))
     assert read_policy(base).candidate_version == 2  # the last good file stays
+
+
+def test_shadow_is_judged_on_agreement_and_promoted_at_once_keeping_stable_loaded(tmp_path):
+    for version in (1, 2):
+        os.makedirs(tmp_path / str(version))
+    base = str(tmp_path)
+    write_policy(base, RolloutPolicy(
+        strategy="shadow", stable_version=1, candidate_version=2, state=LOADING,
+        shadow_percent=100, bake_seconds=60,
+        guards={"min_shadow_agreement": 0.9, "max_error_rate_ratio": 2.0,
+                "max_prediction_distance": 0.2}, window={"loading_since": 1000.0}))
+    server = Server()
+    server.loaded.add(2)
+    assert advance(base, "penguin", server, now=1001).event == "started"
+    server.traffic(1, 400, SPECIES)
+    for name, share in SPECIES.items():  # the candidate's shadow answers
+        server.classes[(2, name)] = round(400 * share)
+    server.shadow = {"same": 380, "different": 20}
+    decision = advance(base, "penguin", server, now=1062)
+    judged = {g.name: g.passed for g in decision.guards}
+    assert judged == {"min_shadow_agreement": True, "max_error_rate_ratio": None,
+                      "max_prediction_distance": True}, decision.guards
+    policy = read_policy(base)
+    assert (decision.event, policy.stable_version, policy.hold_versions) == ("promoted", 2, [1])
+
+
+def test_blue_green_measures_stable_alone_then_switches_and_reverts_on_a_bad_window(tmp_path):
+    for version in (1, 2):
+        os.makedirs(tmp_path / str(version))
+    base = str(tmp_path)
+    write_policy(base, RolloutPolicy(strategy="blue_green", stable_version=1, candidate_version=2,
+                                     state=LOADING, bake_seconds=60,
+                                     guards={"max_prediction_distance": 0.2},
+                                     window={"loading_since": 1000.0}))
+    server = Server()
+    server.loaded.add(2)
+    advance(base, "penguin", server, now=1001)
+    assert read_policy(base).candidate_percent == 0  # the reference window: stable alone
+    server.traffic(1, 300, SPECIES)
+    switched = advance(base, "penguin", server, now=1062)
+    policy = read_policy(base)
+    assert (switched.event, policy.candidate_percent, policy.stable_version) == ("switched", 100, 1)
+    server.traffic(2, 300, {"Gentoo": 1.0})  # the new version answers everything, badly
+    decision = advance(base, "penguin", server, now=1123)
+    policy = read_policy(base)
+    assert decision.event == "rolled_back" and policy.candidate_percent == 0
+    assert policy.stable_version == 1 and "max_prediction_distance" in policy.reason

@@ -126,3 +126,49 @@ def test_dashboard_says_when_the_server_cannot_be_read(live, trained_penguin):
     data = dashboard_data("penguin", os.path.dirname(trained_penguin.serving_base),
                           lambda: None, server_url=f"http://127.0.0.1:{free_port()}")
     assert data["versions"] == {} and "cannot read" in data["server_error"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_compose_prometheus_scrapes_both_servers_and_grafana_is_provisioned():
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    scrape = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    monitoring = (REPO / "serving/config/monitoring.config").read_text()
+    for job in scrape["scrape_configs"]:
+        assert f'path: "{job["metrics_path"]}"' in monitoring
+        for target in job["static_configs"][0]["targets"]:
+            host, port = target.split(":")
+            assert host in services and port == "8501", target  # the servers' REST port
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    provisioning = REPO / mounts["/etc/grafana/provisioning"]
+    source = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    assert any(p.endswith(":9090") for p in services["prometheus"]["ports"])
+    provider = yaml.safe_load((provisioning / "dashboards/pipewright.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert (REPO / mounts["/var/lib/grafana/dashboards"] / "pipewright-serving.json").is_file()
+    front = services["pipewright-serving"]
+    assert "--model_config_file=/config/models.config" in front["command"]
+
+
+def test_grafana_panels_query_series_the_model_server_exports(live):
+    """Every series a panel queries is in a live server's exposition, except the rollout
+    series, which appear only under a rollout.json (tests/serving/test_serving_rollout.py)."""
+    import re
+
+    server, web, sent = live
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/pipewright-serving.json").read_text())
+    queried = {re.sub(r"_bucket$", "", name) for panel in dashboard["panels"]
+               for target in panel["targets"]
+               for name in re.findall(r'__name__="([^"]+)"', target["expr"])}
+    assert len(dashboard["panels"]) >= 8 and queried
+    _, text = get(f"{server.rest}/monitoring/prometheus/metrics")
+    exported = set(re.findall(r"^# TYPE (\S+) ", text.decode(), re.M))
+    rollout_only = {":pipewright:serving:route_count", ":pipewright:serving:shadow_comparison_count"}
+    assert queried - rollout_only <= exported, sorted(queried - rollout_only - exported)
+    source = "".join(p.read_text() for p in (REPO / "serving").glob("*.py"))
+    assert all(f'"{name}"' in source for name in rollout_only)
