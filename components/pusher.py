@@ -9,10 +9,10 @@ from contextlib import contextmanager
 
 from components.artifacts import InfraBlessing, Model, ModelBlessing, PushedModel, Schema
 from components.base import Component, Input, OptionalInput, Output, Param, Parameter, Step
-from components.rollout_policy import (DEFAULT_GUARDS, DEFAULT_STEPS, IMMEDIATE, LOADING,
-                                       SHADOW, RolloutConfigError, RolloutPolicy, check_guards,
-                                       check_steps, check_strategy, read_policy, served_version,
-                                       write_policy)
+from components.rollout_policy import (CANARY, DEFAULT_GUARDS, DEFAULT_STEPS, IMMEDIATE,
+                                       LOADING, SHADOW, RolloutConfigError, RolloutPolicy,
+                                       check_guards, check_steps, check_strategy, read_policy,
+                                       served_version, write_policy)
 
 ASSETS_EXTRA = "assets.extra"  # TF Serving's warmup requests live here
 # The schema the model was trained with, for the model server's data-quality counters
@@ -20,6 +20,7 @@ ASSETS_EXTRA = "assets.extra"  # TF Serving's warmup requests live here
 # (saved_model_warmup_util.cc), so it ignores this file.
 SCHEMA_FILE = os.path.join(ASSETS_EXTRA, "schema.pbtxt")
 DEFAULT_SHADOW_AGREEMENT = 0.9
+DEFAULT_SHADOW_PERCENT = {SHADOW: 100.0, CANARY: 20.0}
 
 
 class Pusher(Component):
@@ -36,8 +37,9 @@ class Pusher(Component):
 
     `rollout` says how the new version meets traffic (components/rollout_policy.py,
     docs/rollout.md): "immediate" (every request at once, TF Serving's behaviour), "canary"
-    (`rollout_steps` percent of unpinned requests, one step per `bake_seconds`), "shadow"
-    (`shadow_percent` of requests also sent to it, answers compared) or "blue_green" (all at
+    (`rollout_steps` percent of unpinned requests, one step per `bake_seconds`, and 20 % of
+    the rest mirrored to it for the agreement guard), "shadow" (`shadow_percent` of requests
+    also sent to it, answers compared) or "blue_green" (all at
     once, the old version kept loaded for an instant revert). Anything but "immediate" writes
     `rollout.json` in the `loading` state; the Rollout step drives it. A first push has no
     stable model to compare with and is served at once (the note says so).
@@ -55,7 +57,9 @@ class Pusher(Component):
     rollout_steps: Parameter[list[float]] = list(DEFAULT_STEPS)  # canary shares, percent
     bake_seconds: Parameter[float] = 600.0  # per rollout step
     rollout_guards: Parameter[dict[str, float]] = dict(DEFAULT_GUARDS)
-    shadow_percent: Parameter[float] = 100.0
+    # Requests routed to stable that also run on the candidate (answers compared): None is
+    # 100 under shadow, 20 under canary (its agreement guard), 0 under blue_green.
+    shadow_percent: Parameter[float | None] = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -73,9 +77,9 @@ class Pusher(Component):
             check_guards(values["rollout_guards"], "rollout_guards")
         if values.get("bake_seconds", 1) <= 0:
             raise RolloutConfigError(f"bake_seconds = {values['bake_seconds']}: must be > 0")
-        if not 0 < values.get("shadow_percent", 100) <= 100:
+        if not 0 <= (values.get("shadow_percent") or 0) <= 100:
             raise RolloutConfigError(f"shadow_percent = {values['shadow_percent']}: must be "
-                                     f"in (0, 100]")
+                                     f"in [0, 100]")
 
     def execute(self, step: Step) -> None:
         self.check_rollout(step.values)
@@ -122,21 +126,26 @@ def _start_rollout(step: Step, destination: str, version: int) -> str:
     if policy is not None and policy.in_progress:
         step.log.warning("version %s supersedes version %s, whose %s rollout was in progress",
                          version, policy.candidate_version, policy.strategy)
+    shadow = step.shadow_percent
+    if shadow is None:
+        shadow = DEFAULT_SHADOW_PERCENT.get(strategy, 0.0)
     write_policy(destination, RolloutPolicy(
         strategy=strategy, stable_version=stable, candidate_version=version,
-        shadow_percent=step.shadow_percent if strategy == SHADOW else 0.0,
-        steps_percent=list(step.rollout_steps), bake_seconds=step.bake_seconds,
-        guards=_guards(strategy, step.rollout_guards), state=LOADING,
+        shadow_percent=shadow, steps_percent=list(step.rollout_steps),
+        bake_seconds=step.bake_seconds, guards=_guards(shadow, step.rollout_guards),
+        state=LOADING,
         generation=policy.generation if policy else 0,
         reason=f"{strategy} rollout of version {version} against version {stable}: loading",
         window={"loading_since": time.time()}))
     return f"; {strategy} rollout against version {stable} begins once it is loaded"
 
 
-def _guards(strategy: str, guards: dict[str, float]) -> dict[str, float]:
-    """The guards as given; a shadow rollout also checks agreement (0.9 unless given)."""
+def _guards(shadow_percent: float, guards: dict[str, float]) -> dict[str, float]:
+    """The guards as given; mirrored requests also check agreement (0.9 unless given): a
+    model trained on shuffled labels predicts the classes' prior — its class shares look
+    like stable's, its answers do not."""
     guards = dict(guards)
-    if strategy == SHADOW:
+    if shadow_percent > 0:
         guards.setdefault("min_shadow_agreement", DEFAULT_SHADOW_AGREEMENT)
     return guards
 

@@ -1,0 +1,100 @@
+"""The Rollout step in Airflow: between bake windows the task defers (a TimeDeltaTrigger on
+the triggerer, `Component.pending`), so a bake holds no worker slot; `dag.test()` runs the
+trigger inline. A real model server serves two real classifiers while a client sends
+unpinned requests; the canary is baked at 50 % and promoted."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+
+import pytest
+
+from components.artifacts import PushedModel
+from components.base import Component, Output, Parameter, Step
+from tests.airflow.conftest import pipewright_home, state, task_states
+from tests.serving.serving_harness import ServerProcess
+
+
+class PushTwoClassifiers(Component):
+    """Writes version 2 of tests/serving/rollout_models.py's classifiers beside the served
+    version 1 in `<serving dir>/clf` and starts its canary (what the Pusher does)."""
+
+    pushed_model: Output[PushedModel]
+    bake_seconds: Parameter[float] = 3.0
+
+    def execute(self, step: Step) -> None:
+        import os
+
+        from components.rollout_policy import LOADING, RolloutPolicy, write_policy
+        from tests.serving.rollout_models import CANDIDATE_THRESHOLD, write_classifier
+
+        base = os.path.join(step.serving_dir, "clf")
+        write_classifier(os.path.join(base, "2"), CANDIDATE_THRESHOLD)
+        write_policy(base, RolloutPolicy(
+            strategy="canary", stable_version=1, candidate_version=2, state=LOADING,
+            steps_percent=[50.0, 100.0], bake_seconds=step.bake_seconds,
+            guards={"max_prediction_distance": 0.3, "max_error_rate_ratio": 2.0}))
+        step.pushed_model.set(pushed=1, pushed_version=2, pushed_destination=base,
+                              model_name="clf")
+
+
+def rollout_pipeline(server_url: str):
+    from components.rollout import Rollout
+    from pipelines.pipeline import Pipeline
+
+    push = PushTwoClassifiers()
+    rollout = Rollout(pushed_model=push.outputs.pushed_model, model_name="clf",
+                      server_url=server_url, min_requests=10)
+    return Pipeline("rollout_dag_test", [push, rollout])
+
+
+def test_rollout_task_defers_between_windows_and_promotes(airflow_db, tmp_path, caplog):
+    from components.rollout_controller import history
+    from components.rollout_policy import read_policy
+    from pipelines.airflow_adapter import build_dag
+    from tests.serving.rollout_models import GRID, STABLE_THRESHOLD, write_classifier
+
+    base = tmp_path / "serving" / "clf"
+    write_classifier(base / "1", STABLE_THRESHOLD)
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+    server = ServerProcess(["--model_name=clf", f"--model_base_path={base}",
+                            "--file_system_poll_wait_seconds=1",
+                            f"--monitoring_config_file={monitoring}"], tmp_path, "clf-server")
+    stop, failures, sent = threading.Event(), [], [0]
+
+    def traffic():
+        i = 0
+        while not stop.is_set():
+            body = json.dumps({"instances": [GRID[i % len(GRID)]]}).encode()
+            i += 1
+            try:
+                urllib.request.urlopen(urllib.request.Request(
+                    f"{server.rest}/v1/models/clf:predict", body), timeout=30).read()
+                sent[0] += 1
+            except Exception as exc:
+                failures.append(str(exc))
+            stop.wait(0.005)
+
+    dag = build_dag(rollout_pipeline(server.rest), schedule=None)
+    with pipewright_home(tmp_path):
+        server.start()
+        thread = threading.Thread(target=traffic, daemon=True)
+        thread.start()
+        try:
+            with caplog.at_level(logging.INFO):
+                dag_run = dag.test()
+        finally:
+            stop.set()
+            thread.join(10)
+            server.stop()
+    states = task_states(dag_run)
+    assert state(dag_run) == "success", states
+    events = [e["event"] for e in history(str(base), 2)]
+    assert events == ["started", "promoted"], history(str(base))
+    assert read_policy(str(base)).stable_version == 2
+    deferrals = [r for r in caplog.records if "deferred: no worker slot is held" in r.getMessage()]
+    assert len(deferrals) >= 2, [r.getMessage() for r in caplog.records][-30:]
+    assert failures == [] and sent[0] > 100, failures[:5]
