@@ -218,6 +218,11 @@ class ModelManager:
             log.error("rollout config of model %s rejected: %s; %s", name, e, kept)
             return True  # nothing to load, but listeners count the rejection
         model.rollout_error = None
+        if policy is not None:
+            missing = sorted(set(policy.hold_versions) - set(on_disk))
+            if missing:
+                log.warning("rollout of model %s: hold_versions %s have no directory in %s; "
+                            "they are not loaded", name, missing, model.config.base_path)
         if policy == model.rollout:
             return False
         if policy is None:
