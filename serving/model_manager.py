@@ -32,7 +32,7 @@ from serving import errors
 from serving.config import validate_model_config_list
 from serving.errors import ServingError
 from serving.ints import safe_strto64
-from serving.rollout import RolloutError, Routes, build_routes, read_policy, ROLLOUT_FILE
+from serving.rollout import ROLLOUT_FILE, RolloutError, Routes, build_routes, read_policy
 
 log = logging.getLogger(__name__)
 
