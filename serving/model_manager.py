@@ -219,6 +219,10 @@ class ModelManager:
             return True  # nothing to load, but listeners count the rejection
         model.rollout_error = None
         if policy is not None:
+            if policy.candidate_percent > 0 and policy.strategy != "canary":
+                log.warning("rollout of model %s: candidate_percent %g is ignored: strategy %s "
+                            "routes unpinned requests to stable", name, policy.candidate_percent,
+                            policy.strategy)
             missing = sorted(set(policy.hold_versions) - set(on_disk))
             if missing:
                 log.warning("rollout of model %s: hold_versions %s have no directory in %s; "
