@@ -23,10 +23,22 @@ uses a given penguin SavedModel, SERVING_BENCH_MODEL=demo the tiny demo model.
 
 Targets: at concurrency 1 without batching, p50 within 1 ms of the reference for REST and gRPC;
 at concurrency 64 with batching, throughput at least 1x the in-process batched reference.
-Loopback only. With a cached model the run takes 2.5-4 minutes: SERVING_BENCH_SECONDS per server
-point (1.5; half that per reference point), SERVING_BENCH_ROUNDS (4), and SERVING_BENCH_BUDGET
-(225 s from the model being ready to the report: a round that would overrun it is skipped, at
-least one round runs per mode). `--json PATH` writes every round's figures.
+Routing overhead (rollout.json, serving/rollout.py): a third server, without batching, serves
+two models from one --model_config_file, each with the model as versions 1 and 2 (copies):
+one with an "immediate" rollout.json (stable 1, no candidate), one with a "canary" one
+(stable 1, candidate 2 at 10 %, so the routing draw, the candidate's answers, the per-version
+and route metrics all run). Each point (REST, then gRPC, concurrency 1) alternates its requests
+between the two models, so both policies meet the same machine load at the same moments; the
+figures are medians over SERVING_BENCH_ROUTING_ROUNDS rounds of the canary / immediate ratios
+of p50 (the target: <= 1.10) and p99 (info). A canary policy whose candidate got no request,
+or an immediate one whose candidate got any, is a broken benchmark.
+
+Loopback only. With a cached model the run takes 3-5 minutes: SERVING_BENCH_SECONDS per server
+point (1.5; half that per reference point), SERVING_BENCH_ROUNDS (4), SERVING_BENCH_BUDGET
+(225 s from the model being ready to the batching report: a round that would overrun it is
+skipped, at least one round runs per mode), and SERVING_BENCH_ROUTING_ROUNDS (8) for the
+routing points. `--only routing` runs the routing points alone. `--json PATH` writes every
+round's figures.
 """
 
 from __future__ import annotations
@@ -69,6 +81,9 @@ POINT_TIMEOUT = 60.0  # a point still running this long after its deadline is a 
 ERROR_BOUND = 0.001  # more failed requests than this fraction: the benchmark is broken
 P50_OVERHEAD_TARGET_MS = 1.0
 BATCHED_RATIO_TARGET = 1.0
+ROUTING_ROUNDS = int(os.environ.get("SERVING_BENCH_ROUTING_ROUNDS", "8"))
+ROUTING_RATIO_TARGET = 1.10  # canary p50 / immediate p50
+CANARY_PERCENT = 10
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
 DEMO_INSTANCE = {"x": [1.0, 2.0, 3.0], "count": 2, "tag": "a"}
@@ -381,13 +396,14 @@ async def grpc_load(port: int, request, output: str, concurrency: int, seconds: 
 # ---------------------------------------------------------------- servers
 
 
-def start_server(model: Model, workdir: Path, batching: bool) -> tuple[subprocess.Popen, int, int, Path]:
+def start_server(model: Model, workdir: Path, batching: bool, base: Path | None = None,
+                 extra_args=()) -> tuple[subprocess.Popen, int, int, Path]:
     grpc_port, rest_port = free_port(), free_port()
     monitoring = workdir / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
     args = [sys.executable, "-m", "serving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-            f"--model_name={model.name}", f"--model_base_path={model.base}",
-            f"--monitoring_config_file={monitoring}"]
+            f"--model_name={model.name}", f"--model_base_path={base or model.base}",
+            f"--monitoring_config_file={monitoring}", *extra_args]
     if batching:
         config = workdir / "batching.config"
         # Throughput-oriented, as TF Serving's batching guide tunes it: a batch waits up to
@@ -397,7 +413,7 @@ def start_server(model: Model, workdir: Path, batching: bool) -> tuple[subproces
         config.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 2000 }\n"
                           "max_enqueued_batches { value: 1000 }\nnum_batch_threads { value: 1 }\n")
         args += ["--enable_batching=true", f"--batching_parameters_file={config}"]
-    log_path = workdir / f"server-{'batching' if batching else 'plain'}.log"
+    log_path = workdir / f"server-{'batching' if batching else 'plain'}{'-routing' if base else ''}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=log,
                                 env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -494,9 +510,181 @@ def run_mode(batching: bool, model: Model, requests: Requests, runner, public_ca
         stop_server(proc)
 
 
+# ---------------------------------------------------------------- routing overhead
+
+
+def scrape_text(rest_port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}{METRICS_PATH}", timeout=10) as r:
+        return r.read().decode()
+
+
+def scrape_value(text: str, series: str) -> float:
+    m = re.search(r"^%s (\S+)$" % re.escape(series), text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def write_policy(base: Path, canary: bool) -> None:
+    """What the Pusher does: rollout.json through a temp file and os.replace."""
+    policy = {"strategy": "immediate", "stable_version": 1, "generation": 1}
+    if canary:
+        policy.update(strategy="canary", candidate_version=2, candidate_percent=CANARY_PERCENT)
+    tmp = base / ".rollout.json.tmp"
+    tmp.write_text(json.dumps(policy))
+    os.replace(tmp, base / "rollout.json")
+
+
+POLICIES = ("immediate", "canary")
+
+
+async def alternating_rest(port: int, paths: dict, body: bytes, seconds: float) -> dict:
+    """One connection, requests alternating between the policies' models: {policy: latencies},
+    plus "errors"."""
+    out = {policy: [] for policy in POLICIES}
+    out["errors"] = 0
+    messages = {policy: (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                         ).encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+                for policy, path in paths.items()}
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        warm_until = time.perf_counter() + WARM_SECONDS
+        deadline = warm_until + seconds
+        i = 0
+        while time.perf_counter() < deadline and i < MAX_REQUESTS_PER_POINT:
+            policy = POLICIES[i % 2]
+            i += 1
+            t = time.perf_counter()
+            writer.write(messages[policy])
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            payload = await reader.readexactly(length)
+            elapsed = time.perf_counter() - t
+            if not (head.startswith(b"HTTP/1.1 200") and b'"predictions"' in payload):
+                out["errors"] += 1
+            elif t >= warm_until:
+                out[policy].append(elapsed)
+    finally:
+        writer.close()
+    return out
+
+
+async def alternating_grpc(port: int, grpc_requests: dict, output: str, seconds: float) -> dict:
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    out = {policy: [] for policy in POLICIES}
+    out["errors"] = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        warm_until = time.perf_counter() + WARM_SECONDS
+        deadline = warm_until + seconds
+        i = 0
+        while time.perf_counter() < deadline and i < MAX_REQUESTS_PER_POINT:
+            policy = POLICIES[i % 2]
+            i += 1
+            t = time.perf_counter()
+            try:
+                response = await stub.Predict(grpc_requests[policy], timeout=30)
+            except grpc.aio.AioRpcError:
+                out["errors"] += 1
+                continue
+            elapsed = time.perf_counter() - t
+            if output not in response.outputs:
+                out["errors"] += 1
+            elif t >= warm_until:
+                out[policy].append(elapsed)
+    return out
+
+
+def run_routing(model: Model, requests: Requests, workdir: Path, results: dict) -> dict:
+    """Immediate vs canary policy on one server (see the module docstring): two models in one
+    --model_config_file, the same SavedModel as versions 1 and 2 of each, one with an
+    immediate rollout.json and one with a canary one; each point alternates its requests
+    between them, so both policies see the same machine at the same moments."""
+    root = workdir / "routing"
+    names = {policy: f"{model.name}-{policy}" for policy in POLICIES}
+    entries = []
+    for policy, name in names.items():
+        base = root / name
+        shutil.copytree(model.base / "1", base / "1")
+        shutil.copytree(model.base / "1", base / "2")
+        write_policy(base, canary=policy == "canary")
+        entries.append(f'  config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" }}')
+    config = root / "models.config"
+    config.write_text("model_config_list {\n" + "\n".join(entries) + "\n}\n")
+    started = time.perf_counter()
+    proc, grpc_port, rest_port, log_path = start_server(
+        model, workdir, False, base=root, extra_args=[f"--model_config_file={config}"])
+    timing = {"startup": time.perf_counter() - started, "rounds": []}
+    output = next(iter(requests.expected))
+    paths = {policy: f"/v1/models/{name}:predict" for policy, name in names.items()}
+    grpc_requests = {}
+    for policy, name in names.items():
+        grpc_requests[policy] = type(requests.grpc_request)()
+        grpc_requests[policy].CopyFrom(requests.grpc_request)
+        grpc_requests[policy].model_spec.name = name
+    try:
+        # Both versions of both models answer, and are warm (TensorFlow's first runs of a
+        # loaded function are not routing).
+        for name in names.values():
+            for version in (1, 2):
+                url = f"http://127.0.0.1:{rest_port}/v1/models/{name}/versions/{version}:predict"
+                for _ in range(30):
+                    try:
+                        with urllib.request.urlopen(urllib.request.Request(
+                                url, data=requests.rest_body, method="POST"), timeout=30) as r:
+                            r.read()
+                    except urllib.error.HTTPError as e:
+                        if not (name == names["immediate"] and version == 2 and e.code == 404):
+                            raise BenchBroken(f"{url}: HTTP {e.code} {e.read()[:300]!r}") from None
+                        break  # the immediate policy does not load version 2
+        for _ in range(ROUTING_ROUNDS):
+            started = time.perf_counter()
+            for api in ("REST", "gRPC"):
+                if api == "REST":
+                    point = asyncio.run(alternating_rest(rest_port, paths, requests.rest_body, SECONDS))
+                else:
+                    point = asyncio.run(alternating_grpc(grpc_port, grpc_requests, output, SECONDS))
+                if proc.poll() is not None:
+                    raise BenchBroken(f"the routing server died: {tail(log_path)}")
+                for policy in POLICIES:
+                    result = summarize(point[policy], SECONDS / 2, errors=point["errors"] // 2)
+                    results.setdefault(("routing", policy, api), []).append(result)
+            timing["rounds"].append(time.perf_counter() - started)
+        text = scrape_text(rest_port)
+        for policy, name in names.items():
+            routed = scrape_value(text, f':pipewright:serving:route_count{{model_name="{name}",'
+                                        f'version="2",route="canary"}}')
+            if (policy == "canary") != (routed > 0):
+                raise BenchBroken(f"the {policy} policy routed {routed:.0f} requests to the candidate")
+            timing[f"{policy}_to_candidate"] = routed
+        return timing
+    finally:
+        stop_server(proc)
+
+
+def report_routing(results: dict, timing: dict) -> None:
+    print()
+    print(f"routing (rollout.json, no batching, c=1, requests alternating between a model with a "
+          f"10 % canary policy and one with an immediate policy, same SavedModel): server up in "
+          f"{timing['startup']:.1f} s, {len(timing['rounds'])} rounds of "
+          f"{', '.join(f'{r:.0f}' for r in timing['rounds'])} s; "
+          f"{timing['canary_to_candidate']:.0f} canary requests answered by the candidate")
+    for api in ("REST", "gRPC"):
+        canary, immediate = results[("routing", "canary", api)], results[("routing", "immediate", api)]
+        p50 = [c["p50"] / i["p50"] for c, i in zip(canary, immediate)]
+        p99 = [c["p99"] / i["p99"] for c, i in zip(canary, immediate)]
+        print(f"  {api:<4} p50 immediate {med(i['p50'] for i in immediate):.3f} ms, canary "
+              f"{med(c['p50'] for c in canary):.3f} ms: ratio {med(p50):.3f} {spread(p50, '.3f')}; "
+              f"target <= {ROUTING_RATIO_TARGET:.2f}: {verdict(med(p50) <= ROUTING_RATIO_TARGET)}")
+        print(f"  {api:<4} p99 immediate {med(i['p99'] for i in immediate):.3f} ms, canary "
+              f"{med(c['p99'] for c in canary):.3f} ms: ratio {med(p99):.3f} {spread(p99, '.3f')} "
+              f"(info)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="also write every round's figures here")
+    parser.add_argument("--only", choices=["routing"], help="run only these points")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -505,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     workdir = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     try:
-        return run(workdir, args.json)
+        return run(workdir, args.json, args.only)
     except BenchBroken as e:
         print(f"\nBENCHMARK BROKEN: {e}", flush=True)
         return 1
@@ -513,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(workdir: Path, json_path: str | None) -> int:
+def run(workdir: Path, json_path: str | None, only: str | None = None) -> int:
     t0 = time.perf_counter()
     load_before = os.getloadavg()
     model = prepare_model(workdir)
@@ -537,14 +725,20 @@ def run(workdir: Path, json_path: str | None) -> int:
     results: dict = {}
     end = model_ready + BUDGET
     timings = {}
-    for i, batching in enumerate((False, True)):
-        # Each mode gets its share of what is left of the budget.
-        timings["on" if batching else "off"] = run_mode(batching, model, requests, runner, public_call,
-                                                       workdir, results, end, 2 - i)
-    report(model, results, timings, time.perf_counter() - t0, load_before, os.getloadavg())
+    if only is None:
+        for i, batching in enumerate((False, True)):
+            # Each mode gets its share of what is left of the budget.
+            timings["on" if batching else "off"] = run_mode(batching, model, requests, runner,
+                                                           public_call, workdir, results, end, 2 - i)
+    routing_timing = run_routing(model, requests, workdir, results)
+    if only is None:
+        report(model, {k: v for k, v in results.items() if k[0] != "routing"}, timings,
+               time.perf_counter() - t0, load_before, os.getloadavg())
+    report_routing(results, routing_timing)
     if json_path:
         Path(json_path).write_text(json.dumps(
-            {"model": model.description, "seconds": SECONDS, "timings": timings,
+            {"model": model.description, "seconds": SECONDS,
+             "timings": dict(timings, routing=routing_timing),
              "points": [{"batching": k[0], "c": k[1], "kind": k[2], "rounds": v} for k, v in results.items()]},
             indent=1))
     requests_total = sum(r["n"] + r["errors"] for k, v in results.items() if k[2] in ("REST", "gRPC") for r in v)

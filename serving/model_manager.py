@@ -32,7 +32,7 @@ from serving import errors
 from serving.config import validate_model_config_list
 from serving.errors import ServingError
 from serving.ints import safe_strto64
-from serving.rollout import RolloutError, Routes, build_routes, read_policy, ROLLOUT_FILE
+from serving.rollout import ROLLOUT_FILE, RolloutError, Routes, build_routes, read_policy
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,15 @@ class ModelManager:
             log.error("rollout config of model %s rejected: %s; %s", name, e, kept)
             return True  # nothing to load, but listeners count the rejection
         model.rollout_error = None
+        if policy is not None:
+            if policy.candidate_percent > 0 and policy.strategy != "canary":
+                log.warning("rollout of model %s: candidate_percent %g is ignored: strategy %s "
+                            "routes unpinned requests to stable", name, policy.candidate_percent,
+                            policy.strategy)
+            missing = sorted(set(policy.hold_versions) - set(on_disk))
+            if missing:
+                log.warning("rollout of model %s: hold_versions %s have no directory in %s; "
+                            "they are not loaded", name, missing, model.config.base_path)
         if policy == model.rollout:
             return False
         if policy is None:

@@ -16,7 +16,9 @@ manager publishes per model once versions are loaded: the servables the policy r
 swapped whole (like the serving map) so request threads never lock. route() is the one routing
 decision, for unpinned Predict / Classify / Regress calls:
 
-  - canary: the candidate with probability candidate_percent / 100, else stable;
+  - strategy canary: the candidate with probability candidate_percent / 100, else stable;
+    every other strategy: stable (a candidate_percent there is ignored, and the model manager
+    says so in its log);
   - shadow_percent: of the requests routed to stable, this share is ALSO run on the candidate
     (the client gets the stable answer only);
   - both draws are deterministic in the client's request key (REST header X-Request-Key, gRPC
@@ -253,7 +255,7 @@ class Routes:
         policy, candidate = self.policy, self.candidate
         if candidate is None:
             return self.stable, ROUTE_STABLE, None
-        if policy.candidate_percent > 0:
+        if policy.candidate_percent > 0 and policy.strategy == CANARY:
             point = random.random() * 100 if key is None else key_point(key, _CANARY_SALT)
             if point < policy.candidate_percent:
                 return candidate, ROUTE_CANARY, None

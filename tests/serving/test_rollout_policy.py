@@ -130,6 +130,13 @@ def test_shadow_mirrors_its_share_and_answers_from_stable():
     assert all(shadow.version == 2 for _, _, shadow in picks if shadow is not None)
 
 
+@pytest.mark.parametrize("strategy", ["immediate", "blue_green"])
+def test_only_the_canary_strategy_routes_to_the_candidate(strategy):
+    routes = build_routes(policy(strategy=strategy, candidate_percent=50), servables(1, 2), None)
+    picks = [routes.route(f"k{i}") for i in range(300)]
+    assert {(servable.version, route) for servable, route, _ in picks} == {(1, "stable")}
+
+
 def test_a_candidate_not_available_leaves_stable_at_100_percent():
     routes = build_routes(policy(candidate_percent=100), servables(1), None)
     assert routes.candidate is None and routes.fallback is None

@@ -141,3 +141,51 @@ def test_shadow_calls_start_after_the_answer_and_beyond_the_bound_are_skipped(ba
     assert metrics.value(metrics.shadow_skipped_count, "clf", "2") == n - 2
     assert metrics.value(metrics.shadow_request_count, "clf", "2", "OK") == 2
     assert metrics.value(metrics.shadow_comparison_count, "clf", "2", "different") == 2
+
+
+def test_shadow_comparison_of_classify_regress_and_predict_answers():
+    from tensorflow_serving.apis import (classification_pb2, predict_pb2,
+                                         regression_pb2)
+
+    from serving.data_plane import CLASSIFY, PREDICT, REGRESS
+    from serving.shadow import compare
+    from serving.tensor_proto import from_ndarray
+
+    def classification(rows):
+        response = classification_pb2.ClassificationResponse()
+        for scores in rows:
+            c = response.result.classifications.add()
+            for label, score in zip(("neg", "pos"), scores):
+                c.classes.add(label=label, score=score)
+        return response
+
+    a = classification([(0.9, 0.1), (0.4, 0.6), (0.5, 0.5)])
+    b = classification([(0.7, 0.3), (0.6, 0.4), (0.5, 0.5)])
+    result = compare(CLASSIFY, a, b)
+    assert (result.same, result.different) == (2, 1)
+    assert result.distances == pytest.approx([0.2, 0.2, 0.0])
+
+    def regression(values):
+        response = regression_pb2.RegressionResponse()
+        for v in values:
+            response.result.regressions.add(value=v)
+        return response
+
+    result = compare(REGRESS, regression([1.0, 1000.0, 5.0]), regression([1.0, 1000.0001, 5.5]))
+    # |a - b| <= 1e-6 * max(1, |a|): 1000 vs 1000.0001 agree (1e-4 <= 1e-3), 5 vs 5.5 do not.
+    assert (result.same, result.different, result.distances) == (2, 1, [])
+
+    def predict(**outputs):
+        response = predict_pb2.PredictResponse()
+        for alias, array in outputs.items():
+            from_ndarray(np.asarray(array, np.float32), response.outputs[alias])
+        return response
+
+    result = compare(PREDICT, predict(scores=[[0.2, 0.8], [0.6, 0.4]]),
+                     predict(scores=[[0.3, 0.7], [0.3, 0.7]]))
+    assert (result.same, result.different) == (1, 1)
+    assert result.distances == pytest.approx([0.1, 0.3])
+    result = compare(PREDICT, predict(scores=[[0.2, 0.8]]), predict(scores=[[0.2, 0.3, 0.5]]))
+    assert (result.same, result.different) == (0, 1)  # a different number of classes
+    result = compare(PREDICT, predict(outputs=[[2.0], [3.0]]), predict(outputs=[[2.0], [3.1]]))
+    assert (result.same, result.different) == (1, 1)
