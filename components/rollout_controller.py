@@ -210,18 +210,19 @@ def _judge(base_path, model_name, policy, evidence, settings, now) -> Decision:
     except EvidenceUnavailable as exc:
         return _inconclusive(base_path, policy, settings, now, f"no evidence: {exc}", [])
     start = Snapshot.from_json(policy.window["start"])
-    versions = [policy.stable_version, policy.candidate_version]
-    found, restarted = window(start, end, versions)
+    switched = policy.window.get("phase") == SWITCHED
+    new, old = rollout_versions(policy)
+    found, restarted = window(start, end, [old, new])
     if restarted:
         policy.window.update(started_at=now, start=end.to_json())
         return _inconclusive(base_path, policy, settings, now,
                              "the model server restarted during the window", [])
-    candidate, stable = found[policy.candidate_version], found[policy.stable_version]
+    candidate, stable = found[new], found[old]
     if policy.window.get("phase") == REFERENCE:
         return _switch(base_path, policy, settings, now, end, stable)
     reference = stable
-    if policy.window.get("phase") == SWITCHED:  # stable serves nobody now: its window before
-        reference = VersionEvidence(policy.stable_version, **policy.window["reference"])
+    if switched:  # the old version serves nobody now: its window before the switch
+        reference = VersionEvidence(old, **policy.window["reference"])
     guards = evaluate_guards(policy, candidate, reference, settings.min_requests)
     record = {"candidate": candidate.to_json(), "stable": stable.to_json(),
               "guards": [g.to_json() for g in guards]}
@@ -237,19 +238,30 @@ def _judge(base_path, model_name, policy, evidence, settings, now) -> Decision:
     return _next_step(base_path, policy, end, stable, now, guards, record)
 
 
+def rollout_versions(policy: RolloutPolicy) -> tuple[int, int]:
+    """(new version, old version) of the rollout. After a blue-green switch the new one is
+    already the stable version and the old one is held (window "previous_stable")."""
+    if policy.window.get("phase") == SWITCHED:
+        return policy.stable_version, int(policy.window["previous_stable"])
+    return policy.candidate_version, policy.stable_version
+
+
 def _switch(base_path, policy, settings, now, end, stable) -> Decision:
-    """Blue-green: stable's window alone is the reference; then all traffic switches."""
+    """Blue-green: stable's window alone is the reference; then all traffic switches (the
+    server swaps a stable and a held version at its next poll, without a load)."""
     if stable.requests < settings.min_requests:
         return _inconclusive(base_path, policy, settings, now,
                              f"too little evidence: stable {stable.requests} requests (need "
                              f"{settings.min_requests}) to compare the switch with", [])
-    policy.candidate_percent = 100.0
+    old = policy.stable_version
+    policy.stable_version, policy.candidate_version = policy.candidate_version, None
+    policy.hold_versions = [old]
     policy.window = {"started_at": now, "start": end.to_json(), "inconclusive": 0,
-                     "phase": SWITCHED, "reference": {
+                     "phase": SWITCHED, "previous_stable": old, "reference": {
                          k: v for k, v in stable.to_json().items()
                          if k in ("requests", "errors", "latency_p99_micros", "class_counts")}}
-    policy.reason = (f"switched: 100 % of unpinned requests to version "
-                     f"{policy.candidate_version}, version {policy.stable_version} held loaded")
+    policy.reason = (f"switched: version {policy.stable_version} serves every unpinned "
+                     f"request, version {old} held loaded")
     write_policy(base_path, policy)
     _history(base_path, policy, "switched", policy.reason, {"stable": stable.to_json()})
     return Decision(BAKING, policy.bake_seconds, "switched", policy.reason)
@@ -261,8 +273,8 @@ def _next_step(base_path, policy, end, stable, now, guards, record) -> Decision:
     last = (policy.strategy != CANARY or following >= len(policy.steps_percent)
             or policy.steps_percent[following] >= 100)
     if last:
-        previous = policy.stable_version
-        policy.stable_version, policy.candidate_version = policy.candidate_version, None
+        new, previous = rollout_versions(policy)
+        policy.stable_version, policy.candidate_version = new, None
         policy.candidate_percent = policy.shadow_percent = 0.0
         policy.hold_versions = [previous] if policy.strategy in (BLUE_GREEN, SHADOW) else []
         policy.state = PROMOTED
@@ -296,7 +308,7 @@ def _inconclusive(base_path, policy, settings, now, why, guards, record=None) ->
 
 
 def _roll_back(base_path, policy, now, reason, guards=(), record=None) -> Decision:
-    candidate = policy.candidate_version
+    candidate, policy.stable_version = rollout_versions(policy)  # a switched blue-green reverts
     policy.candidate_version = None  # 0 % at once; the server unloads it after in-flight calls
     policy.candidate_percent = policy.shadow_percent = 0.0
     policy.hold_versions = []

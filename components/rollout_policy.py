@@ -64,7 +64,9 @@ class RolloutPolicy:
 
     @property
     def in_progress(self) -> bool:
-        return self.candidate_version is not None and self.state not in FINAL_STATES
+        """A candidate is being rolled out (or a blue-green switch is baking)."""
+        return self.state not in FINAL_STATES and (
+            self.candidate_version is not None or self.window.get("phase") == "switched")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -15,7 +15,7 @@ import sys
 import time
 
 from components.pusher import pushes_to, serving_base
-from components.rollout_controller import history
+from components.rollout_controller import history, rollout_versions
 from components.rollout_policy import (ABORTED, PROMOTED, RolloutConfigError, read_policy,
                                        write_policy)
 from pipelines.home import Home
@@ -62,8 +62,8 @@ def promote(destination: str) -> str:
     if not policy.in_progress:
         raise RolloutCommandError(f"no rollout in progress in {destination} (state "
                                   f"{policy.state}): nothing to promote")
-    previous = policy.stable_version
-    policy.stable_version, policy.candidate_version = policy.candidate_version, None
+    new, previous = rollout_versions(policy)
+    policy.stable_version, policy.candidate_version = new, None
     policy.candidate_percent = policy.shadow_percent = 0.0
     policy.hold_versions = [previous]
     policy.state, policy.window = PROMOTED, {}
@@ -77,8 +77,9 @@ def abort(destination: str, metadata: Metadata) -> str:
     if not policy.in_progress:
         raise RolloutCommandError(f"no rollout in progress in {destination} (state "
                                   f"{policy.state}): nothing to abort")
-    candidate = policy.candidate_version
+    candidate, policy.stable_version = rollout_versions(policy)  # a blue-green switch reverts
     policy.candidate_version, policy.candidate_percent, policy.shadow_percent = None, 0.0, 0.0
+    policy.hold_versions = []
     policy.state, policy.window = ABORTED, {"rolled_back_version": candidate}
     policy.reason = f"aborted by hand (pipewright rollout abort): version {candidate} rolled back"
     write_policy(destination, policy)

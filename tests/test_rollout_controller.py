@@ -229,9 +229,10 @@ def test_blue_green_measures_stable_alone_then_switches_and_reverts_on_a_bad_win
     server.traffic(1, 300, SPECIES)
     switched = advance(base, "penguin", server, now=1062)
     policy = read_policy(base)
-    assert (switched.event, policy.candidate_percent, policy.stable_version) == ("switched", 100, 1)
+    assert (switched.event, policy.stable_version, policy.hold_versions) == ("switched", 2, [1])
     server.traffic(2, 300, {"Gentoo": 1.0})  # the new version answers everything, badly
     decision = advance(base, "penguin", server, now=1123)
     policy = read_policy(base)
-    assert decision.event == "rolled_back" and policy.candidate_percent == 0
-    assert policy.stable_version == 1 and "max_prediction_distance" in policy.reason
+    assert decision.event == "rolled_back" and "max_prediction_distance" in policy.reason
+    assert (policy.stable_version, policy.hold_versions) == (1, [])  # reverted at once
+    assert "rolled back version 2" in policy.reason

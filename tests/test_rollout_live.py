@@ -213,4 +213,4 @@ def test_next_good_candidate_is_judged_against_stable_and_promoted_through_every
     policy = read_policy(str(serving))
     assert (policy.stable_version, policy.candidate_version, policy.state) == (3, None, "promoted")
     assert clients.failures == [], clients.failures[:5]
-    assert set(after) == {3} and after[3] > 0, after
+    assert {v for v, n in after.items() if n} == {3}, after

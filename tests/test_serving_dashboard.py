@@ -47,9 +47,12 @@ def live(trained_penguin, tmp_path_factory):
         i = 0
         while not stop.is_set():
             row = rows[i % len(rows)]
-            # every tenth row lacks its sex ("" is serving_raw's missing string)
+            # every tenth row lacks its sex ("" is serving_raw's missing string), every
+            # 25th comes from an island outside the schema's domain
             instance = {**{n: float(row[n]) for n in NUMERIC},
                         **{n: ("" if n == "sex" and i % 10 == 0 else row[n]) for n in STRINGS}}
+            if i % 25 == 0:
+                instance["island"] = "Atlantis"
             i += 1
             body = json.dumps({"signature_name": "serving_raw", "instances": [instance]})
             try:
@@ -90,6 +93,7 @@ def test_data_endpoint_reports_each_version_from_the_servers_metrics(live, train
     assert version["requests"]["OK"] > 20 and sent["failed"] == 0
     assert set(version["classes"]) <= set(trained_penguin.labels) and sum(version["classes"].values()) > 20
     assert version["missing"].get("sex", 0) > 0 and version["rows"] > 20
+    assert version["out_of_schema"].get("island", 0) > 0
     assert version["latency"]["+Inf"] == sum(version["requests"].values())
 
 
@@ -107,7 +111,8 @@ def test_dashboard_in_chromium_draws_charts_with_the_traffic(live, tmp_path):
     dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
-    assert "⚠" not in html, html[:3000]
+    status = html[html.index('id="status"'):].split("</span>")[0]
+    assert "⚠" not in status, status  # the server was read on every poll
     latest = html[html.index('id="latest"'):].split("</table>")[0]
     cells = [c.split(">", 1)[1] for c in latest.split("<td")[1:]]
     assert cells[0] == "1" and int(cells[1]) > 20, latest  # version 1 answered the traffic

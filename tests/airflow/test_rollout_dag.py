@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import urllib.request
 
@@ -40,20 +41,25 @@ class PushTwoClassifiers(Component):
                               model_name="clf")
 
 
-def rollout_pipeline(server_url: str):
+def rollout_pipeline():
+    """The model server is $PIPEWRIGHT_MODEL_SERVER_REST (as `make up` sets it)."""
     from components.rollout import Rollout
     from pipelines.pipeline import Pipeline
 
     push = PushTwoClassifiers()
-    rollout = Rollout(pushed_model=push.outputs.pushed_model, model_name="clf",
-                      server_url=server_url, min_requests=10)
+    rollout = Rollout(pushed_model=push.outputs.pushed_model, model_name="clf", min_requests=10)
     return Pipeline("rollout_dag_test", [push, rollout])
+
+
+DAG_FILE = ("from pipelines.airflow_adapter import build_dag\n"
+            "from tests.airflow.test_rollout_dag import rollout_pipeline\n\n"
+            "rollout_dag_test = build_dag(rollout_pipeline(), schedule=None, retries=0)\n")
 
 
 def test_rollout_task_defers_between_windows_and_promotes(airflow_db, tmp_path, caplog):
     from components.rollout_controller import history
     from components.rollout_policy import read_policy
-    from pipelines.airflow_adapter import build_dag
+    from tests.airflow.conftest import DAGS_FOLDER, load_dag
     from tests.serving.rollout_models import GRID, STABLE_THRESHOLD, write_classifier
 
     base = tmp_path / "serving" / "clf"
@@ -78,15 +84,18 @@ def test_rollout_task_defers_between_windows_and_promotes(airflow_db, tmp_path, 
                 failures.append(str(exc))
             stop.wait(0.005)
 
-    dag = build_dag(rollout_pipeline(server.rest), schedule=None)
+    (DAGS_FOLDER / "rollout_dag.py").write_text(DAG_FILE)
+    dag = load_dag("rollout_dag.py", "rollout_dag_test")
     with pipewright_home(tmp_path):
         server.start()
+        os.environ["PIPEWRIGHT_MODEL_SERVER_REST"] = server.rest
         thread = threading.Thread(target=traffic, daemon=True)
         thread.start()
         try:
             with caplog.at_level(logging.INFO):
                 dag_run = dag.test()
         finally:
+            os.environ.pop("PIPEWRIGHT_MODEL_SERVER_REST", None)
             stop.set()
             thread.join(10)
             server.stop()
