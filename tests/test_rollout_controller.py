@@ -236,3 +236,28 @@ def test_blue_green_measures_stable_alone_then_switches_and_reverts_on_a_bad_win
     assert decision.event == "rolled_back" and "max_prediction_distance" in policy.reason
     assert (policy.stable_version, policy.hold_versions) == (1, [])  # reverted at once
     assert "rolled back version 2" in policy.reason
+
+
+def test_rollout_cli_status_promote_and_abort_rewrite_the_policy(base, tmp_path, capsys):
+    from pipelines.rollout_cli import main
+
+    home = tmp_path / "home"
+    serving = home / "serving"
+    serving.mkdir(parents=True)
+    os.symlink(base, serving / "penguin")
+    args = ["--home", str(home)]
+    assert main(["status", "penguin", *args]) == 0
+    assert "candidate version 2" in capsys.readouterr().out
+    assert main(["promote", "penguin", *args]) == 0
+    policy = read_policy(base)
+    assert (policy.state, policy.stable_version, policy.hold_versions) == ("promoted", 2, [1])
+    assert main(["abort", "penguin", *args]) == 1  # nothing in progress any more
+    assert "no rollout in progress" in capsys.readouterr().err
+    write_policy(base, RolloutPolicy(strategy=CANARY, stable_version=1, candidate_version=2,
+                                     state="baking", candidate_percent=25))
+    assert main(["abort", "penguin", *args]) == 0
+    policy = read_policy(base)
+    assert (policy.state, policy.stable_version, policy.candidate_version) == ("aborted", 1, None)
+    os.remove(os.path.join(base, "rollout.json"))
+    assert main(["status", "penguin", *args]) == 1
+    assert "no rollout.json" in capsys.readouterr().err
