@@ -59,6 +59,12 @@ class ServerOptions:
     request_log_max_file_age_seconds: float = 300.0
     request_log_max_total_bytes: int = 1 << 30
     request_log_queue_size: int = 1024
+    ssl_config_file: str = ""
+    auth_token_file: str = ""
+    auth_exempt: str = "health"
+    rate_limit_requests_per_second: float = 0.0
+    rate_limit_burst: int = 0
+    rate_limit_max_clients: int = 10000
     extra: dict = field(default_factory=dict)
 
 
@@ -141,6 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
     flag("request_log_queue_size", int, d.request_log_queue_size,
          "records waiting for the request log writer; more are dropped and counted, never "
          "waited for (pipewright extension)")
+    # The front door (serving/tls.py, serving/admission.py); docs/serving-security.md.
+    flag("ssl_config_file", str, d.ssl_config_file,
+         "ascii SSLConfig proto (server_key, server_cert, custom_ca: PEM text; client_verify): "
+         "TLS for gRPC as in TF Serving, and HTTPS with the same certificate on the REST port "
+         "(pipewright extension)")
+    flag("auth_token_file", str, d.auth_token_file,
+         "bearer tokens, one per line ('#' comments): every request needs "
+         "`Authorization: Bearer <token>` (REST header, gRPC metadata); 401 / UNAUTHENTICATED "
+         "otherwise (pipewright extension)")
+    flag("auth_exempt", str, d.auth_exempt,
+         "comma separated endpoints that need no token and are not rate limited: health "
+         "(grpc.health.v1, GetModelStatus, REST GET /v1/models/<name>), metrics (the Prometheus "
+         "path); empty: none (pipewright extension)")
+    flag("rate_limit_requests_per_second", float, d.rate_limit_requests_per_second,
+         "per-client token bucket refill rate (client: the bearer token, else the peer IP); over "
+         "it 429 / RESOURCE_EXHAUSTED; 0: no limit (pipewright extension)")
+    flag("rate_limit_burst", int, d.rate_limit_burst,
+         "per-client bucket size, requests; 0: the rate rounded up (pipewright extension)")
+    flag("rate_limit_max_clients", int, d.rate_limit_max_clients,
+         "clients whose buckets are kept; the least recently seen is dropped first "
+         "(pipewright extension)")
     return parser
 
 
@@ -182,6 +209,15 @@ def validate_options(options: ServerOptions) -> None:
                  "request_log_max_total_bytes", "request_log_queue_size"):
         if getattr(options, name) <= 0:
             raise ServingError(INVALID_ARGUMENT, f"--{name} must be positive")
+    if options.rate_limit_requests_per_second < 0:
+        raise ServingError(INVALID_ARGUMENT, "--rate_limit_requests_per_second must be >= 0")
+    if options.rate_limit_burst < 0:
+        raise ServingError(INVALID_ARGUMENT, "--rate_limit_burst must be >= 0")
+    if options.rate_limit_burst and not options.rate_limit_requests_per_second:
+        raise ServingError(INVALID_ARGUMENT, "--rate_limit_burst is set without "
+                           "--rate_limit_requests_per_second")
+    if options.rate_limit_max_clients <= 0:
+        raise ServingError(INVALID_ARGUMENT, "--rate_limit_max_clients must be positive")
 
 
 def read_file_bytes(path: str) -> bytes:

@@ -95,6 +95,10 @@ class ServingMetrics:
         self.loaded_versions = Gauge(":pipewright:serving:loaded_versions", ("model_name",))
         self.version_loaded = Gauge(":pipewright:serving:model_version_loaded",
                                     ("model_name", "version"))
+        # Requests the front door refused (serving/admission.py): reason "unauthenticated" or
+        # "rate_limited"; they are in no other series.
+        self.admission_rejected = Counter(":pipewright:serving:admission_rejected_count",
+                                          ("entrypoint", "reason"))
         self.batch_size = Histogram(":pipewright:serving:batch_size", ("signature",),
                                     bounds=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
         # Request log (serving/request_log.py); bytes are serialized PredictionLog bytes
@@ -187,7 +191,8 @@ class ServingMetrics:
             # The exporter walks a std::map keyed by metric name.
             for metric in sorted([self.request_count, self.request_latency, self.warmup_latency,
                                   self.requests_by_api, self.loaded_versions, self.version_loaded,
-                                  self.batch_size, self.request_log_records, self.request_log_bytes,
+                                  self.batch_size, self.admission_rejected,
+                                  self.request_log_records, self.request_log_bytes,
                                   self.request_log_dropped, self.request_log_write_errors,
                                   self.request_log_failed_requests, self.request_log_removed_files,
                                   self.request_log_removed_bytes, self.data_quality_schema_loaded,

@@ -22,6 +22,7 @@ import httptools
 from google.protobuf import json_format
 
 from serving import errors, jsontext, tensors
+from serving.admission import API, HEALTH, METRICS, PREFLIGHT, AdmissionDenied
 from serving.data_plane import (CLASSIFY, GET_MODEL_METADATA, GET_MODEL_STATUS, PREDICT, REGRESS,
                                 SIGNATURE_DEF, DataPlane, RequestContext, as_serving_error)
 from serving.errors import ServingError
@@ -54,9 +55,10 @@ def _evhttp_error_page(status: int) -> bytes:
 
 
 class _Request:
-    __slots__ = ("method", "target", "headers", "body", "keep_alive", "too_large")
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "too_large", "peer")
 
-    def __init__(self):
+    def __init__(self, peer: str = ""):
+        self.peer = peer  # the client's IP address
         self.method = ""
         self.target = b""
         self.headers: dict[bytes, bytes] = {}
@@ -81,10 +83,12 @@ class RestServer:
         self._metadata_json: dict[tuple[str, int], tuple[object, bytes]] = {}
         self._server = None
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, ssl_context=None) -> None:
+        """Listen on host:port; HTTPS when ssl_context (serving/tls.py) is given: the TLS
+        handshake comes first, so a plain HTTP client gets no HTTP answer."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _HttpProtocol(self), host, port,
-                                                reuse_address=True, backlog=1024)
+                                                reuse_address=True, backlog=1024, ssl=ssl_context)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -96,14 +100,52 @@ class RestServer:
         target = request.target.decode("latin-1")
         if target.startswith(("http://", "https://")):  # absolute-form request target
             target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
+        path_only = target.split("?", 1)[0].split("#", 1)[0]
+        denied = self._admit(request, target, path_only)
+        if denied is not None:
+            return denied
         if request.too_large:
             return 413, [(b"Content-Type", b"text/html")], _evhttp_error_page(413)
-        path_only = target.split("?", 1)[0].split("#", 1)[0]
         if self.prometheus_path is not None and path_only == self.prometheus_path:
             return self._prometheus(target)
         if not _API_PATH.fullmatch(target):
             return 404, [(b"Content-Type", b"text/html")], _evhttp_error_page(404)
         return await self._api(request, target)
+
+    def _endpoint(self, request: _Request, target: str, path_only: str) -> str:
+        if self.prometheus_path is not None and path_only == self.prometheus_path:
+            return METRICS
+        if request.method == "OPTIONS":
+            return PREFLIGHT
+        if request.method == "GET":
+            match = _STATUS_PATH.fullmatch(target)
+            if match and match.group(1) and not match.group(4):  # model status, not metadata
+                return HEALTH
+        return API
+
+    def _admit(self, request: _Request, target: str, path_only: str):
+        """DataPlane.admit, before anything else; None when admitted, else the response:
+        401 with WWW-Authenticate or 429 with Retry-After, TF Serving's JSON error body."""
+        authorization = request.headers.get(b"authorization")
+        try:
+            self.data_plane.admit(TRANSPORT, None if authorization is None
+                                  else authorization.decode("latin-1"),
+                                  request.peer, self._endpoint(request, target, path_only))
+        except AdmissionDenied as denied:
+            headers = [(b"Content-Type", _JSON)] + self._cors_headers()
+            if denied.challenge:
+                headers.append((b"WWW-Authenticate", denied.challenge.encode("ascii")))
+            if denied.retry_after is not None:
+                headers.append((b"Retry-After", b"%d" % denied.retry_after))
+            return denied.http_status, headers, jsontext.error_body(denied.message)
+        return None
+
+    def _cors_headers(self) -> list[tuple[bytes, bytes]]:
+        if not self.enable_cors:
+            return []
+        return [(b"Access-Control-Allow-Origin", b"*"),
+                (b"Access-Control-Allow-Methods", b"POST, GET"),
+                (b"Access-Control-Allow-Headers", b"Content-Type")]
 
     def _prometheus(self, target: str):
         headers = [(b"Content-Type", b"text/plain")]
@@ -115,11 +157,7 @@ class RestServer:
         return 200, headers, body
 
     async def _api(self, request: _Request, target: str):
-        headers = [(b"Content-Type", _JSON)]
-        if self.enable_cors:
-            headers += [(b"Access-Control-Allow-Origin", b"*"),
-                        (b"Access-Control-Allow-Methods", b"POST, GET"),
-                        (b"Access-Control-Allow-Headers", b"Content-Type")]
+        headers = [(b"Content-Type", _JSON)] + self._cors_headers()
         if request.method == "OPTIONS":
             origin = request.headers.get(b"origin", b"").decode("latin-1")
             if _ORIGIN.search(origin):
@@ -127,7 +165,7 @@ class RestServer:
             return 400, headers, b""
         ctx = RequestContext(
             TRANSPORT, {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.items()},
-            timeout=self.timeout_s)
+            timeout=self.timeout_s, peer=request.peer)
         headers.append((b"X-Request-Id", ctx.request_id.encode("ascii")))
         try:
             body = await self._process(request, target, ctx)
@@ -322,9 +360,13 @@ class _HttpProtocol(asyncio.Protocol):
         self.busy = False
         self.closing = False
         self._header_name = b""
+        self.peer = ""
 
     def connection_made(self, transport):
         self.transport = transport
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, (tuple, list)) and peername:
+            self.peer = str(peername[0])
 
     def connection_lost(self, exc):
         self.closing = True
@@ -350,7 +392,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self):
-        self.current = _Request()
+        self.current = _Request(self.peer)
 
     def on_url(self, url: bytes):
         self.current.target += url

@@ -32,6 +32,9 @@ class ModelServer:
             from serving.batching import BatchOptions
             self.batch_options = BatchOptions(self.batching_params)  # bad parameters fail here
         self.monitoring = config_lib.monitoring_config(options)
+        from serving import admission, tls
+        self.admission = admission.from_options(options)  # a bad token file fails here
+        self.tls = tls.load_tls_config(options.ssl_config_file) if options.ssl_config_file else None
         self.grpc_port = None
         self.rest_port = None
         self._stopped = threading.Event()
@@ -78,7 +81,11 @@ class ModelServer:
         # One pool for both transports' model calls: each keeps the threads its flag gives it.
         threads = (options.grpc_max_threads or 4 * cpus) + (
             (options.rest_api_num_threads or 4 * cpus) if options.rest_api_port else 0)
-        self.data_plane = DataPlane(self.service, metrics=self.metrics, max_threads=threads)
+        self.data_plane = DataPlane(self.service, metrics=self.metrics, max_threads=threads,
+                                    admission=self.admission)
+        if self.admission.enabled:
+            from serving.admission import describe
+            log.info("Admission: %s", describe(self.admission))
         self.request_logger = RequestLogger(
             log_dir=options.request_log_dir, metrics=self.metrics,
             max_file_bytes=options.request_log_max_file_bytes,
@@ -91,13 +98,15 @@ class ModelServer:
         self.request_logger.start()
         self.data_plane.observers.append(self.request_logger)
         self.data_plane.observers.append(self.data_quality)
-        self.health = HealthServicer() if options.enable_grpc_healthcheck_service else None
+        self.health = (HealthServicer(self.data_plane.admit)
+                       if options.enable_grpc_healthcheck_service else None)
 
         async def start_grpc():
             server, port = build_grpc_server(
                 self.data_plane, host=options.grpc_host, port=options.grpc_port,
                 channel_arguments=config_lib.grpc_channel_arguments(options.grpc_channel_arguments),
-                health=self.health)
+                health=self.health,
+                credentials=self.tls.grpc_credentials() if self.tls is not None else None)
             await server.start()
             return server, port
 
@@ -113,7 +122,9 @@ class ModelServer:
             self.request_logger.stop()
             self.data_plane.stop()
             raise
-        log.info("Running gRPC ModelServer at %s:%d ...", options.grpc_host, self.grpc_port)
+        log.info("Running gRPC ModelServer at %s:%d%s ...", options.grpc_host, self.grpc_port,
+                 "" if self.tls is None else
+                 f" (TLS{', client certificates required' if self.tls.client_verify else ''})")
 
         self._config_poller = None
         if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
@@ -138,9 +149,12 @@ class ModelServer:
             max_body_bytes=options.rest_api_max_body_bytes,
             enable_cors=options.rest_api_enable_cors_support,
             timeout_ms=options.rest_api_timeout_in_ms)
-        self.loop.run_until_complete(self.rest.start(options.rest_host, options.rest_api_port))
+        ssl_context = self.tls.ssl_context() if self.tls is not None else None
+        self.loop.run_until_complete(self.rest.start(options.rest_host, options.rest_api_port,
+                                                     ssl_context=ssl_context))
         self.rest_port = options.rest_api_port
-        log.info("Exporting HTTP/REST API at:%s:%d ...", options.rest_host, self.rest_port)
+        log.info("Exporting %s/REST API at:%s:%d ...", "HTTP" if ssl_context is None else "HTTPS",
+                 options.rest_host, self.rest_port)
         self._rest_thread = threading.Thread(target=self.loop.run_forever, name="rest-loop", daemon=True)
         self._rest_thread.start()
 
