@@ -17,13 +17,14 @@ import ssl
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
 
 import certs
-from serving_harness import REPO, ServerProcess
+from serving_harness import REPO, ServerProcess, free_port
 
 RATE, BURST = 2, 4
 TOKENS = {name: f"{name}-{'0123456789abcdef' * 2}" for name in
@@ -39,36 +40,48 @@ def pki() -> certs.Pki:
 
 
 @pytest.fixture(scope="module")
-def tls_server(demo_model, pki, log_dir, tmp_path_factory):
-    config = tmp_path_factory.mktemp("tls") / "ssl.config"
+def servers(demo_model, pki, log_dir, tmp_path_factory):
+    """Both servers, started at the same time (each spends most of its start importing TF)."""
+    home = tmp_path_factory.mktemp("security")
+    config = home / "ssl.config"
     config.write_text(certs.ssl_config_text(pki, client_verify=True))
     config.chmod(0o600)
-    proc = ServerProcess([f"--model_name={demo_model.name}",
-                          f"--model_base_path={demo_model.base_path}",
-                          f"--ssl_config_file={config}",
-                          f"--rate_limit_requests_per_second={RATE}",
-                          f"--rate_limit_burst={BURST}"], log_dir, "tls").start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def auth_server(demo_model, log_dir, tmp_path_factory):
-    home = tmp_path_factory.mktemp("auth")
+    tls = ServerProcess([f"--model_name={demo_model.name}",
+                         f"--model_base_path={demo_model.base_path}",
+                         f"--ssl_config_file={config}",
+                         f"--rate_limit_requests_per_second={RATE}",
+                         f"--rate_limit_burst={BURST}"], log_dir, "tls")
     tokens = home / "tokens"
     tokens.write_text("# clients of the security tests\n\n" + "\n".join(TOKENS.values()) + "\n")
     tokens.chmod(0o600)
     monitoring = home / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
-    proc = ServerProcess([f"--model_name={demo_model.name}",
+    auth = ServerProcess([f"--model_name={demo_model.name}",
                           f"--model_base_path={demo_model.base_path}",
                           f"--auth_token_file={tokens}", "--auth_exempt=health,metrics",
                           f"--monitoring_config_file={monitoring}",
                           "--enable_grpc_healthcheck_service=true",
                           f"--rate_limit_requests_per_second={RATE}",
-                          f"--rate_limit_burst={BURST}"], log_dir, "auth").start()
-    yield proc
-    proc.stop()
+                          f"--rate_limit_burst={BURST}"], log_dir, "auth")
+    with ThreadPoolExecutor(2) as pool:
+        started = [pool.submit(proc.start) for proc in (tls, auth)]
+    try:
+        for future in started:
+            future.result()
+        yield tls, auth
+    finally:
+        tls.stop()
+        auth.stop()
+
+
+@pytest.fixture(scope="module")
+def tls_server(servers):
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def auth_server(servers):
+    return servers[1]
 
 
 def client_context(pki: certs.Pki, client: certs.KeyCert | None, tmp_path) -> ssl.SSLContext:
@@ -326,17 +339,25 @@ def test_tokens_never_reach_the_log(auth_server, demo_model):
 
 
 def _start_fails(args: list[str], tmp_path) -> str:
-    """`python -m serving` with args: must exit non-zero at start (before loading any model);
-    returns its stderr."""
+    """`python -m serving` with args must exit non-zero at start; returns its stderr. A server
+    that starts anyway is stopped as soon as it says it is ready, and fails the test."""
     import os
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", "serving", "--port=1", "--rest_api_port=0",
-                             f"--model_base_path={tmp_path}", *args], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0, result.stderr
-    assert "ready" not in result.stdout
-    return result.stderr
+    with open(tmp_path / "stderr", "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "serving", f"--port={free_port()}",
+                                 f"--rest_api_port={free_port()}", f"--model_base_path={tmp_path}",
+                                 *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            ready = b"ready" in proc.stdout.readline()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait(timeout=60)
+            proc.stdout.close()
+    text = (tmp_path / "stderr").read_text()
+    assert not ready and code != 0, text
+    return text
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "comments only", "short token"])
