@@ -6,7 +6,8 @@ types and the wire format are TF Serving's. Errors carry TF Serving's status cod
 
 A transport only: each handler builds a RequestContext from the call's metadata, hands the
 request proto to the DataPlane (serving/data_plane.py) shared with REST, and maps a
-ServingError to a gRPC status. Handlers are coroutines on one event loop; the data plane awaits
+ServingError to a gRPC status. Every call, health checks included, is first admitted by
+DataPlane.admit (serving/admission.py). Handlers are coroutines on one event loop; the data plane awaits
 model calls on the batch scheduler or its thread pool, so waiting requests hold no thread.
 """
 

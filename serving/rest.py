@@ -5,7 +5,9 @@ the gRPC service receives (PredictRequest, ClassificationRequest, ...), the Data
 (serving/data_plane.py) shared with gRPC answers it, and the response proto is written as TF
 Serving's JSON. One event loop parses HTTP and JSON and writes responses; the data plane awaits
 model calls on the batch scheduler or its thread pool, so a slow model never stalls the loop.
-Requests on one connection are answered in order (HTTP/1.1 pipelining).
+Requests on one connection are answered in order (HTTP/1.1 pipelining). Every request is first
+admitted by DataPlane.admit (bearer token, rate limit: serving/admission.py), before its body is
+parsed; with --ssl_config_file the port speaks HTTPS only (serving/tls.py).
 """
 
 from __future__ import annotations
