@@ -57,7 +57,7 @@ def _evhttp_error_page(status: int) -> bytes:
 
 
 class _Request:
-    __slots__ = ("method", "target", "headers", "body", "keep_alive", "too_large", "peer")
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "too_large", "peer", "denied")
 
     def __init__(self, peer: str = ""):
         self.peer = peer  # the client's IP address
@@ -67,6 +67,7 @@ class _Request:
         self.body = bytearray()
         self.keep_alive = True
         self.too_large = False
+        self.denied = None  # the 401 / 429 response, decided once the headers are in
 
 
 _METHODS = {"predict": PREDICT, "classify": CLASSIFY, "regress": REGRESS}
@@ -99,13 +100,9 @@ class RestServer:
     # ------------------------------------------------------------ dispatch
 
     async def handle(self, request: _Request) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        target = request.target.decode("latin-1")
-        if target.startswith(("http://", "https://")):  # absolute-form request target
-            target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
-        path_only = target.split("?", 1)[0].split("#", 1)[0]
-        denied = self._admit(request, target, path_only)
-        if denied is not None:
-            return denied
+        if request.denied is not None:
+            return request.denied
+        target, path_only = _target(request)
         if request.too_large:
             return 413, [(b"Content-Type", b"text/html")], _evhttp_error_page(413)
         if self.prometheus_path is not None and path_only == self.prometheus_path:
@@ -125,9 +122,11 @@ class RestServer:
                 return HEALTH
         return API
 
-    def _admit(self, request: _Request, target: str, path_only: str):
-        """DataPlane.admit, before anything else; None when admitted, else the response:
+    def admit(self, request: _Request):
+        """DataPlane.admit, before anything else (called when the headers are in: a refused
+        request's body is read past, never buffered); None when admitted, else the response:
         401 with WWW-Authenticate or 429 with Retry-After, TF Serving's JSON error body."""
+        target, path_only = _target(request)
         authorization = request.headers.get(b"authorization")
         try:
             self.data_plane.admit(TRANSPORT, None if authorization is None
@@ -292,6 +291,15 @@ class RestServer:
         return cached[1]
 
 
+def _target(request: _Request) -> tuple[str, str]:
+    """(request target, its path without query or fragment); an absolute-form target
+    (http://host/path) becomes its path."""
+    target = request.target.decode("latin-1")
+    if target.startswith(("http://", "https://")):
+        target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
+    return target, target.split("?", 1)[0].split("#", 1)[0]
+
+
 def _model_spec(data_plane: DataPlane, ctx: RequestContext, spec, name: str, version: int | None,
                 label: str | None, signature_name: str | None) -> None:
     """The ModelSpec http_rest_api_handler.cc builds from the URL (and signature_name).
@@ -406,8 +414,11 @@ class _HttpProtocol(asyncio.Protocol):
         request = self.current
         request.method = self.parser.get_method().decode("latin-1")
         request.keep_alive = self.parser.should_keep_alive()
+        request.denied = self.server.admit(request)
         length = request.headers.get(b"content-length")
-        if (length is not None and length.isdigit()
+        if request.denied is not None:
+            pass  # no 100 Continue: the body is not wanted
+        elif (length is not None and length.isdigit()
                 and (len(length) > 19 or int(length) > self.server.max_body_bytes)):
             request.too_large = True
         elif request.headers.get(b"expect", b"").lower() == b"100-continue":
@@ -415,7 +426,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes):
         request = self.current
-        if request.too_large:
+        if request.too_large or request.denied is not None:
             return
         request.body += body
         if len(request.body) > self.server.max_body_bytes:

@@ -246,6 +246,34 @@ def test_rest_needs_a_bearer_token(auth_server, demo_model):
     assert status == 200 and b"signature_def" in text
 
 
+def _peak_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_refused_request_body_is_not_buffered(auth_server, demo_model):
+    """The token is checked once the headers are in: a refused request's body (100 MiB here)
+    is read past, never held in memory."""
+    size, chunk = 100 << 20, b"x" * (1 << 20)
+    before = _peak_rss_bytes(auth_server.proc.pid)
+    conn = http.client.HTTPConnection("127.0.0.1", auth_server.rest_port, timeout=60)
+    try:
+        conn.putrequest("POST", f"/v1/models/{demo_model.name}:predict")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        for _ in range(size // len(chunk)):
+            conn.send(chunk)
+        response = conn.getresponse()
+        assert response.status == 401 and b"bearer token" in response.read()
+    finally:
+        conn.close()
+    grown = _peak_rss_bytes(auth_server.proc.pid) - before
+    assert grown < size // 4, f"peak RSS grew by {grown} bytes"
+
+
 def test_grpc_needs_a_bearer_token(auth_server, demo_model):
     request = grpc_predict_request(demo_model)
     with grpc.insecure_channel(auth_server.grpc_target) as channel:
