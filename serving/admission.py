@@ -16,11 +16,13 @@ restart.
 
 Tokens: --auth_token_file, one per line, '#' starts a comment line. Compared in constant
 time (SHA-256 digests, hmac.compare_digest against every token, so neither which token matched
-nor a prefix leaks). Tokens are never logged: a client is named by its token's line number.
+nor a prefix leaks). Tokens are never logged, nor kept in clear: the server holds their
+digests. With --auth_token_file_poll_wait_seconds the file is re-read when it changes (token
+rotation without a restart); a bad new file is logged and the last good tokens stay.
 
 Rate limits: a token bucket per client (RFC 6585 429 semantics; the classic bucket of
 --rate_limit_burst tokens refilled at --rate_limit_requests_per_second). The client is the
-token's line when authentication is on, else the peer's IP address (no port; proxies'
+token (its digest) when authentication is on, else the peer's IP address (no port; proxies'
 X-Forwarded-For is not trusted). At most --rate_limit_max_clients buckets are kept; the least
 recently seen client's bucket is dropped first (it restarts full: a client idle long enough to
 be evicted would have refilled anyway unless the table is flooded).
@@ -30,7 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
+import os
 import re
 import threading
 import time
@@ -39,6 +43,8 @@ from typing import Callable
 
 from serving import errors
 from serving.errors import INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAUTHENTICATED, ServingError
+
+log = logging.getLogger(__name__)
 
 API, HEALTH, METRICS, PREFLIGHT = "api", "health", "metrics", "preflight"
 EXEMPTIBLE = (HEALTH, METRICS)
@@ -152,11 +158,24 @@ class Admission:
     def __init__(self, tokens=(), *, exempt=frozenset({HEALTH}), rate: float = 0.0,
                  burst: int = 0, max_clients: int = 10000,
                  clock: Callable[[], float] = time.monotonic):
-        self._digests = [hashlib.sha256(t.encode("ascii")).digest() for t in tokens]
+        self._digests = _digests(tokens)
         self.exempt = frozenset(exempt)
         self.limiter = None
         if rate > 0:
             self.limiter = RateLimiter(rate, burst or max(1, math.ceil(rate)), max_clients, clock)
+
+    def set_tokens(self, tokens) -> None:
+        """Replace the accepted tokens (rotation; a client keeps its bucket while its token
+        stays). Turning authentication on or off this way is refused:
+        ValueError."""
+        digests = _digests(tokens)
+        if bool(digests) != bool(self._digests):
+            raise ValueError("tokens can be rotated, not turned on or off, while serving")
+        self._digests = digests  # one assignment: admit() sees the old list or the new one
+
+    @property
+    def token_count(self) -> int:
+        return len(self._digests)
 
     @property
     def authenticating(self) -> bool:
@@ -174,7 +193,7 @@ class Admission:
             return
         client = f"peer:{peer}"
         if self._digests and endpoint != PREFLIGHT:
-            client = f"token:{self._match(authorization)}"
+            client = "token:" + self._match(authorization).hex()
         if self.limiter is not None:
             wait = self.limiter.acquire(client)
             if wait > 0:
@@ -185,8 +204,8 @@ class Admission:
                     f"(burst {self.limiter.burst}); retry after {retry_after} s",
                     reason="rate_limited", retry_after=retry_after)
 
-    def _match(self, authorization: str | None) -> int:
-        """The index of the matching token; raises AdmissionDenied UNAUTHENTICATED."""
+    def _match(self, authorization: str | None) -> bytes:
+        """The matching token's digest; raises AdmissionDenied UNAUTHENTICATED."""
         match = _BEARER.fullmatch(authorization) if authorization else None
         if match is None:
             raise AdmissionDenied(
@@ -194,15 +213,56 @@ class Admission:
                 "(REST header; gRPC metadata key `authorization`)",
                 reason="unauthenticated", challenge=f'Bearer realm="{REALM}"')
         given = hashlib.sha256(match.group(1).encode("utf-8", "surrogateescape")).digest()
-        found = -1
-        for index, digest in enumerate(self._digests):  # every token, whatever matches
+        found = None
+        for digest in self._digests:  # every token, whatever matches
             if hmac.compare_digest(given, digest):
-                found = index
-        if found < 0:
+                found = digest
+        if found is None:
             raise AdmissionDenied(
                 UNAUTHENTICATED, "Invalid bearer token", reason="unauthenticated",
                 challenge=f'Bearer realm="{REALM}", error="invalid_token"')
         return found
+
+
+def file_stamp(path: str):
+    """(mtime ns, size, inode) of path, None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class TokenFileWatcher:
+    """Re-reads --auth_token_file into an Admission when the file changes (modification time,
+    size or inode: an atomic replace counts). A file that fails read_token_file is logged
+    once per change, naming the file and line, and the last good tokens stay in force."""
+
+    def __init__(self, path: str, admission: Admission, stamp=None):
+        """stamp: file_stamp(path) taken before the admission's tokens were read (so a change
+        in between is not missed); now when None."""
+        self.path = path
+        self.admission = admission
+        self._stamp = file_stamp(path) if stamp is None else stamp
+
+    def poll(self) -> bool:
+        """True when new tokens were loaded."""
+        stamp = file_stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            tokens = read_token_file(self.path)
+        except ServingError as e:
+            log.error("Keeping the last good bearer tokens: %s", e.message)
+            return False
+        self.admission.set_tokens(tokens)
+        log.info("Reloaded %d bearer tokens from --auth_token_file %s", len(tokens), self.path)
+        return True
+
+
+def _digests(tokens) -> list[bytes]:
+    return [hashlib.sha256(t.encode("ascii")).digest() for t in tokens]
 
 
 def from_options(options) -> Admission:
@@ -221,7 +281,7 @@ def from_options(options) -> Admission:
 
 def describe(admission: Admission) -> str:
     """One log line of what is on (no secrets)."""
-    parts = [f"bearer tokens: {len(admission._digests)}" if admission.authenticating
+    parts = [f"bearer tokens: {admission.token_count}" if admission.authenticating
              else "no authentication"]
     if admission.limiter is not None:
         parts.append(f"rate limit {admission.limiter.rate:g}/s burst {admission.limiter.burst} "

@@ -62,6 +62,7 @@ class ServerOptions:
     ssl_config_file: str = ""
     auth_token_file: str = ""
     auth_exempt: str = "health"
+    auth_token_file_poll_wait_seconds: float = 0.0
     rate_limit_requests_per_second: float = 0.0
     rate_limit_burst: int = 0
     rate_limit_max_clients: int = 10000
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
          "bearer tokens, one per line ('#' comments): every request needs "
          "`Authorization: Bearer <token>` (REST header, gRPC metadata); 401 / UNAUTHENTICATED "
          "otherwise (pipewright extension)")
+    flag("auth_token_file_poll_wait_seconds", float, d.auth_token_file_poll_wait_seconds,
+         "re-read --auth_token_file this often when it changed (token rotation; a bad file is "
+         "logged and the last good tokens stay); 0: never (pipewright extension)")
     flag("auth_exempt", str, d.auth_exempt,
          "comma separated endpoints that need no token and are not rate limited: health "
          "(grpc.health.v1, GetModelStatus, REST GET /v1/models/<name>), metrics (the Prometheus "
@@ -209,6 +213,11 @@ def validate_options(options: ServerOptions) -> None:
                  "request_log_max_total_bytes", "request_log_queue_size"):
         if getattr(options, name) <= 0:
             raise ServingError(INVALID_ARGUMENT, f"--{name} must be positive")
+    if options.auth_token_file_poll_wait_seconds < 0:
+        raise ServingError(INVALID_ARGUMENT, "--auth_token_file_poll_wait_seconds must be >= 0")
+    if options.auth_token_file_poll_wait_seconds and not options.auth_token_file:
+        raise ServingError(INVALID_ARGUMENT, "--auth_token_file_poll_wait_seconds is set without "
+                           "--auth_token_file")
     if options.rate_limit_requests_per_second < 0:
         raise ServingError(INVALID_ARGUMENT, "--rate_limit_requests_per_second must be >= 0")
     if options.rate_limit_burst < 0:

@@ -33,6 +33,8 @@ class ModelServer:
             self.batch_options = BatchOptions(self.batching_params)  # bad parameters fail here
         self.monitoring = config_lib.monitoring_config(options)
         from serving import admission, tls
+        self.token_file_stamp = (admission.file_stamp(options.auth_token_file)
+                                 if options.auth_token_file else None)
         self.admission = admission.from_options(options)  # a bad token file fails here
         self.tls = tls.load_tls_config(options.ssl_config_file) if options.ssl_config_file else None
         self.grpc_port = None
@@ -130,6 +132,9 @@ class ModelServer:
         if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
             self._config_poller = threading.Thread(target=self._poll_config_file, daemon=True)
             self._config_poller.start()
+        if options.auth_token_file and options.auth_token_file_poll_wait_seconds > 0:
+            threading.Thread(target=self._poll_token_file, name="token-file-poll",
+                             daemon=True).start()
 
         self.loop = None
         if options.rest_api_port:
@@ -171,6 +176,17 @@ class ModelServer:
                 log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", e.message)
             except Exception:  # keep polling: the next edit of the file may fix it
                 log.exception("PollFilesystemAndReloadConfig failed to ReloadConfig")
+
+    def _poll_token_file(self) -> None:
+        from serving.admission import TokenFileWatcher
+
+        watcher = TokenFileWatcher(self.options.auth_token_file, self.admission,
+                                   self.token_file_stamp)
+        while not self._stopped.wait(self.options.auth_token_file_poll_wait_seconds):
+            try:
+                watcher.poll()
+            except Exception:  # keep polling: the next edit of the file may fix it
+                log.exception("Re-reading --auth_token_file failed")
 
     def wait(self) -> None:
         self._stopped.wait()

@@ -161,6 +161,44 @@ def test_flags_build_the_admission(tmp_path):
     assert defaults.auth_exempt == "health" and defaults.rest_host == "127.0.0.1"
     for flags, message in ((["--rate_limit_burst=3"], "--rate_limit_burst is set without"),
                            (["--rate_limit_requests_per_second=-1"], "must be >= 0"),
-                           (["--rate_limit_max_clients=0"], "must be positive")):
+                           (["--rate_limit_max_clients=0"], "must be positive"),
+                           (["--auth_token_file_poll_wait_seconds=5"],
+                            "--auth_token_file_poll_wait_seconds is set without --auth_token_file")):
         with pytest.raises(ServingError, match=message):
             config_lib.validate_options(config_lib.parse_args(["--model_base_path=/m", *flags]))
+
+
+def test_token_rotation_keeps_the_last_good_tokens(tmp_path, caplog):
+    path = tmp_path / "tokens"
+    path.write_text(ALICE + "\n")
+    stamp = adm.file_stamp(str(path))
+    door = Admission(adm.read_token_file(str(path)), rate=1, burst=1, clock=Clock())
+    watcher = adm.TokenFileWatcher(str(path), door, stamp)
+    assert not watcher.poll()  # unchanged
+    door.admit(f"Bearer {ALICE}", "p")
+
+    def replace(text):
+        temp = tmp_path / "tokens.new"
+        temp.write_text(text)
+        temp.replace(path)
+
+    replace(f"{ALICE}\n{BOB}\n")
+    assert watcher.poll() and door.token_count == 2
+    # Alice's bucket survives the rotation (she stays): still empty.
+    assert denied(door, f"Bearer {ALICE}").code == RESOURCE_EXHAUSTED
+    door.admit(f"Bearer {BOB}", "p")
+    replace(f"{BOB}\n")
+    assert watcher.poll()
+    assert denied(door, f"Bearer {ALICE}").code == UNAUTHENTICATED  # revoked
+
+    caplog.set_level("ERROR", logger="serving.admission")
+    replace("# all revoked by mistake\n")
+    assert not watcher.poll()
+    assert f"Keeping the last good bearer tokens: --auth_token_file {path}: no tokens" in caplog.text
+    assert door.token_count == 1 and denied(door, f"Bearer {BOB}").code == RESOURCE_EXHAUSTED
+    assert not watcher.poll()  # logged once per change, not once per poll
+    assert caplog.text.count("Keeping the last good") == 1
+    path.unlink()
+    assert not watcher.poll() and door.token_count == 1
+    with pytest.raises(ValueError):
+        door.set_tokens([])

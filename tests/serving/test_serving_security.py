@@ -59,10 +59,12 @@ def servers(demo_model, pki, log_dir, tmp_path_factory):
     auth = ServerProcess([f"--model_name={demo_model.name}",
                           f"--model_base_path={demo_model.base_path}",
                           f"--auth_token_file={tokens}", "--auth_exempt=health,metrics",
+                          "--auth_token_file_poll_wait_seconds=0.5",
                           f"--monitoring_config_file={monitoring}",
                           "--enable_grpc_healthcheck_service=true",
                           f"--rate_limit_requests_per_second={RATE}",
                           f"--rate_limit_burst={BURST}"], log_dir, "auth")
+    auth.token_file = tokens
     with ThreadPoolExecutor(2) as pool:
         started = [pool.submit(proc.start) for proc in (tls, auth)]
     try:
@@ -354,12 +356,53 @@ def test_rate_limit_by_token_across_rest_and_grpc(auth_server, demo_model):
         stub.Predict(request, timeout=30, metadata=[("authorization", f"Bearer {TOKENS['erin']}")])
 
 
+def _replace(path, text: str) -> None:
+    """Write path atomically, as a secret manager would (temp file, then rename)."""
+    temp = path.with_name(path.name + ".new")
+    temp.write_text(text)
+    temp.chmod(0o600)
+    temp.replace(path)
+
+
+def _status_with(server, model, token: str) -> int:
+    return plain(server, "GET", f"/v1/models/{model.name}/metadata",
+                 headers={"Authorization": f"Bearer {token}"})[0]
+
+
+def _wait_for(predicate, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_token_rotation_without_restart(auth_server, demo_model):
+    """--auth_token_file_poll_wait_seconds: grace's token is revoked and heidi's added by
+    rewriting the file; then a broken file (no tokens) is logged and the last good tokens stay."""
+    heidi = "heidi-" + "fedcba9876543210" * 2
+    assert _status_with(auth_server, demo_model, heidi) == 401
+    kept = [token for name, token in TOKENS.items() if name != "grace"]
+    _replace(auth_server.token_file, "\n".join(kept + [heidi]) + "\n")
+    assert _wait_for(lambda: _status_with(auth_server, demo_model, heidi) == 200)
+    assert _status_with(auth_server, demo_model, TOKENS["grace"]) == 401
+    log_text = auth_server.log_path.read_text()
+    assert f"Reloaded 7 bearer tokens from --auth_token_file {auth_server.token_file}" in log_text
+
+    _replace(auth_server.token_file, "# everything revoked by mistake\n")
+    assert _wait_for(lambda: "Keeping the last good bearer tokens" in auth_server.log_path.read_text())
+    assert f"--auth_token_file {auth_server.token_file}: no tokens" in auth_server.log_path.read_text()
+    assert _status_with(auth_server, demo_model, heidi) == 200
+    assert _status_with(auth_server, demo_model, "still-not-a-token-0123456789") == 401
+
+
 def test_tokens_never_reach_the_log(auth_server, demo_model):
     plain(auth_server, "POST", f"/v1/models/{demo_model.name}:predict", predict_body(demo_model),
          {"Authorization": "Bearer leaked-if-logged-0123456789"})
     log_text = auth_server.log_path.read_text()
     assert "bearer tokens: 7" in log_text  # the server said what is on...
-    for token in list(TOKENS.values()) + ["leaked-if-logged-0123456789"]:
+    for token in list(TOKENS.values()) + ["leaked-if-logged-0123456789", "heidi-fedcba98"]:
         assert token not in log_text  # ...and never a token
 
 
