@@ -144,9 +144,12 @@ class RestServer:
     def _cors_headers(self) -> list[tuple[bytes, bytes]]:
         if not self.enable_cors:
             return []
+        # TF Serving allows Content-Type only; a browser must also be allowed to send the token.
+        allowed = (b"Content-Type, Authorization" if self.data_plane.admission.authenticating
+                   else b"Content-Type")
         return [(b"Access-Control-Allow-Origin", b"*"),
                 (b"Access-Control-Allow-Methods", b"POST, GET"),
-                (b"Access-Control-Allow-Headers", b"Content-Type")]
+                (b"Access-Control-Allow-Headers", allowed)]
 
     def _prometheus(self, target: str):
         headers = [(b"Content-Type", b"text/plain")]

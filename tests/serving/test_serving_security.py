@@ -62,6 +62,7 @@ def servers(demo_model, pki, log_dir, tmp_path_factory):
                           "--auth_token_file_poll_wait_seconds=0.5",
                           f"--monitoring_config_file={monitoring}",
                           "--enable_grpc_healthcheck_service=true",
+                          "--rest_api_enable_cors_support=true",
                           f"--rate_limit_requests_per_second={RATE}",
                           f"--rate_limit_burst={BURST}"], log_dir, "auth")
     auth.token_file = tokens
@@ -274,6 +275,19 @@ def test_refused_request_body_is_not_buffered(auth_server, demo_model):
         conn.close()
     grown = _peak_rss_bytes(auth_server.proc.pid) - before
     assert grown < size // 4, f"peak RSS grew by {grown} bytes"
+
+
+def test_cors_preflight_needs_no_token_and_allows_sending_one(auth_server, demo_model):
+    """Browsers send a preflight without credentials; its answer must let them send the
+    Authorization header, and the 401 itself carries CORS headers so the page can read it."""
+    path = f"/v1/models/{demo_model.name}:predict"
+    status, headers, _ = plain(auth_server, "OPTIONS", path,
+                               headers={"Origin": "https://app.example"})
+    assert status == 200
+    assert headers["Access-Control-Allow-Headers"] == "Content-Type, Authorization"
+    status, headers, _ = plain(auth_server, "POST", path, predict_body(demo_model),
+                               {"Origin": "https://app.example"})
+    assert status == 401 and headers["Access-Control-Allow-Origin"] == "*"
 
 
 def test_grpc_needs_a_bearer_token(auth_server, demo_model):
