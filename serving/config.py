@@ -60,6 +60,13 @@ class ServerOptions:
     request_log_max_total_bytes: int = 1 << 30
     request_log_queue_size: int = 1024
     rollout_max_shadow_inflight: int = 16
+    ssl_config_file: str = ""
+    auth_token_file: str = ""
+    auth_exempt: str = "health"
+    auth_token_file_poll_wait_seconds: float = 0.0
+    rate_limit_requests_per_second: float = 0.0
+    rate_limit_burst: int = 0
+    rate_limit_max_clients: int = 10000
     extra: dict = field(default_factory=dict)
 
 
@@ -146,6 +153,30 @@ def build_parser() -> argparse.ArgumentParser:
          "shadow calls (rollout.json shadow_percent) running at once; beyond that a call is "
          "not mirrored and counted in :pipewright:serving:shadow_skipped_count; 0 turns "
          "shadowing off (pipewright extension)")
+    # The front door (serving/tls.py, serving/admission.py); docs/serving-security.md.
+    flag("ssl_config_file", str, d.ssl_config_file,
+         "ascii SSLConfig proto (server_key, server_cert, custom_ca: PEM text; client_verify): "
+         "TLS for gRPC as in TF Serving, and HTTPS with the same certificate on the REST port "
+         "(pipewright extension)")
+    flag("auth_token_file", str, d.auth_token_file,
+         "bearer tokens, one per line ('#' comments): every request needs "
+         "`Authorization: Bearer <token>` (REST header, gRPC metadata); 401 / UNAUTHENTICATED "
+         "otherwise (pipewright extension)")
+    flag("auth_token_file_poll_wait_seconds", float, d.auth_token_file_poll_wait_seconds,
+         "re-read --auth_token_file this often when it changed (token rotation; a bad file is "
+         "logged and the last good tokens stay); 0: never (pipewright extension)")
+    flag("auth_exempt", str, d.auth_exempt,
+         "comma separated endpoints that need no token and are not rate limited: health "
+         "(grpc.health.v1, GetModelStatus, REST GET /v1/models/<name>), metrics (the Prometheus "
+         "path); empty: none (pipewright extension)")
+    flag("rate_limit_requests_per_second", float, d.rate_limit_requests_per_second,
+         "per-client token bucket refill rate (client: the bearer token, else the peer IP); over "
+         "it 429 / RESOURCE_EXHAUSTED; 0: no limit (pipewright extension)")
+    flag("rate_limit_burst", int, d.rate_limit_burst,
+         "per-client bucket size, requests; 0: the rate rounded up (pipewright extension)")
+    flag("rate_limit_max_clients", int, d.rate_limit_max_clients,
+         "clients whose buckets are kept; the least recently seen is dropped first "
+         "(pipewright extension)")
     return parser
 
 
@@ -189,6 +220,20 @@ def validate_options(options: ServerOptions) -> None:
                  "request_log_max_total_bytes", "request_log_queue_size"):
         if getattr(options, name) <= 0:
             raise ServingError(INVALID_ARGUMENT, f"--{name} must be positive")
+    if options.auth_token_file_poll_wait_seconds < 0:
+        raise ServingError(INVALID_ARGUMENT, "--auth_token_file_poll_wait_seconds must be >= 0")
+    if options.auth_token_file_poll_wait_seconds and not options.auth_token_file:
+        raise ServingError(INVALID_ARGUMENT, "--auth_token_file_poll_wait_seconds is set without "
+                           "--auth_token_file")
+    if options.rate_limit_requests_per_second < 0:
+        raise ServingError(INVALID_ARGUMENT, "--rate_limit_requests_per_second must be >= 0")
+    if options.rate_limit_burst < 0:
+        raise ServingError(INVALID_ARGUMENT, "--rate_limit_burst must be >= 0")
+    if options.rate_limit_burst and not options.rate_limit_requests_per_second:
+        raise ServingError(INVALID_ARGUMENT, "--rate_limit_burst is set without "
+                           "--rate_limit_requests_per_second")
+    if options.rate_limit_max_clients <= 0:
+        raise ServingError(INVALID_ARGUMENT, "--rate_limit_max_clients must be positive")
 
 
 def read_file_bytes(path: str) -> bytes:

@@ -6,7 +6,8 @@ PredictResponse as JSON) and KServe's DataPlane (one object both servers call). 
 only parse, format and map errors; everything that happens to a request in between happens
 here, once:
 
-    transport -> RequestContext + tensorflow_serving request proto
+    transport -> DataPlane.admit (token, rate limit: serving/admission.py), before parsing
+              -> RequestContext + tensorflow_serving request proto
               -> DataPlane.<method>(request, ctx)      (servable lookup, checks, model call)
               -> _finish: metrics, then every observer (request logging, ...) in one place
               -> response proto (or ServingError) -> transport
@@ -41,7 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from serving import admission as admission_lib
 from serving import errors
+from serving.admission import Admission, AdmissionDenied
 from serving.errors import ServingError
 from serving.inference import (CLASSIFY_METHOD, REGRESS_METHOD, InferenceService,
                                classification_result, fetched_outputs, regression_result,
@@ -85,6 +88,7 @@ class RequestContext:
     api_label: the metrics API label; None means the method name (REST passes the URL verb,
         "predict", or "" for GETs, as TF Serving labels them).
     timeout: seconds a model call may take before DEADLINE_EXCEEDED (None: no limit).
+    peer: the client's IP address (no port), for per-client rate limits.
     The data plane fills in method, model_name and version (the version that answered, once a
     servable was resolved) as the request proceeds, and, for models with a rollout, route
     ("stable", "canary", "pinned"; "shadow" on a shadow call's own context) and shadow (the
@@ -98,6 +102,7 @@ class RequestContext:
     request_id: str = ""
     api_label: str | None = None
     timeout: float | None = None
+    peer: str = ""
     start: float = field(default_factory=time.perf_counter)
     method: str = ""
     model_name: str = ""
@@ -165,8 +170,10 @@ class DataPlane:
     """
 
     def __init__(self, service: InferenceService, *, metrics=None, max_threads: int = 8,
-                 max_shadow_inflight: int = DEFAULT_MAX_SHADOW_INFLIGHT):
+                 max_shadow_inflight: int = DEFAULT_MAX_SHADOW_INFLIGHT,
+                 admission: Admission | None = None):
         self.service = service
+        self.admission = admission if admission is not None else Admission()
         self.manager = service.manager
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=max(1, max_threads),
@@ -178,6 +185,21 @@ class DataPlane:
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ the front door
+
+    def admit(self, transport: str, authorization: str | None, peer: str,
+              endpoint: str = admission_lib.API) -> None:
+        """Authentication and rate limit (serving/admission.py), which both transports call
+        first for every request, exempt endpoints included (the Admission decides). Raises
+        AdmissionDenied (UNAUTHENTICATED / RESOURCE_EXHAUSTED, with the challenge or
+        retry-after to send), counted in :pipewright:serving:admission_rejected_count."""
+        try:
+            self.admission.admit(authorization, peer, endpoint)
+        except AdmissionDenied as denied:
+            if self.metrics is not None:
+                self.metrics.count(self.metrics.admission_rejected, transport, denied.reason)
+            raise
 
     # ------------------------------------------------------------ public API
     #

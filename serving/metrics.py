@@ -120,6 +120,10 @@ class ServingMetrics:
         self.loaded_versions = Gauge(":pipewright:serving:loaded_versions", ("model_name",))
         self.version_loaded = Gauge(":pipewright:serving:model_version_loaded",
                                     ("model_name", "version"))
+        # Requests the front door refused (serving/admission.py): reason "unauthenticated" or
+        # "rate_limited"; they are in no other series.
+        self.admission_rejected = Counter(":pipewright:serving:admission_rejected_count",
+                                          ("entrypoint", "reason"))
         self.batch_size = Histogram(":pipewright:serving:batch_size", ("signature",),
                                     bounds=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
         # Request log (serving/request_log.py); bytes are serialized PredictionLog bytes

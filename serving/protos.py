@@ -2,8 +2,8 @@
 
 The wheel has ModelServerConfig but not MonitoringConfig (tensorflow_serving/config/
 monitoring_config.proto), BatchingParameters (servables/tensorflow/session_bundle_config.proto)
-or the gRPC health service (grpc/health/v1/health.proto, grpcio-health-checking is not in the
-lock). They are declared here with the same packages, names and field numbers, so text
+SSLConfig (tensorflow_serving/config/ssl_config.proto) or the gRPC health service
+(grpc/health/v1/health.proto, grpcio-health-checking is not in the lock). They are declared here with the same packages, names and field numbers, so text
 configs written for TF Serving parse unchanged and the wire format matches.
 
 One is pipewright's own: RequestLogFields, the fields the request log adds to
@@ -60,6 +60,18 @@ _monitoring_file = _build_file(
                         type_name=".tensorflow.serving.PrometheusConfig")),
     ])
 PrometheusConfig, MonitoringConfig = _classes(_monitoring_file, "PrometheusConfig", "MonitoringConfig")
+
+# PEM text inline (not file paths), as server.cc BuildServerCredentialsFromSSLConfigFile uses it.
+_ssl_file = _build_file(
+    "tensorflow_serving/config/ssl_config.proto", "tensorflow.serving",
+    [
+        _message("SSLConfig",
+                 _field("server_key", 1, _F.TYPE_STRING),
+                 _field("server_cert", 2, _F.TYPE_STRING),
+                 _field("custom_ca", 3, _F.TYPE_STRING),
+                 _field("client_verify", 4, _F.TYPE_BOOL)),
+    ])
+(SSLConfig,) = _classes(_ssl_file, "SSLConfig")
 
 _I64 = ".google.protobuf.Int64Value"
 _batching_file = _build_file(

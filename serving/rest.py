@@ -5,7 +5,9 @@ the gRPC service receives (PredictRequest, ClassificationRequest, ...), the Data
 (serving/data_plane.py) shared with gRPC answers it, and the response proto is written as TF
 Serving's JSON. One event loop parses HTTP and JSON and writes responses; the data plane awaits
 model calls on the batch scheduler or its thread pool, so a slow model never stalls the loop.
-Requests on one connection are answered in order (HTTP/1.1 pipelining).
+Requests on one connection are answered in order (HTTP/1.1 pipelining). Every request is first
+admitted by DataPlane.admit (bearer token, rate limit: serving/admission.py), before its body is
+parsed; with --ssl_config_file the port speaks HTTPS only (serving/tls.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import httptools
 from google.protobuf import json_format
 
 from serving import errors, jsontext, tensors
+from serving.admission import API, HEALTH, METRICS, PREFLIGHT, AdmissionDenied
 from serving.data_plane import (CLASSIFY, GET_MODEL_METADATA, GET_MODEL_STATUS, PREDICT, REGRESS,
                                 SIGNATURE_DEF, DataPlane, RequestContext, as_serving_error)
 from serving.errors import ServingError
@@ -54,15 +57,17 @@ def _evhttp_error_page(status: int) -> bytes:
 
 
 class _Request:
-    __slots__ = ("method", "target", "headers", "body", "keep_alive", "too_large")
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "too_large", "peer", "denied")
 
-    def __init__(self):
+    def __init__(self, peer: str = ""):
+        self.peer = peer  # the client's IP address
         self.method = ""
         self.target = b""
         self.headers: dict[bytes, bytes] = {}
         self.body = bytearray()
         self.keep_alive = True
         self.too_large = False
+        self.denied = None  # the 401 / 429 response, decided once the headers are in
 
 
 _METHODS = {"predict": PREDICT, "classify": CLASSIFY, "regress": REGRESS}
@@ -81,10 +86,12 @@ class RestServer:
         self._metadata_json: dict[tuple[str, int], tuple[object, bytes]] = {}
         self._server = None
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, ssl_context=None) -> None:
+        """Listen on host:port; HTTPS when ssl_context (serving/tls.py) is given: the TLS
+        handshake comes first, so a plain HTTP client gets no HTTP answer."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _HttpProtocol(self), host, port,
-                                                reuse_address=True, backlog=1024)
+                                                reuse_address=True, backlog=1024, ssl=ssl_context)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -93,17 +100,56 @@ class RestServer:
     # ------------------------------------------------------------ dispatch
 
     async def handle(self, request: _Request) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        target = request.target.decode("latin-1")
-        if target.startswith(("http://", "https://")):  # absolute-form request target
-            target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
+        if request.denied is not None:
+            return request.denied
+        target, path_only = _target(request)
         if request.too_large:
             return 413, [(b"Content-Type", b"text/html")], _evhttp_error_page(413)
-        path_only = target.split("?", 1)[0].split("#", 1)[0]
         if self.prometheus_path is not None and path_only == self.prometheus_path:
             return self._prometheus(target)
         if not _API_PATH.fullmatch(target):
             return 404, [(b"Content-Type", b"text/html")], _evhttp_error_page(404)
         return await self._api(request, target)
+
+    def _endpoint(self, request: _Request, target: str, path_only: str) -> str:
+        if self.prometheus_path is not None and path_only == self.prometheus_path:
+            return METRICS
+        if request.method == "OPTIONS":
+            return PREFLIGHT
+        if request.method == "GET":
+            match = _STATUS_PATH.fullmatch(target)
+            if match and match.group(1) and not match.group(4):  # model status, not metadata
+                return HEALTH
+        return API
+
+    def admit(self, request: _Request):
+        """DataPlane.admit, before anything else (called when the headers are in: a refused
+        request's body is read past, never buffered); None when admitted, else the response:
+        401 with WWW-Authenticate or 429 with Retry-After, TF Serving's JSON error body."""
+        target, path_only = _target(request)
+        authorization = request.headers.get(b"authorization")
+        try:
+            self.data_plane.admit(TRANSPORT, None if authorization is None
+                                  else authorization.decode("latin-1"),
+                                  request.peer, self._endpoint(request, target, path_only))
+        except AdmissionDenied as denied:
+            headers = [(b"Content-Type", _JSON)] + self._cors_headers()
+            if denied.challenge:
+                headers.append((b"WWW-Authenticate", denied.challenge.encode("ascii")))
+            if denied.retry_after is not None:
+                headers.append((b"Retry-After", b"%d" % denied.retry_after))
+            return denied.http_status, headers, jsontext.error_body(denied.message)
+        return None
+
+    def _cors_headers(self) -> list[tuple[bytes, bytes]]:
+        if not self.enable_cors:
+            return []
+        # TF Serving allows Content-Type only; a browser must also be allowed to send the token.
+        allowed = (b"Content-Type, Authorization" if self.data_plane.admission.authenticating
+                   else b"Content-Type")
+        return [(b"Access-Control-Allow-Origin", b"*"),
+                (b"Access-Control-Allow-Methods", b"POST, GET"),
+                (b"Access-Control-Allow-Headers", allowed)]
 
     def _prometheus(self, target: str):
         headers = [(b"Content-Type", b"text/plain")]
@@ -115,11 +161,7 @@ class RestServer:
         return 200, headers, body
 
     async def _api(self, request: _Request, target: str):
-        headers = [(b"Content-Type", _JSON)]
-        if self.enable_cors:
-            headers += [(b"Access-Control-Allow-Origin", b"*"),
-                        (b"Access-Control-Allow-Methods", b"POST, GET"),
-                        (b"Access-Control-Allow-Headers", b"Content-Type")]
+        headers = [(b"Content-Type", _JSON)] + self._cors_headers()
         if request.method == "OPTIONS":
             origin = request.headers.get(b"origin", b"").decode("latin-1")
             if _ORIGIN.search(origin):
@@ -127,7 +169,7 @@ class RestServer:
             return 400, headers, b""
         ctx = RequestContext(
             TRANSPORT, {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.items()},
-            timeout=self.timeout_s)
+            timeout=self.timeout_s, peer=request.peer)
         headers.append((b"X-Request-Id", ctx.request_id.encode("ascii")))
         try:
             body = await self._process(request, target, ctx)
@@ -252,6 +294,15 @@ class RestServer:
         return cached[1]
 
 
+def _target(request: _Request) -> tuple[str, str]:
+    """(request target, its path without query or fragment); an absolute-form target
+    (http://host/path) becomes its path."""
+    target = request.target.decode("latin-1")
+    if target.startswith(("http://", "https://")):
+        target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
+    return target, target.split("?", 1)[0].split("#", 1)[0]
+
+
 def _model_spec(data_plane: DataPlane, ctx: RequestContext, spec, name: str, version: int | None,
                 label: str | None, signature_name: str | None) -> None:
     """The ModelSpec http_rest_api_handler.cc builds from the URL (and signature_name).
@@ -322,9 +373,13 @@ class _HttpProtocol(asyncio.Protocol):
         self.busy = False
         self.closing = False
         self._header_name = b""
+        self.peer = ""
 
     def connection_made(self, transport):
         self.transport = transport
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, (tuple, list)) and peername:
+            self.peer = str(peername[0])
 
     def connection_lost(self, exc):
         self.closing = True
@@ -350,7 +405,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self):
-        self.current = _Request()
+        self.current = _Request(self.peer)
 
     def on_url(self, url: bytes):
         self.current.target += url
@@ -362,8 +417,11 @@ class _HttpProtocol(asyncio.Protocol):
         request = self.current
         request.method = self.parser.get_method().decode("latin-1")
         request.keep_alive = self.parser.should_keep_alive()
+        request.denied = self.server.admit(request)
         length = request.headers.get(b"content-length")
-        if (length is not None and length.isdigit()
+        if request.denied is not None:
+            pass  # no 100 Continue: the body is not wanted
+        elif (length is not None and length.isdigit()
                 and (len(length) > 19 or int(length) > self.server.max_body_bytes)):
             request.too_large = True
         elif request.headers.get(b"expect", b"").lower() == b"100-continue":
@@ -371,7 +429,7 @@ class _HttpProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes):
         request = self.current
-        if request.too_large:
+        if request.too_large or request.denied is not None:
             return
         request.body += body
         if len(request.body) > self.server.max_body_bytes:

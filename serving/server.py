@@ -32,6 +32,11 @@ class ModelServer:
             from serving.batching import BatchOptions
             self.batch_options = BatchOptions(self.batching_params)  # bad parameters fail here
         self.monitoring = config_lib.monitoring_config(options)
+        from serving import admission, tls
+        self.token_file_stamp = (admission.file_stamp(options.auth_token_file)
+                                 if options.auth_token_file else None)
+        self.admission = admission.from_options(options)  # a bad token file fails here
+        self.tls = tls.load_tls_config(options.ssl_config_file) if options.ssl_config_file else None
         self.grpc_port = None
         self.rest_port = None
         self._stopped = threading.Event()
@@ -80,7 +85,11 @@ class ModelServer:
         threads = (options.grpc_max_threads or 4 * cpus) + (
             (options.rest_api_num_threads or 4 * cpus) if options.rest_api_port else 0)
         self.data_plane = DataPlane(self.service, metrics=self.metrics, max_threads=threads,
-                                    max_shadow_inflight=options.rollout_max_shadow_inflight)
+                                    max_shadow_inflight=options.rollout_max_shadow_inflight,
+                                    admission=self.admission)
+        if self.admission.enabled:
+            from serving.admission import describe
+            log.info("Admission: %s", describe(self.admission))
         self.request_logger = RequestLogger(
             log_dir=options.request_log_dir, metrics=self.metrics,
             max_file_bytes=options.request_log_max_file_bytes,
@@ -93,13 +102,15 @@ class ModelServer:
         self.request_logger.start()
         self.data_plane.observers.append(self.request_logger)
         self.data_plane.observers.append(self.data_quality)
-        self.health = HealthServicer() if options.enable_grpc_healthcheck_service else None
+        self.health = (HealthServicer(self.data_plane.admit)
+                       if options.enable_grpc_healthcheck_service else None)
 
         async def start_grpc():
             server, port = build_grpc_server(
                 self.data_plane, host=options.grpc_host, port=options.grpc_port,
                 channel_arguments=config_lib.grpc_channel_arguments(options.grpc_channel_arguments),
-                health=self.health)
+                health=self.health,
+                credentials=self.tls.grpc_credentials() if self.tls is not None else None)
             await server.start()
             return server, port
 
@@ -115,12 +126,17 @@ class ModelServer:
             self.request_logger.stop()
             self.data_plane.stop()
             raise
-        log.info("Running gRPC ModelServer at %s:%d ...", options.grpc_host, self.grpc_port)
+        log.info("Running gRPC ModelServer at %s:%d%s ...", options.grpc_host, self.grpc_port,
+                 "" if self.tls is None else
+                 f" (TLS{', client certificates required' if self.tls.client_verify else ''})")
 
         self._config_poller = None
         if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
             self._config_poller = threading.Thread(target=self._poll_config_file, daemon=True)
             self._config_poller.start()
+        if options.auth_token_file and options.auth_token_file_poll_wait_seconds > 0:
+            threading.Thread(target=self._poll_token_file, name="token-file-poll",
+                             daemon=True).start()
 
         self.loop = None
         if options.rest_api_port:
@@ -140,9 +156,12 @@ class ModelServer:
             max_body_bytes=options.rest_api_max_body_bytes,
             enable_cors=options.rest_api_enable_cors_support,
             timeout_ms=options.rest_api_timeout_in_ms)
-        self.loop.run_until_complete(self.rest.start(options.rest_host, options.rest_api_port))
+        ssl_context = self.tls.ssl_context() if self.tls is not None else None
+        self.loop.run_until_complete(self.rest.start(options.rest_host, options.rest_api_port,
+                                                     ssl_context=ssl_context))
         self.rest_port = options.rest_api_port
-        log.info("Exporting HTTP/REST API at:%s:%d ...", options.rest_host, self.rest_port)
+        log.info("Exporting %s/REST API at:%s:%d ...", "HTTP" if ssl_context is None else "HTTPS",
+                 options.rest_host, self.rest_port)
         self._rest_thread = threading.Thread(target=self.loop.run_forever, name="rest-loop", daemon=True)
         self._rest_thread.start()
 
@@ -159,6 +178,17 @@ class ModelServer:
                 log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", e.message)
             except Exception:  # keep polling: the next edit of the file may fix it
                 log.exception("PollFilesystemAndReloadConfig failed to ReloadConfig")
+
+    def _poll_token_file(self) -> None:
+        from serving.admission import TokenFileWatcher
+
+        watcher = TokenFileWatcher(self.options.auth_token_file, self.admission,
+                                   self.token_file_stamp)
+        while not self._stopped.wait(self.options.auth_token_file_poll_wait_seconds):
+            try:
+                watcher.poll()
+            except Exception:  # keep polling: the next edit of the file may fix it
+                log.exception("Re-reading --auth_token_file failed")
 
     def wait(self) -> None:
         self._stopped.wait()
