@@ -155,6 +155,8 @@ def test_the_traffic_monitors_reader_reads_batch_predictions_like_live_ones(trai
 
     _, _, result = inferred
     files, _ = _logs(result, trained_penguin.model_name)
+    version_dir = os.path.dirname(files[0])
+    assert sorted(os.listdir(version_dir)) == sorted(os.path.basename(p) for p in files)
     for path in files:  # the server's own name pattern and directory naming
         assert _FINAL_NAME.fullmatch(os.path.basename(path)), path
         assert os.path.basename(os.path.dirname(os.path.dirname(path))) == \
@@ -200,3 +202,31 @@ def test_a_missing_split_is_an_error_naming_it(trained_penguin, tmp_path):
     assert not run.ok
     assert "'holdout'" in run.failure and "BulkInferrer" in run.summary()
     assert "['train', 'eval']" in run.failure
+
+
+def test_every_split_by_default_with_counts_per_split(trained_penguin, tmp_path):
+    import tensorflow as tf
+
+    run = _run(trained_penguin, tmp_path)
+    assert run.ok, run.summary()
+    result = run.steps["BulkInferrer"].outputs["inference_result"]
+    assert result.split_names == ["train", "eval"]
+    source = trained_penguin.run.steps["ExampleGen"].outputs["examples"]
+    total = 0
+    for split in ("train", "eval"):
+        expected = sum(1 for path in glob.glob(source.file_pattern(split))
+                       for _ in tf.data.TFRecordDataset(path, compression_type="GZIP"))
+        assert f"{expected} predictions of split {split}" in run.steps["BulkInferrer"].reason
+        total += expected
+    assert result.prediction_count == total
+    assert result.model_version == run.steps["CopiedModel"].outputs["model"].id
+
+
+def test_a_signature_without_serialized_examples_is_an_error_naming_it(trained_penguin,
+                                                                        tmp_path):
+    run = _run(trained_penguin, tmp_path, signature_name="serving_raw")
+    assert not run.ok
+    assert "'serving_raw'" in run.failure and "one DT_STRING input" in run.failure
+    run = _run(trained_penguin, tmp_path, signature_name="no_such_signature")
+    assert not run.ok
+    assert "no signature 'no_such_signature'" in run.failure
