@@ -167,6 +167,20 @@ class PushedModel(Artifact):
                   "model_id": INT, "model_name": STRING, "rolled_back": INT}
 
 
+class InferenceResult(_SplitArtifact):
+    """The BulkInferrer's predictions: per split, tensorflow.serving.PredictionLog records in
+    the model server's request-log layout, `Split-<name>/<model>/<version>/<prefix>-<UTC
+    time>Z-<seq>.tfrecord.gz` (gzip TFRecord), so `log_dir(split)` is read like a request-log
+    directory (components/traffic_logs.py)."""
+
+    PROPERTIES = {"split_names": STRINGS, "model_id": INT, "model_name": STRING,
+                  "model_version": INT, "signature_name": STRING, "prediction_count": INT,
+                  "span": INT}
+
+    def log_dir(self, split: str) -> str:
+        return self.split_uri(split)
+
+
 def artifact_class(type_name: str) -> type[Artifact]:
     """The artifact class registered under a type name (custom subclasses register too)."""
     if type_name not in Artifact.REGISTRY:
