@@ -54,10 +54,11 @@ class LineageError(LookupError):
 
 
 class ServedModelLineage(Resolver):
-    """Resolves what the TrafficMonitor compares against (module docstring). Raises
-    components.resolver.BaselineError as LatestPushedModel does, LookupError when nothing
-    is served from the directory, LineageError when the lineage breaks off (naming the
-    artifact where it did)."""
+    """Resolves what the TrafficMonitor compares against (module docstring). Skips the step
+    when nothing is served from the directory yet (nothing to monitor, so nothing downstream
+    runs: an hourly monitor before the first push is not a failure). Raises
+    components.resolver.BaselineError as LatestPushedModel does, LineageError when the
+    lineage breaks off (naming the artifact where it did)."""
 
     served_model: Output[Model]
     served_push: Output[PushedModel]
@@ -73,7 +74,8 @@ class ServedModelLineage(Resolver):
         destination = serving_base(step.serving_dir, step.push_destination, step.model_name)
         found = served_model(step.metadata, destination, _types.SimpleNamespace(id=None))
         if found is None:
-            raise LookupError(f"no model is served from {destination}: nothing to monitor")
+            step.skip(f"no model is served from {destination}: nothing to monitor")
+            return {}
         model, push = found
         schema, statistics = training_lineage(step.metadata, model, push)
         step.note(f"served: model {model.id} as version {push.pushed_version}; schema "

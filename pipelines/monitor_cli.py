@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if not result.ok:
         print(f"pipewright monitor: {result.failure}", file=sys.stderr)
         return 1
+    if "TrafficMonitor" not in result.steps:  # ServedModelLineage skipped: nothing served
+        print(f"pipewright monitor: {result.steps['ServedModelLineage'].reason}",
+              file=sys.stderr)
+        return 1
     report = result.steps["TrafficMonitor"].outputs["report"]
     with open(os.path.join(report.uri, REPORT_FILE), encoding="utf-8") as fh:
         print(fh.read(), end="")

@@ -129,3 +129,25 @@ def test_a_triggered_run_records_the_alert_and_lineage_shows_it(tmp_path):
                     "version 3; drift: island)")
     assert trigger_lines(metadata, "scheduled_1") == []
     assert [r["run_id"] for r in runs_triggered_by(metadata, 52)] == ["asset_triggered_1"]
+
+
+def test_a_monitor_run_before_anything_is_served_skips_instead_of_failing(airflow_db,
+                                                                          tmp_path):
+    """The hourly monitor of a fresh installation: nothing pushed yet is nothing to
+    monitor, not a failure (no retries, no red runs, no event)."""
+    from pipelines.metadata import Metadata
+    from tests.airflow.conftest import load_dag, pipewright_home, state, task_states
+
+    dag = load_dag("pipewright_dags.py", "penguin_monitor")
+    with pipewright_home(tmp_path):
+        dag_run = dag.test()
+    assert task_states(dag_run) == {"ServedModelLineage": "skipped",
+                                    "TrafficMonitor": "skipped", "RetrainingAlert": "skipped"}
+    assert state(dag_run) == "success"
+    metadata = Metadata(str(tmp_path / "metadata.sqlite"))
+    [run] = metadata.runs("penguin-monitor")
+    [lineage] = metadata.executions_in_run(metadata.run_context("penguin-monitor",
+                                                                run["run_id"]))
+    assert lineage.outcome == "skipped"
+    assert lineage.outcome_reason == (f"no model is served from {tmp_path}/serving/penguin: "
+                                      f"nothing to monitor")
