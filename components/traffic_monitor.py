@@ -410,7 +410,9 @@ def report_text(result: dict, schema, training, window, previous) -> str:
     lines += live_quality_lines(result.get("live_quality"))
     if result["verdict"] == NO_TRAFFIC:
         lines.append(f"VERDICT: {NO_TRAFFIC} - no successful request was logged in this "
-                     f"window; nothing compared, no alert")
+                     f"window; nothing compared, "
+                     + ("ALERT: live accuracy below threshold" if result.get("alert")
+                        else "no alert"))
         return "\n".join(lines) + "\n"
     lines.append(f"VERDICT: {result['verdict']}"
                  + (f" - flagged: {', '.join(result['flagged'])}" if result["flagged"] else ""))

@@ -439,3 +439,24 @@ def test_a_drift_alert_within_the_cooldown_is_suppressed_and_says_so(alerts):
         first.properties["decided_at"] + 6 * 3600)
     log_text = Path(step.log_path).read_text()
     assert "alert suppressed by the cooldown" in log_text
+
+
+def test_pipewright_monitor_prints_live_quality_and_reports_an_alert_it_cannot_emit(
+        alerts, trained_penguin, capsys):
+    """The command line: a label file given by path is read whole; without Airflow the
+    alert is reported, not emitted."""
+    from pipelines.monitor_cli import main
+
+    home, rows, predicted, _ = alerts
+    code = main(["penguin", "--home", str(home), "--log-dir", str(home / "request_logs"),
+                 "--push-destination", os.path.dirname(trained_penguin.serving_base),
+                 "--end", str(T0 + 14400), "--labels", str(home / "labels" / "w2.csv"),
+                 "--min-live-accuracy", "0.6"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"live quality: {len(rows)} labels from 1 file(s), {len(rows)} joined, 0 labels " \
+           f"did not join" in out
+    assert "VERDICT: no traffic - no successful request was logged in this window; nothing " \
+           "compared, ALERT: live accuracy below threshold" in out
+    assert "RETRAINING: alert (live accuracy of version" in out
+    assert "no asset to emit to: retraining starts only from the monitoring DAG" in out
