@@ -441,6 +441,22 @@ def test_a_drift_alert_within_the_cooldown_is_suppressed_and_says_so(alerts):
     assert "alert suppressed by the cooldown" in log_text
 
 
+def test_pipewright_show_prints_each_decision(alerts, capsys):
+    from pipelines.inspect_cli import print_artifact
+
+    home, _, _, runs = alerts
+    emitted = runs[1][0].steps["RetrainingAlert"].outputs["alert"]
+    suppressed = runs[2][0].steps["RetrainingAlert"].outputs["alert"]
+    assert print_artifact(str(home), str(emitted.id)) == 0
+    out = capsys.readouterr().out
+    assert "  emitted: alert emitted: live accuracy of version" in out
+    assert f"  report: TrafficReport #{emitted.properties['report_id']}, model penguin" in out
+    assert f"  asset {ASSET_URI}; no other alert emitted before " in out
+    assert print_artifact(str(home), str(suppressed.id)) == 0
+    assert "  suppressed (cooldown): alert suppressed by the cooldown: alert #" in \
+        capsys.readouterr().out
+
+
 def test_pipewright_monitor_prints_live_quality_and_reports_an_alert_it_cannot_emit(
         alerts, trained_penguin, capsys):
     """The command line: a label file given by path is read whole; without Airflow the
