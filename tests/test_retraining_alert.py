@@ -151,3 +151,14 @@ def test_a_label_directory_yields_the_files_that_arrived_in_the_window(tmp_path)
         label_files(str(tmp_path / "nowhere"), 0, 1)
     with pytest.raises(ValueError, match="notes.txt must end in one of"):
         label_files(str(tmp_path / "notes.txt"), 0, 1)
+
+
+def test_pipewright_monitor_before_the_first_push_says_there_is_nothing_to_monitor(
+        tmp_path, capsys, monkeypatch):
+    from pipelines.monitor_cli import main
+
+    monkeypatch.delenv("PIPEWRIGHT_SERVING_DIR", raising=False)
+    assert main(["penguin", "--home", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"pipewright monitor: no model is served from "
+                           f"{tmp_path}/serving/penguin: nothing to monitor")
