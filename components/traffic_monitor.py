@@ -45,7 +45,8 @@ class TrafficReport(Artifact):
     PROPERTIES = {"span": int, "verdict": str, "window_start": float, "window_end": float,
                   "requests": int, "failed_requests": int, "examples": int,
                   "flagged_features": list, "distances": str, "model_name": str,
-                  "served_versions": list}
+                  "served_versions": list, "alert": int, "labels_joined": int,
+                  "labels_unjoined": int, "live_accuracy": str}
 
 
 class LineageError(LookupError):
@@ -53,10 +54,11 @@ class LineageError(LookupError):
 
 
 class ServedModelLineage(Resolver):
-    """Resolves what the TrafficMonitor compares against (module docstring). Raises
-    components.resolver.BaselineError as LatestPushedModel does, LookupError when nothing
-    is served from the directory, LineageError when the lineage breaks off (naming the
-    artifact where it did)."""
+    """Resolves what the TrafficMonitor compares against (module docstring). Skips the step
+    when nothing is served from the directory yet (nothing to monitor, so nothing downstream
+    runs: an hourly monitor before the first push is not a failure). Raises
+    components.resolver.BaselineError as LatestPushedModel does, LineageError when the
+    lineage breaks off (naming the artifact where it did)."""
 
     served_model: Output[Model]
     served_push: Output[PushedModel]
@@ -72,7 +74,8 @@ class ServedModelLineage(Resolver):
         destination = serving_base(step.serving_dir, step.push_destination, step.model_name)
         found = served_model(step.metadata, destination, _types.SimpleNamespace(id=None))
         if found is None:
-            raise LookupError(f"no model is served from {destination}: nothing to monitor")
+            step.skip(f"no model is served from {destination}: nothing to monitor")
+            return {}
         model, push = found
         schema, statistics = training_lineage(step.metadata, model, push)
         step.note(f"served: model {model.id} as version {push.pushed_version}; schema "
@@ -126,13 +129,19 @@ class TrafficMonitor(Component):
     monitor's previous window" (or the beginning of the log), an empty end means now;
     `thresholds` (feature -> threshold of its TFDV distance: L-infinity for a categorical
     feature, Jensen-Shannon for a numeric one), defaults `categorical_threshold` and
-    `numeric_threshold`; `psi_thresholds` (feature -> PSI threshold), default `psi_threshold`.
+    `numeric_threshold`; `psi_thresholds` (feature -> PSI threshold), default `psi_threshold`;
+    `labels`, a delayed-label file or directory (components/traffic_labels.py) joined to the
+    logged predictions by request id: the live accuracy of each version with at least
+    `min_labels` joined labels is judged against `min_live_accuracy`.
 
     A feature is flagged when, against the training statistics (skew) or the previous window
     (drift), its TFDV distance or its PSI exceeds its threshold; the verdict is "drift" when
     any feature is flagged, "no traffic" for a window without a successful request (no alert),
-    else "no drift". Raises ValueError for an unparsable window or one that ends before it
-    starts, or a threshold for a feature the schema lacks.
+    else "no drift". The report alerts (property `alert`, read by RetrainingAlert) when a
+    feature is flagged or a version's live accuracy is below `min_live_accuracy`. Raises
+    ValueError for an unparsable window or one that ends before it starts, a threshold for
+    a feature the schema lacks, or a bad label file (naming the file and row);
+    FileNotFoundError for a `labels` path that does not exist.
     """
 
     imports_tensorflow = True
@@ -153,6 +162,9 @@ class TrafficMonitor(Component):
     numeric_threshold: Parameter[float] = 0.1
     psi_thresholds: Parameter[dict[str, float]] = {}
     psi_threshold: Parameter[float] = 0.25
+    labels: Parameter[str] = ""
+    min_live_accuracy: Parameter[float] = 0.7
+    min_labels: Parameter[int] = 10
 
     def execute(self, step: Step) -> None:
         import tensorflow as tf
@@ -211,6 +223,10 @@ class TrafficMonitor(Component):
             drift_baseline=({"span": previous_span(baseline_stats), "statistics_id": baseline_stats.id}
                             if baseline_stats else None),
             training_statistics_id=step.training_statistics.id)
+        result["live_quality"] = _live_quality(step, log_dir, start, end)
+        quality_alert = any(v["below_threshold"] for v in
+                            (result["live_quality"] or {}).get("versions", {}).values())
+        result["alert"] = bool(result["flagged"]) or quality_alert
 
         history = _previous_history(previous) + [result]
         with open(step.report.path(DISTANCES_FILE), "w", encoding="utf-8") as fh:
@@ -227,7 +243,13 @@ class TrafficMonitor(Component):
                         flagged_features=result["flagged"],
                         distances=json.dumps(result["features"], sort_keys=True),
                         model_name=step.model_name,
-                        served_versions=sorted(window.versions))
+                        served_versions=sorted(window.versions),
+                        alert=int(result["alert"]),
+                        labels_joined=(result["live_quality"] or {}).get("joined", 0),
+                        labels_unjoined=(result["live_quality"] or {}).get("unjoined", 0),
+                        live_accuracy=json.dumps({v: round(q["accuracy"], 6) for v, q in (
+                            result["live_quality"] or {}).get("versions", {}).items()},
+                            sort_keys=True))
         step.log.info("%s", text)
         for path in window.truncated_files:
             step.note(f"truncated log file skipped after its complete records: {path}")
@@ -235,6 +257,52 @@ class TrafficMonitor(Component):
                   f"({window.failed} failed), {len(window.examples)} examples: "
                   f"{result['verdict']}"
                   + (f" ({', '.join(result['flagged'])})" if result["flagged"] else ""))
+        quality = result["live_quality"]
+        if quality is not None:
+            step.note(f"labels: {quality['joined']} joined, {quality['unjoined']} did not "
+                      f"join; live accuracy " + (", ".join(
+                          f"v{v} {q['accuracy']:.4f}" for v, q in quality["versions"].items())
+                          or "-"))
+
+
+def _live_quality(step: Step, log_dir: str, start: float, end: float) -> dict | None:
+    """The delayed labels of the window joined to the logged predictions (None without
+    `labels`); see components/traffic_labels.py."""
+    if not step.labels:
+        return None
+    from components.traffic_labels import join_labels, label_files, read_labels
+
+    if not 0.0 <= step.min_live_accuracy <= 1.0:
+        raise ValueError(f"min_live_accuracy must be in [0, 1], got {step.min_live_accuracy}")
+    files = label_files(step.labels, start, end)
+    quality = join_labels(read_labels(files), log_dir, step.model_name, step.log)
+    quality.files = files
+    summary = quality.summary(step.min_live_accuracy, max(1, step.min_labels))
+    if quality.unjoined:
+        step.log.warning("%d labels did not join a logged prediction (request ids such as "
+                         "%s): unknown to the request log, failed, or without a "
+                         "classification", quality.unjoined,
+                         ", ".join(quality.unjoined_examples))
+    return summary
+
+
+def live_quality_lines(quality: dict | None) -> list[str]:
+    """The report's lines on delayed labels (none without labels)."""
+    if quality is None:
+        return []
+    lines = [f"live quality: {quality['labels']} labels from {len(quality['files'])} file(s), "
+             f"{quality['joined']} joined, {quality['unjoined']} labels did not join"
+             + (f" (e.g. {', '.join(quality['unjoined_examples'])})"
+                if quality["unjoined"] else "")]
+    if not quality["versions"]:
+        lines.append("  live accuracy: not measured - no label joined a logged prediction")
+    for version, measured in quality["versions"].items():
+        verdict = ("BELOW THRESHOLD" if measured["below_threshold"] else "ok") \
+            if measured["judged"] else f"not judged (< {quality['min_labels']} labels)"
+        lines.append(f"  version {version}: live accuracy {measured['accuracy']:.4f} "
+                     f"({measured['correct']}/{measured['labeled']}), threshold "
+                     f"{quality['threshold']:g} -> {verdict}")
+    return lines
 
 
 def previous_span(stats: ExampleStatistics | None) -> int | None:
@@ -339,9 +407,12 @@ def report_text(result: dict, schema, training, window, previous) -> str:
     if result["out_of_schema"]:
         lines.append("out-of-schema features (not in the schema, left out): " + ", ".join(
             f"{k} ({v} values)" for k, v in sorted(result["out_of_schema"].items())))
+    lines += live_quality_lines(result.get("live_quality"))
     if result["verdict"] == NO_TRAFFIC:
         lines.append(f"VERDICT: {NO_TRAFFIC} - no successful request was logged in this "
-                     f"window; nothing compared, no alert")
+                     f"window; nothing compared, "
+                     + ("ALERT: live accuracy below threshold" if result.get("alert")
+                        else "no alert"))
         return "\n".join(lines) + "\n"
     lines.append(f"VERDICT: {result['verdict']}"
                  + (f" - flagged: {', '.join(result['flagged'])}" if result["flagged"] else ""))
@@ -436,9 +507,13 @@ def monitor_pipeline(pipeline_name: str, model_name: str, *, log_dir: str = "",
                      window_start: str = "", window_end: str = "",
                      thresholds: dict[str, float] | None = None,
                      psi_thresholds: dict[str, float] | None = None,
-                     push_destination: str = ""):
-    """The pipeline `<pipeline_name>-monitor`: ServedModelLineage -> TrafficMonitor (not
-    cached: each run reads a new window)."""
+                     push_destination: str = "", labels: str = "",
+                     min_live_accuracy: float = 0.7, min_labels: int = 10,
+                     asset_uri: str = "", cooldown_hours: float = 6.0):
+    """The pipeline `<pipeline_name>-monitor`: ServedModelLineage -> TrafficMonitor ->
+    RetrainingAlert (components/retraining_alert.py; `asset_uri` is the asset its alert is
+    emitted to, "" to report only). Nothing is cached: each run reads a new window."""
+    from components.retraining_alert import RetrainingAlert
     from pipelines.pipeline import Pipeline
 
     served = ServedModelLineage(model_name=model_name, push_destination=push_destination)
@@ -449,8 +524,11 @@ def monitor_pipeline(pipeline_name: str, model_name: str, *, log_dir: str = "",
                              model_name=model_name, log_dir=log_dir,
                              window_start=window_start, window_end=window_end,
                              thresholds=thresholds or {}, psi_thresholds=psi_thresholds or {},
-                             enable_cache=False)
-    return Pipeline(f"{pipeline_name}-monitor", [served, monitor], schedule=None,
+                             labels=labels, min_live_accuracy=min_live_accuracy,
+                             min_labels=min_labels, enable_cache=False)
+    alert = RetrainingAlert(report=monitor.outputs.report, asset_uri=asset_uri,
+                            cooldown_hours=cooldown_hours, enable_cache=False)
+    return Pipeline(f"{pipeline_name}-monitor", [served, monitor, alert], schedule=None,
                     description=f"skew and drift of model {model_name}'s served traffic")
 
 

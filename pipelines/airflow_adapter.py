@@ -20,7 +20,8 @@ import types
 import typing
 from typing import Any
 
-from airflow.sdk import DAG, BaseOperator, BaseOperatorLink, CronTriggerTimetable
+from airflow.sdk import (DAG, Asset, AssetOrTimeSchedule, BaseOperator, BaseOperatorLink,
+                         CronTriggerTimetable)
 from airflow.sdk import Param as AirflowParam
 
 from components.base import QUEUE_NAME, Component, ExternalPath, Param
@@ -34,6 +35,9 @@ TAGS = ["pipewright"]
 # The DAG param naming steps whose cached executions this run does not reuse (the
 # counterpart of `pipewright run --rerun STEP`).
 RERUN_STEPS = "rerun_steps"
+DEFAULT_MONITOR_SCHEDULE = "0 * * * *"  # hourly, UTC
+DEFAULT_COOLDOWN_HOURS = 6.0
+MONITOR_DAG_SUFFIX = "_monitor"
 
 
 # -- parameters ---------------------------------------------------------------------------
@@ -105,23 +109,49 @@ def nightly_schedule(cron: str | None) -> CronTriggerTimetable | None:
     return CronTriggerTimetable(cron, timezone="UTC", run_immediately=dt.timedelta(0))
 
 
+def retraining_asset(pipeline_name: str) -> Asset:
+    """The asset a pipeline's monitoring DAG emits an alert to and its training DAG is
+    scheduled on: name `<pipeline>_retraining_alert`, URI
+    `pipewright://<pipeline>/retraining-alert`."""
+    return Asset(name=f"{pipeline_name}_retraining_alert",
+                 uri=f"pipewright://{pipeline_name}/retraining-alert")
+
+
+def training_schedule(cron: str | None, retrain_on: Asset | None):
+    """The nightly cron timetable (nightly_schedule), OR an event of `retrain_on` when
+    given: Airflow 3's AssetOrTimeSchedule. Only the asset when there is no cron; None
+    when neither."""
+    timetable = nightly_schedule(cron)
+    if retrain_on is None:
+        return timetable
+    if timetable is None:
+        return retrain_on
+    return AssetOrTimeSchedule(timetable=timetable, assets=retrain_on)
+
+
 def build_dag(pipeline: Pipeline, *, dag_id: str | None = None,
               schedule: Any = ...,
               retries: int = DEFAULT_RETRIES,
               retry_delay: dt.timedelta = DEFAULT_RETRY_DELAY,
               execution_timeout: dt.timedelta = DEFAULT_EXECUTION_TIMEOUT,
               timeouts: dict[str, dt.timedelta] | None = None,
-              queues: dict[str, str] | None = None) -> DAG:
+              queues: dict[str, str] | None = None,
+              retrain_on: Asset | None = None,
+              outlets: dict[str, list[Asset]] | None = None) -> DAG:
     """The pipeline as a DAG. `schedule` (cron, or None for triggered runs only) defaults to
-    the pipeline's; `timeouts` overrides `execution_timeout` per component id; `queues`
+    the pipeline's; `retrain_on` adds an asset whose events also start a run
+    (training_schedule); `timeouts` overrides `execution_timeout` per component id; `queues`
     (component id -> Celery queue) overrides the queue a component names with
     `.with_queue()`. A task with neither runs on Airflow's default queue
-    (`[operators] default_queue`). Raises KeyError naming unknown component ids."""
+    (`[operators] default_queue`). `outlets` (component id -> assets): the task emits an
+    event of each when its step succeeds, with the step's asset_event.json as the event's
+    extra (a skipped step emits none). Raises KeyError naming unknown component ids."""
     cron = pipeline.schedule if schedule is ... else schedule
     timeouts = dict(timeouts or {})
     queues = dict(queues or {})
+    outlets = dict(outlets or {})
     ids = {c.id for c in pipeline.components}
-    for what, mapping in (("time out", timeouts), ("queue", queues)):
+    for what, mapping in (("time out", timeouts), ("queue", queues), ("emit from", outlets)):
         unknown = sorted(set(mapping) - ids)
         if unknown:
             raise KeyError(f"pipeline {pipeline.name!r} has no component(s) {unknown} to {what}")
@@ -133,7 +163,7 @@ def build_dag(pipeline: Pipeline, *, dag_id: str | None = None,
         dag_id=dag_id or pipeline.name,
         description=(pipeline.description or f"Pipewright pipeline {pipeline.name}")[:200],
         doc_md=_dag_doc(pipeline),
-        schedule=nightly_schedule(cron),
+        schedule=training_schedule(cron, retrain_on),
         catchup=False,
         max_active_runs=1,  # runs of one pipeline push to one serving directory
         params=dag_params(pipeline),
@@ -154,6 +184,7 @@ def build_dag(pipeline: Pipeline, *, dag_id: str | None = None,
         task = ComponentOperator(
             pipeline=pipeline, component=component, dag=dag,
             execution_timeout=timeouts.get(component.id, execution_timeout),
+            outlets=list(outlets.get(component.id, [])),
             **({"queue": queue} if queue else {}))
         for upstream in component.upstream:
             tasks[upstream.id] >> task
@@ -211,7 +242,10 @@ class ComponentOperator(BaseOperator):
 
             self.defer(trigger=TimeDeltaTrigger(dt.timedelta(seconds=max(1.0, wait_s))),
                        method_name="execute_after_wait")
-        return airflow_task.run_component(self.pipeline, self.component, context, self.log)
+        summary = airflow_task.run_component(self.pipeline, self.component, context, self.log)
+        if self.outlets:
+            airflow_task.set_outlet_events(self.outlets, summary, context, self.log)
+        return summary
 
     def execute_after_wait(self, context: Any, event: Any = None) -> dict[str, Any]:
         return self.execute(context)
@@ -233,17 +267,82 @@ def _record_run_state(pipeline_name: str, state: str, context: Any) -> None:
     airflow_task.record_run_state(pipeline_name, state, context)
 
 
+# -- monitoring ----------------------------------------------------------------------------
+def served_by(pipeline: Pipeline) -> tuple[str, str] | None:
+    """(model name, push destination) of the pipeline's Pusher; None without a Pusher."""
+    for component in pipeline.order:
+        if type(component).__name__ == "Pusher":
+            return (component.parameters["model_name"],
+                    component.parameters.get("push_destination") or "")
+    return None
+
+
+def build_monitor_dag(pipeline: Pipeline, *, schedule: str | None = DEFAULT_MONITOR_SCHEDULE,
+                      cooldown_hours: float = DEFAULT_COOLDOWN_HOURS, labels: str = "",
+                      min_live_accuracy: float = 0.7, min_labels: int = 10,
+                      log_dir: str = "", retries: int = DEFAULT_RETRIES) -> DAG:
+    """`<pipeline>_monitor`: the pipeline `<pipeline>-monitor` (components/traffic_monitor.py
+    monitor_pipeline) on its own cron `schedule` (hourly by default; None: triggered runs
+    only), each run judging the closed request-log files since the previous window. Its
+    RetrainingAlert task has retraining_asset(pipeline) as outlet: it emits an event when
+    skew, drift or live accuracy crosses a threshold and no alert was emitted within
+    `cooldown_hours`; else it ends skipped and nothing is emitted. Raises LookupError for a
+    pipeline without a Pusher (nothing is served to monitor)."""
+    from components.traffic_monitor import monitor_pipeline
+
+    served = served_by(pipeline)
+    if served is None:
+        raise LookupError(f"pipeline {pipeline.name!r} has no Pusher: nothing is served "
+                          f"to monitor")
+    model_name, push_destination = served
+    asset = retraining_asset(pipeline.name)
+    monitor = monitor_pipeline(pipeline.name, model_name, log_dir=log_dir,
+                               push_destination=push_destination, labels=labels,
+                               min_live_accuracy=min_live_accuracy, min_labels=min_labels,
+                               asset_uri=asset.uri, cooldown_hours=cooldown_hours)
+    return build_dag(monitor, dag_id=f"{pipeline.name}{MONITOR_DAG_SUFFIX}", schedule=schedule,
+                     retries=retries, outlets={"RetrainingAlert": [asset]})
+
+
 # -- all registered pipelines ---------------------------------------------------------------
+def _cron(text: str) -> str | None:
+    text = text.strip()
+    return None if text.lower() in ("none", "off", "") else text
+
+
 def registered_dags(environ: typing.Mapping[str, str] = os.environ) -> dict[str, DAG]:
-    """A DAG for every registered pipeline. $PIPEWRIGHT_SCHEDULE (a cron, or "none")
-    overrides every pipeline's schedule; $PIPEWRIGHT_AIRFLOW_RETRIES the retry count."""
+    """A DAG for every registered pipeline and, for each one with a Pusher, its monitoring
+    DAG `<pipeline>_monitor` (build_monitor_dag); such a training DAG also runs on the
+    monitor's retraining alert (training_schedule). $PIPEWRIGHT_SCHEDULE (a cron, or "none")
+    overrides every pipeline's schedule; $PIPEWRIGHT_AIRFLOW_RETRIES the retry count;
+    $PIPEWRIGHT_MONITOR_SCHEDULE the monitors' (default hourly, "none" for triggered runs
+    only); $PIPEWRIGHT_ALERT_COOLDOWN_HOURS the cooldown (default 6); $PIPEWRIGHT_LABELS
+    a delayed-label directory (`<dir>/<pipeline>/`) and $PIPEWRIGHT_MIN_LIVE_ACCURACY its
+    threshold (default 0.7)."""
     from pipelines import registry
 
     options: dict[str, Any] = {}
     if environ.get("PIPEWRIGHT_SCHEDULE"):
-        schedule = environ["PIPEWRIGHT_SCHEDULE"].strip()
-        options["schedule"] = None if schedule.lower() in ("none", "off", "") else schedule
+        options["schedule"] = _cron(environ["PIPEWRIGHT_SCHEDULE"])
     if environ.get("PIPEWRIGHT_AIRFLOW_RETRIES"):
         options["retries"] = int(environ["PIPEWRIGHT_AIRFLOW_RETRIES"])
-    return {name: build_dag(registry.load(name), **options) for name in registry.names()}
+    monitor_options: dict[str, Any] = {"retries": options.get("retries", DEFAULT_RETRIES)}
+    if environ.get("PIPEWRIGHT_MONITOR_SCHEDULE"):
+        monitor_options["schedule"] = _cron(environ["PIPEWRIGHT_MONITOR_SCHEDULE"])
+    if environ.get("PIPEWRIGHT_ALERT_COOLDOWN_HOURS"):
+        monitor_options["cooldown_hours"] = float(environ["PIPEWRIGHT_ALERT_COOLDOWN_HOURS"])
+    if environ.get("PIPEWRIGHT_MIN_LIVE_ACCURACY"):
+        monitor_options["min_live_accuracy"] = float(environ["PIPEWRIGHT_MIN_LIVE_ACCURACY"])
+    dags = {}
+    for name in registry.names():
+        pipeline = registry.load(name)
+        served = served_by(pipeline)
+        dags[name] = build_dag(pipeline, retrain_on=retraining_asset(name) if served else None,
+                               **options)
+        if served:
+            labels = (os.path.join(environ["PIPEWRIGHT_LABELS"], name)
+                      if environ.get("PIPEWRIGHT_LABELS") else "")
+            monitor = build_monitor_dag(registry.load(name), labels=labels, **monitor_options)
+            dags[monitor.dag_id] = monitor
+    return dags
 

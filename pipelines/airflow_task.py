@@ -8,7 +8,9 @@ Imported only inside a running task (it loads ML Metadata); DAG parsing never ne
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 from typing import Any
 
 from airflow.sdk.exceptions import (
@@ -37,13 +39,20 @@ def run_component(pipeline: Pipeline, component: Component, context: Any,
     home = Home.resolve()
     metadata = Metadata(home.metadata_uri)
     run_id = pipewright_run_id(airflow_run_id)
+    triggers = triggering_alerts(context)
     run_context = metadata.run_context(pipeline.name, run_id, parameters=values,
-                                       orchestrator="airflow", airflow_run_id=airflow_run_id)
+                                       orchestrator="airflow", airflow_run_id=airflow_run_id,
+                                       triggered_by=triggers)
     for dead in metadata.abandon_dead_executions(pipeline.name):
         log.warning("recorded execution %d (%s) as failed: its process died", dead.id,
                     dead.component_id)
     log.info("%s: pipewright run %s of %s, home %s%s", component.id, run_id, pipeline.name,
              home.root, " (re-run: the cache is not used)" if rerun else "")
+    for trigger in triggers:
+        log.info("%s: this run was started by asset event %s from %s/%s: TrafficReport #%s "
+                 "(%s)", component.id, trigger["asset"], trigger["source_dag_id"],
+                 trigger["source_run_id"], trigger["report_id"],
+                 "; ".join(trigger["extra"].get("reasons") or []) or "no reason recorded")
     run = RunInfo(pipeline.name, run_id, values, list(pipeline.beam_args), run_context)
     try:
         with library_noise_kept_out_of(logging.getLogger().handlers):
@@ -127,6 +136,41 @@ def step_summary(result: StepResult) -> dict[str, Any]:
                     for key, a in result.outputs.items()},
         "log": result.log_path,
     }
+
+
+def triggering_alerts(context: Any) -> list[dict[str, Any]]:
+    """The asset events that started this run (Airflow's `triggering_asset_events`), each
+    as {"asset" (URI), "report_id", "source_dag_id", "source_run_id", "source_task_id",
+    "timestamp" (ISO), "extra"}; [] for a run started by the clock or a person."""
+    found = []
+    accessor = context.get("triggering_asset_events") or {}
+    for asset in accessor:
+        for event in accessor[asset]:
+            extra = dict(event.extra or {})
+            found.append({"asset": event.asset.uri, "report_id": extra.get("report_id"),
+                          "source_dag_id": event.source_dag_id,
+                          "source_run_id": event.source_run_id,
+                          "source_task_id": event.source_task_id,
+                          "timestamp": event.timestamp.isoformat(), "extra": extra})
+    return sorted(found, key=lambda t: t["timestamp"])
+
+
+def set_outlet_events(outlets: list, summary: dict[str, Any], context: Any,
+                      log: logging.Logger) -> None:
+    """Puts the step's asset_event.json (components/retraining_alert.py EVENT_FILE, in any of
+    its outputs) as the extra of each outlet's event; Airflow emits the events when the
+    task succeeds. A step that wrote none emits events with an empty extra."""
+    from components.retraining_alert import EVENT_FILE
+
+    extra: dict[str, Any] = {}
+    for output in summary["outputs"].values():
+        path = os.path.join(output["uri"], EVENT_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                extra = json.load(fh)
+    for asset in outlets:
+        context["outlet_events"][asset].extra = extra
+        log.info("asset event for %s: %s", asset.uri, json.dumps(extra, sort_keys=True)[:2000])
 
 
 def record_run_state(pipeline_name: str, state: str, context: Any) -> None:

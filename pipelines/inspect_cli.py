@@ -43,7 +43,9 @@ def print_runs(home: str | None, pipeline: str | None) -> int:
         rows.append((started, run["pipeline_name"], run["run_id"], run.get("state", "?"), steps,
                      loss, metric, blessed, pushed,
                      " ".join(f"{k}={v}" for k, v in sorted(params.items()))
-                     + (f"  airflow={run['airflow_run_id']}" if run.get("airflow_run_id") else "")))
+                     + (f"  airflow={run['airflow_run_id']}" if run.get("airflow_run_id") else "")
+                     + "".join(f"  alert=TrafficReport#{t.get('report_id')}"
+                               for t in _triggers(run))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -166,6 +168,8 @@ def print_lineage(home: str | None, ref: str) -> int:
         record = first["execution"]
         print(f"  produced by {record.component_id} ({record.type_name}), execution {record.id}, "
               f"run {record.run_id}, {record.state}")
+        for line in trigger_lines(metadata, record.run_id):
+            print(f"    {line}")
         for key, source in first["inputs"].items():
             print(f"    from {key}: {_describe(source)}")
         for reuse in producers[1:]:
@@ -173,6 +177,9 @@ def print_lineage(home: str | None, ref: str) -> int:
                   f"execution {reuse['execution'].id}")
     else:
         print("  produced by: nothing recorded (imported or resolved)")
+    for run in runs_triggered_by(metadata, artifact.id):
+        print(f"  alerted: started run {run['run_id']} of {run['pipeline_name']} "
+              f"({run.get('state', '?')}, airflow {run.get('airflow_run_id') or '-'})")
     consumers = graph["consumers"]
     if not consumers:
         print("  consumed by: nothing yet")
@@ -181,6 +188,34 @@ def print_lineage(home: str | None, ref: str) -> int:
         print(f"  consumed by {record.component_id} ({record.type_name}), execution {record.id}, "
               f"run {record.run_id}, {record.state}")
     return 0
+
+
+def _triggers(run: dict) -> list[dict]:
+    return json.loads(run.get("triggered_by") or "[]")
+
+
+def trigger_lines(metadata: Metadata, run_id: str) -> list[str]:
+    """What started the run `run_id` when an alert did: the asset event, its monitor run
+    and the TrafficReport it carried (artifact id, flagged features, served version)."""
+    lines = []
+    for run in metadata.runs():
+        if run.get("run_id") != run_id:
+            continue
+        for trigger in _triggers(run):
+            extra = trigger.get("extra") or {}
+            lines.append(
+                f"run {run_id} was started by the retraining alert {trigger['asset']} of "
+                f"{trigger.get('source_dag_id')} run {trigger.get('source_run_id')}: "
+                f"TrafficReport #{trigger.get('report_id')} (model {extra.get('model_name')} "
+                f"version {extra.get('model_version')}; "
+                f"{'; '.join(extra.get('reasons') or []) or 'no reason recorded'})")
+    return lines
+
+
+def runs_triggered_by(metadata: Metadata, report_id: int | None) -> list[dict]:
+    """The runs an alert carrying TrafficReport `report_id` started."""
+    return [run for run in metadata.runs()
+            if any(t.get("report_id") == report_id for t in _triggers(run))]
 
 
 def print_artifact(home: str | None, ref: str) -> int:
@@ -271,6 +306,21 @@ def _show_text_report(artifact) -> None:
             print(fh.read().rstrip())
 
 
+def _show_alert(artifact) -> None:
+    """A RetrainingAlert decision: emitted, suppressed or no alert, and why (read from the
+    properties: `pipewright show` does not import the component's module)."""
+    p = artifact.properties
+    state = ("emitted" if p.get("emitted") else "suppressed (cooldown)" if p.get("suppressed")
+             else "alert, not emitted" if p.get("alert") else "no alert")
+    print(f"  {state}: {p.get('reason')}")
+    print(f"  report: TrafficReport #{p.get('report_id')}, model {p.get('model_name')} "
+          f"version {p.get('model_version')}")
+    if p.get("asset_uri"):
+        until = dt.datetime.fromtimestamp(p.get("cooldown_until") or 0, dt.timezone.utc)
+        print(f"  asset {p['asset_uri']}; no other alert emitted before "
+              f"{until:%Y-%m-%dT%H:%M:%SZ}")
+
+
 def _show_infra_blessing(artifact) -> None:
     """Which server validated comes first: our own server proves less than TF Serving."""
     server = artifact.properties.get("server")
@@ -295,4 +345,5 @@ _VIEWERS = {
     "PushedModel": _show_text_report,
     "RolloutReport": _show_text_report,  # every bake window with its guards
     "TrafficReport": _show_text_report,
+    "AlertDecision": _show_alert,
 }

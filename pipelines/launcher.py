@@ -287,13 +287,16 @@ def _resolve(component: Resolver, run: RunInfo, inputs, params, metadata, home,
         type_name=type(component).__name__, component_id=component.id,
         pipeline_name=run.pipeline_name, run=run.context, inputs=inputs, cache_key="",
         parameters=params, log_path="")
+    # A resolver may skip (step.skip): nothing to resolve, so nothing downstream runs.
+    result.outcome = step.outcome if step.outcome == "skipped" else "ok"
     metadata.publish_execution(execution_id, pipeline_name=run.pipeline_name, run=run.context,
-                               outputs=outputs, outcome="ok",
-                               outcome_reason="resolved " + ", ".join(
+                               outputs=outputs, outcome=result.outcome,
+                               outcome_reason=step.outcome_reason if result.outcome == "skipped"
+                               else "resolved " + ", ".join(
                                    f"{k}={a.id}" for k, a in outputs.items()),
                                duration_s=time.monotonic() - started)
     result.status, result.outputs, result.execution_id = "resolved", outputs, execution_id
-    result.reason = "; ".join(step.notes) or (
+    result.reason = step.outcome_reason if result.outcome == "skipped" else "; ".join(step.notes) or (
         ", ".join(f"{k}: artifact {a.id}" for k, a in outputs.items()) or "nothing found")
     result.duration_s = time.monotonic() - started
     return result

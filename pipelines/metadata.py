@@ -36,7 +36,7 @@ EXECUTION_PROPERTIES = {
 RUN_PROPERTIES = {
     "pipeline_name": pb.STRING, "run_id": pb.STRING, "started_at": pb.DOUBLE,
     "parameters": pb.STRING, "orchestrator": pb.STRING, "airflow_run_id": pb.STRING,
-    "state": pb.STRING,
+    "state": pb.STRING, "triggered_by": pb.STRING,
 }
 _KINDS = {int: pb.INT, float: pb.DOUBLE, str: pb.STRING, list: pb.STRING}
 STATE_NAMES = {pb.Execution.RUNNING: "running", pb.Execution.COMPLETE: "complete",
@@ -432,8 +432,13 @@ class Metadata:
         return context
 
     def run_context(self, pipeline_name: str, run_id: str, *, parameters: dict | None = None,
-                    orchestrator: str = "local", airflow_run_id: str = "") -> pb.Context:
-        """The run's context, created on first use (Airflow tasks of one run share it)."""
+                    orchestrator: str = "local", airflow_run_id: str = "",
+                    triggered_by: list[dict] | None = None) -> pb.Context:
+        """The run's context, created on first use (Airflow tasks of one run share it).
+        triggered_by: what started the run besides a clock or a person — the retraining
+        alerts (asset events) of an asset-triggered Airflow run, each {"asset",
+        "report_id", "source_dag_id", "source_run_id", "timestamp", "extra"}; kept as JSON
+        in the context's `triggered_by` property."""
         name = f"{pipeline_name}.{run_id}"
         found = self._retry(lambda: self._store.get_context_by_type_and_name(RUN_CONTEXT, name))
         if found:
@@ -446,6 +451,9 @@ class Metadata:
         context.properties["orchestrator"].string_value = orchestrator
         context.properties["airflow_run_id"].string_value = airflow_run_id
         context.properties["state"].string_value = "running"
+        if triggered_by:
+            context.properties["triggered_by"].string_value = json.dumps(triggered_by,
+                                                                        sort_keys=True)
         try:
             [context.id] = self._retry(lambda: self._store.put_contexts([context]))
         except mlmd.errors.AlreadyExistsError:

@@ -56,6 +56,9 @@ class Services:
     dags_folder: str = str(REPO_ROOT / "dags")
     extra_env: dict[str, str] = field(default_factory=dict)
     dag_ids: list[str] | None = None  # the DAGs to wait for and unpause; default: registered
+    # How long the model server writes one request-log file before closing it (the
+    # TrafficMonitor reads closed files only); None: the server's default (300 s).
+    request_log_max_file_age_seconds: float | None = None
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
     _token: tuple[str, float] | None = field(default=None, init=False, repr=False)
 
@@ -153,6 +156,9 @@ class Services:
             "--rest_api_port", str(self.rest_port),
             "--request_log_dir", os.path.join(self.home.root, "request_logs"),
             "--request_log_sampling_rate", "1.0", "--monitoring_config_file", monitoring]
+        if self.request_log_max_file_age_seconds is not None:
+            commands[MODEL_SERVER] += ["--request_log_max_file_age_seconds",
+                                       str(self.request_log_max_file_age_seconds)]
         return commands
 
     # -- up ----------------------------------------------------------------------------------

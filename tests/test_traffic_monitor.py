@@ -90,13 +90,14 @@ class LogWriter:
         config = logging_config_pb2.SamplingConfig(sampling_rate=1.0)
         self.policy = LogPolicy(1.0, config, log_dir, "requests")
 
-    def log(self, request, *, method: str = "Predict", error=None, when: float | None = None):
+    def log(self, request, *, method: str = "Predict", error=None, when: float | None = None,
+            response=None, request_id: str = ""):
         from serving.data_plane import CallRecord, RequestContext
         from serving.request_log import LOG_FIELDS
 
-        ctx = _context(RequestContext)
+        ctx = _context(RequestContext, request_id)
         record = CallRecord(ctx=ctx, method=method, model_name="penguin",
-                            version=self.version, request=request, response=None,
+                            version=self.version, request=request, response=response,
                             error=error, latency_micros=1000.0)
         entry = self.logger.prediction_log(self.policy, LOG_FIELDS[method], record,
                                            self.now if when is None else when)
@@ -117,8 +118,9 @@ class _NullMetrics:
         pass
 
 
-def _context(RequestContext):
-    return RequestContext(transport="GRPC", request_id="test-" + os.urandom(4).hex())
+def _context(RequestContext, request_id: str = ""):
+    return RequestContext(transport="GRPC",
+                          request_id=request_id or "test-" + os.urandom(4).hex())
 
 
 def write_window(writer: LogWriter, rows: list[dict], start: float, *, failed: int = 0,
@@ -282,3 +284,195 @@ def test_truncated_log_file_is_skipped_with_a_warning_and_an_empty_window_says_s
     assert distances["flagged"] == [] and distances["features"] == {}
     assert "VERDICT: no traffic - no successful request was logged in this window" in text
     assert report.properties["verdict"] == "no traffic"
+
+
+# -- delayed labels and the retraining alert ----------------------------------------------------
+ASSET_URI = "pipewright://penguin/retraining-alert"
+ROTATED = {"Adelie": "Gentoo", "Gentoo": "Chinstrap", "Chinstrap": "Adelie"}
+
+
+def served_answers(model_dir: str, rows: list[dict]):
+    """The served model's serving_raw PredictResponse for each row, as the server answers
+    (its `classes` and `scores` outputs), computed by the SavedModel itself."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    signature = tf.saved_model.load(model_dir).signatures["serving_raw"]
+    specs = signature.structured_input_signature[1]
+    inputs = {}
+    for name, spec in specs.items():
+        column = [row[name] for row in rows]
+        if spec.dtype == tf.string:
+            inputs[name] = tf.constant([v.encode() for v in column])
+        else:
+            inputs[name] = tf.constant(np.array(column, dtype=float), dtype=spec.dtype)
+    outputs = {k: v.numpy() for k, v in signature(**inputs).items()}
+    answers = []
+    for i in range(len(rows)):
+        response = predict_pb2.PredictResponse()
+        for name in ("classes", "scores"):
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name][i:i + 1]))
+        answers.append(response)
+    predicted = [outputs["classes"][i][int(np.argmax(outputs["scores"][i]))].decode()
+                 for i in range(len(rows))]
+    return answers, predicted
+
+
+def log_labelled_window(writer: LogWriter, rows, answers, start: float, prefix: str):
+    writer.now = start
+    for i, (row, answer) in enumerate(zip(rows, answers)):
+        writer.log(raw_request(row), when=start + i, response=answer,
+                   request_id=f"{prefix}-{i}")
+    return writer.close()
+
+
+def write_labels(folder: Path, name: str, labels: dict[str, str], arrived: float) -> Path:
+    """A delayed-label CSV that arrived at `arrived` (its modification time)."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["request_id", "label"])
+        writer.writerows(sorted(labels.items()))
+    os.utime(path, (arrived, arrived))
+    return path
+
+
+@pytest.fixture(scope="module")
+def alerts(trained_penguin, tmp_path_factory):
+    """Three hourly windows of served traffic with the served model's own answers, and
+    delayed labels arriving in each: (1) the true species: no alert; (2) the same traffic,
+    but the world changed: every label is another species than the CSV's (the live
+    accuracy collapses), an alert is emitted; (3) shifted features an hour later: drift,
+    an alert within the 6 h cooldown, suppressed."""
+    home = monitor_home(trained_penguin, tmp_path_factory.mktemp("alerts"))
+    writer = LogWriter(str(home / "request_logs"), trained_penguin.version)
+    rows = [r for r in penguin_rows() if "NA" not in r.values()]
+    answers, predicted = served_answers(trained_penguin.model_dir, rows)
+    labels_dir = home / "labels"
+    log_labelled_window(writer, rows, answers, T0, "w1")
+    true = {f"w1-{i}": row["species"] for i, row in enumerate(rows)}
+    write_labels(labels_dir, "w1.csv", {**true, "nobody-1": "Adelie", "nobody-2": "Gentoo",
+                                        "nobody-3": "Adelie"}, T0 + 1000)
+    log_labelled_window(writer, rows, answers, T0 + 3600, "w2")
+    write_labels(labels_dir, "w2.csv", {f"w2-{i}": ROTATED[row["species"]]
+                                        for i, row in enumerate(rows)}, T0 + 4600)
+    write_window(writer, shifted(rows), T0 + 7200)
+    options = dict(labels=str(labels_dir), min_live_accuracy=0.6, min_labels=10,
+                   asset_uri=ASSET_URI, cooldown_hours=6.0)
+    runs = [run_monitor(trained_penguin, home, window_start=str(T0),
+                        window_end=str(T0 + 3600), **options)]
+    for end in (T0 + 7200, T0 + 10800):
+        runs.append(run_monitor(trained_penguin, home, window_end=str(end), **options))
+    return home, rows, predicted, runs
+
+
+def test_labels_join_logged_predictions_by_request_id_and_unknown_ids_are_counted(alerts):
+    home, rows, predicted, runs = alerts
+    result, report, distances, text = runs[0]
+    quality = distances["live_quality"]
+    version = str(report.properties["served_versions"][0])
+    expected = sum(p == row["species"] for p, row in zip(predicted, rows)) / len(rows)
+    assert expected > 0.6, "the session's model is better than the threshold on its own data"
+    assert quality["labels"] == len(rows) + 3
+    assert quality["joined"] == len(rows) and quality["unjoined"] == 3
+    assert quality["unjoined_examples"] == ["nobody-1", "nobody-2", "nobody-3"]
+    assert quality["files"] == [str(home / "labels" / "w1.csv")]
+    measured = quality["versions"][version]
+    assert measured["labeled"] == len(rows)
+    assert measured["accuracy"] == pytest.approx(expected)
+    assert not measured["below_threshold"] and distances["alert"] is False
+    assert (f"live quality: {len(rows) + 3} labels from 1 file(s), {len(rows)} joined, "
+            f"3 labels did not join (e.g. nobody-1, nobody-2, nobody-3)") in text
+    assert f"version {version}: live accuracy {expected:.4f}" in text
+    log_text = Path(result.steps["TrafficMonitor"].log_path).read_text()
+    assert "3 labels did not join a logged prediction" in log_text
+    # No alert: the step is skipped, nothing to emit.
+    alert = result.steps["RetrainingAlert"]
+    assert alert.outcome == "skipped" and alert.reason.startswith("no alert: verdict no drift")
+    assert alert.outputs["alert"].properties["emitted"] == 0
+    assert not os.path.exists(os.path.join(alert.outputs["alert"].uri, "asset_event.json"))
+
+
+def test_live_accuracy_below_threshold_emits_an_alert_with_the_report_in_its_extra(alerts):
+    home, rows, predicted, runs = alerts
+    result, report, distances, text = runs[1]
+    assert distances["verdict"] == "no drift", "the same traffic: only the labels changed"
+    quality = distances["live_quality"]
+    assert quality["files"] == [str(home / "labels" / "w2.csv")], "only the newly arrived"
+    assert quality["joined"] == len(rows) and quality["unjoined"] == 0
+    [measured] = quality["versions"].values()
+    expected = sum(p == ROTATED[row["species"]] for p, row in zip(predicted, rows)) / len(rows)
+    assert measured["accuracy"] == pytest.approx(expected) and expected < 0.6
+    assert measured["below_threshold"] and distances["alert"] is True
+    assert report.properties["alert"] == 1
+    assert "-> BELOW THRESHOLD" in text
+    step = result.steps["RetrainingAlert"]
+    assert step.outcome == "ok"
+    alert = step.outputs["alert"]
+    assert alert.properties["emitted"] == 1 and alert.properties["report_id"] == report.id
+    with open(os.path.join(alert.uri, "asset_event.json")) as fh:
+        extra = json.load(fh)
+    assert extra["report_id"] == report.id
+    assert extra["model_version"] == distances["served_version"]
+    assert extra["reasons"] == [f"live accuracy of version {alert.properties['model_version']}"
+                                f": {expected:.4f} < 0.6 ({len(rows)} labels)"]
+    assert sorted(extra["distances"]) == sorted(SERVED)
+
+
+def test_a_drift_alert_within_the_cooldown_is_suppressed_and_says_so(alerts):
+    home, rows, predicted, runs = alerts
+    _, second_report, _, _ = runs[1]
+    result, report, distances, text = runs[2]
+    assert distances["verdict"] == "drift" and distances["alert"] is True
+    assert distances["live_quality"]["labels"] == 0  # no label file arrived in this window
+    step = result.steps["RetrainingAlert"]
+    assert step.outcome == "skipped"
+    first = runs[1][0].steps["RetrainingAlert"].outputs["alert"]
+    assert step.reason.startswith(f"alert suppressed by the cooldown: alert #{first.id} "
+                                  f"(report #{second_report.id}) started a retraining at ")
+    assert "skew: body_mass_g, island" in step.reason
+    alert = step.outputs["alert"]
+    assert alert.properties["suppressed"] == 1 and alert.properties["emitted"] == 0
+    assert alert.properties["cooldown_until"] == pytest.approx(
+        first.properties["decided_at"] + 6 * 3600)
+    log_text = Path(step.log_path).read_text()
+    assert "alert suppressed by the cooldown" in log_text
+
+
+def test_pipewright_show_prints_each_decision(alerts, capsys):
+    from pipelines.inspect_cli import print_artifact
+
+    home, _, _, runs = alerts
+    emitted = runs[1][0].steps["RetrainingAlert"].outputs["alert"]
+    suppressed = runs[2][0].steps["RetrainingAlert"].outputs["alert"]
+    assert print_artifact(str(home), str(emitted.id)) == 0
+    out = capsys.readouterr().out
+    assert "  emitted: alert emitted: live accuracy of version" in out
+    assert f"  report: TrafficReport #{emitted.properties['report_id']}, model penguin" in out
+    assert f"  asset {ASSET_URI}; no other alert emitted before " in out
+    assert print_artifact(str(home), str(suppressed.id)) == 0
+    assert "  suppressed (cooldown): alert suppressed by the cooldown: alert #" in \
+        capsys.readouterr().out
+
+
+def test_pipewright_monitor_prints_live_quality_and_reports_an_alert_it_cannot_emit(
+        alerts, trained_penguin, capsys):
+    """The command line: a label file given by path is read whole; without Airflow the
+    alert is reported, not emitted."""
+    from pipelines.monitor_cli import main
+
+    home, rows, predicted, _ = alerts
+    code = main(["penguin", "--home", str(home), "--log-dir", str(home / "request_logs"),
+                 "--push-destination", os.path.dirname(trained_penguin.serving_base),
+                 "--end", str(T0 + 14400), "--labels", str(home / "labels" / "w2.csv"),
+                 "--min-live-accuracy", "0.6"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"live quality: {len(rows)} labels from 1 file(s), {len(rows)} joined, 0 labels " \
+           f"did not join" in out
+    assert "VERDICT: no traffic - no successful request was logged in this window; nothing " \
+           "compared, ALERT: live accuracy below threshold" in out
+    assert "RETRAINING: alert (live accuracy of version" in out
+    assert "no asset to emit to: retraining starts only from the monitoring DAG" in out

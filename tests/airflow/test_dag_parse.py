@@ -27,9 +27,28 @@ def report():
 
 
 def expected_pipelines():
+    """DAG id -> pipeline: every registered one, its monitor when it has a Pusher (the
+    pipeline `<name>-monitor` as DAG `<name>_monitor`), and the test's wordcount."""
+    from pipelines.airflow_adapter import served_by
+
     pipelines = {name: registry.load(name) for name in registry.names()}
+    for name, pipeline in list(pipelines.items()):
+        if served_by(pipeline):
+            pipelines[f"{name}_monitor"] = monitor_of(name)
     pipelines["wordcount"] = registry.load(str(WORDCOUNT_PIPELINE))
     return pipelines
+
+
+def monitor_of(name: str):
+    from pipelines.airflow_adapter import build_monitor_dag
+
+    return build_monitor_dag(registry.load(name)).get_task("TrafficMonitor").pipeline
+
+
+def expected_cron(dag_id: str, pipeline) -> str:
+    from pipelines.airflow_adapter import DEFAULT_MONITOR_SCHEDULE
+
+    return DEFAULT_MONITOR_SCHEDULE if dag_id.endswith("_monitor") else pipeline.schedule
 
 
 def test_every_registered_pipeline_parses_without_errors_or_heavy_imports(report):
@@ -65,7 +84,11 @@ def test_runtime_parameters_become_typed_dag_params(report):
 def test_nightly_schedule_without_catch_up_retries_and_timeouts(report):
     for name, pipeline in expected_pipelines().items():
         dag = report["dags"][name]
-        assert pipeline.schedule and f"expression='{pipeline.schedule}'" in dag["schedule"]
+        cron = expected_cron(name, pipeline)
+        assert cron and f"expression='{cron}'" in dag["schedule"], (name, dag["schedule"])
+        if name in ("penguin", "churn"):  # nightly OR its monitor's retraining alert
+            assert dag["schedule"].startswith("AssetOrTimeSchedule("), dag["schedule"]
+            assert f"pipewright://{name}/retraining-alert" in dag["schedule"]
         assert dag["catchup"] is False and dag["max_active_runs"] == 1
         assert set(dag["execution_timeout_s"]) == set(dag["tasks"]), "every task has a timeout"
     # The conftest sets PIPEWRIGHT_AIRFLOW_RETRIES=0 for the registered DAGs.
@@ -78,9 +101,9 @@ def test_registered_dags_default_to_retries_and_honour_the_schedule_override():
     dags = registered_dags({"PIPEWRIGHT_SCHEDULE": "30 3 * * *"})
     dag = dags["penguin"]
     assert all(task.retries == 2 and task.retry_exponential_backoff for task in dag.tasks)
-    assert dag.timetable.expression == "30 3 * * *"
+    assert dag.timetable.timetable.expression == "30 3 * * *"
     unscheduled = registered_dags({"PIPEWRIGHT_SCHEDULE": "none"})["penguin"]
-    assert type(unscheduled.timetable).__name__ == "NullTimetable"
+    assert type(unscheduled.timetable).__name__ == "AssetTriggeredTimetable", "its alert only"
 
 
 def test_json_schema_of_parameter_types():
