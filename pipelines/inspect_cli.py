@@ -83,8 +83,9 @@ def _key_results(metadata: Metadata, run: dict) -> tuple[str, str, str, str]:
                 blessed = "yes" if artifact.blessed else "no"
             elif kind == "PushedModel" and artifact.pushed:
                 pushed = f"v{artifact.pushed_version}"
-            elif kind == "RolloutReport" and artifact.state in ("promoted", "rolled_back"):
-                rollout = artifact.state.replace("_", " ")
+            elif kind == "RolloutReport" and artifact.properties.get("state") in (
+                    "promoted", "rolled_back"):  # by name: the class may not be imported here
+                rollout = artifact.properties["state"].replace("_", " ")
     if pushed != "-" and rollout:
         pushed = f"{pushed} {rollout}"
     return loss, metric, blessed, pushed

@@ -63,7 +63,8 @@ def test_full_pipeline_pushes_a_model_that_classifies_the_eval_split(trained_pen
     assert run.steps["LatestPushedModel"].status == "resolved"
     assert "baseline_model" not in run.steps["LatestPushedModel"].outputs
     assert trained_penguin.version == 1
-    assert sorted(os.listdir(trained_penguin.serving_base)) == [".push.lock", "1"]
+    # rollout.json: the first push is served at once (nothing to canary against)
+    assert sorted(os.listdir(trained_penguin.serving_base)) == [".push.lock", "1", "rollout.json"]
     assert sorted(trained_penguin.labels) == ["Adelie", "Chinstrap", "Gentoo"]
     infra = run.steps.get("InfraValidator")
     if infra is not None and os.path.isdir(infra.outputs["blessing"].path("assets.extra")):
