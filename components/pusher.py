@@ -63,8 +63,13 @@ class Pusher(Component):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.check_rollout({k: v for k, v in self.parameters.items()
-                            if not isinstance(v, Param)})
+        # Runtime Params are checked with their default and every choice they allow.
+        self.check_rollout({k: (v.default if isinstance(v, Param) else v)
+                            for k, v in self.parameters.items()})
+        for name, value in self.parameters.items():
+            if isinstance(value, Param) and value.choices:
+                for choice in value.choices:
+                    self.check_rollout({name: choice})
 
     @staticmethod
     def check_rollout(values: dict) -> None:

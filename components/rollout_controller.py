@@ -189,7 +189,7 @@ def _start(base_path, model_name, policy, evidence, settings, now) -> Decision:
         policy.window["phase"] = REFERENCE
     policy.reason = _routing(policy)
     write_policy(base_path, policy)
-    _history(base_path, policy, "started", policy.reason)
+    record_event(base_path, policy, "started", policy.reason)
     return Decision(BAKING, policy.bake_seconds, "started", policy.reason)
 
 
@@ -263,7 +263,7 @@ def _switch(base_path, policy, settings, now, end, stable) -> Decision:
     policy.reason = (f"switched: version {policy.stable_version} serves every unpinned "
                      f"request, version {old} held loaded")
     write_policy(base_path, policy)
-    _history(base_path, policy, "switched", policy.reason, {"stable": stable.to_json()})
+    record_event(base_path, policy, "switched", policy.reason, {"stable": stable.to_json()})
     return Decision(BAKING, policy.bake_seconds, "switched", policy.reason)
 
 
@@ -282,14 +282,14 @@ def _next_step(base_path, policy, end, stable, now, guards, record) -> Decision:
                          f"guards")
         policy.window = {}
         write_policy(base_path, policy)
-        _history(base_path, policy, "promoted", policy.reason, record)
+        record_event(base_path, policy, "promoted", policy.reason, record)
         return Decision(PROMOTED, None, "promoted", policy.reason, guards)
     policy.step_index += 1
     policy.candidate_percent = policy.steps_percent[policy.step_index]
     policy.window = {"started_at": now, "start": end.to_json(), "inconclusive": 0}
     policy.reason = f"step {policy.step_index + 1}: " + _routing(policy)
     write_policy(base_path, policy)
-    _history(base_path, policy, "advanced", policy.reason, record)
+    record_event(base_path, policy, "advanced", policy.reason, record)
     return Decision(BAKING, policy.bake_seconds, "advanced", policy.reason, guards)
 
 
@@ -303,7 +303,7 @@ def _inconclusive(base_path, policy, settings, now, why, guards, record=None) ->
     policy.window["started_at"] = now  # the window grows: the start snapshot stays
     policy.reason = f"window extended ({count}/{settings.max_inconclusive}): {why}"
     write_policy(base_path, policy)
-    _history(base_path, policy, "extended", policy.reason, record)
+    record_event(base_path, policy, "extended", policy.reason, record)
     return Decision(policy.state, policy.bake_seconds, "extended", policy.reason, guards)
 
 
@@ -316,11 +316,12 @@ def _roll_back(base_path, policy, now, reason, guards=(), record=None) -> Decisi
     policy.reason = f"rolled back version {candidate}: {reason}"
     policy.window = {"rolled_back_version": candidate}
     write_policy(base_path, policy)
-    _history(base_path, policy, "rolled_back", policy.reason, record, candidate)
+    record_event(base_path, policy, "rolled_back", policy.reason, record, candidate)
     return Decision(ROLLED_BACK, None, "rolled_back", policy.reason, list(guards))
 
 
-def _history(base_path, policy, event, reason, record=None, candidate=None) -> None:
+def record_event(base_path, policy, event, reason, record=None, candidate=None) -> None:
+    """Appends one event (with the policy's versions) to the rollout's history file."""
     entry = {"time": time.time(), "event": event, "generation": policy.generation,
              "strategy": policy.strategy, "stable_version": policy.stable_version,
              "candidate_version": candidate if candidate is not None

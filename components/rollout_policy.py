@@ -81,6 +81,8 @@ def check_strategy(strategy: str) -> str:
 
 def check_steps(steps, where: str = "steps_percent") -> list[float]:
     """Strictly increasing shares in (0, 100]; raises RolloutConfigError naming `where`."""
+    if not isinstance(steps, (list, tuple)):
+        raise RolloutConfigError(f"{where}: expected a list of shares, got {steps!r}")
     values = [_number(v, f"{where}[{i}]") for i, v in enumerate(steps)]
     if not values:
         raise RolloutConfigError(f"{where}: at least one step is needed")
@@ -133,12 +135,16 @@ def read_policy(base_path: str) -> RolloutPolicy | None:
     RolloutConfigError naming the file and field when it does not parse or validate."""
     path = policy_path(base_path)
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # a BOM, as the server, is fine
             raw = json.load(fh)
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise RolloutConfigError(f"{path}: is a directory, not a rollout file") from None
     except (OSError, ValueError) as exc:
-        raise RolloutConfigError(f"{path}: not a JSON object: {exc}") from None
+        raise RolloutConfigError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RolloutConfigError(f"{path}: not valid JSON: nested too deeply") from None
     try:
         return parse_policy(raw)
     except RolloutConfigError as exc:
@@ -165,6 +171,12 @@ def parse_policy(raw) -> RolloutPolicy:
         if not 0 <= value <= 100:
             raise RolloutConfigError(f"{name} = {value}: must be in [0, 100]")
         setattr(policy, name, value)
+    if policy.candidate_version is None and policy.candidate_percent + policy.shadow_percent > 0:
+        raise RolloutConfigError("candidate_percent / shadow_percent: set, but there is no "
+                                 "candidate_version")
+    if policy.strategy == SHADOW and policy.candidate_percent > 0:
+        raise RolloutConfigError("candidate_percent: strategy shadow routes no request to the "
+                                 "candidate (use shadow_percent)")
     holds = raw.get("hold_versions", [])
     if not isinstance(holds, list):
         raise RolloutConfigError("hold_versions: expected a list of versions")

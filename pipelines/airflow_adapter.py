@@ -117,11 +117,31 @@ def retraining_asset(pipeline_name: str) -> Asset:
                  uri=f"pipewright://{pipeline_name}/retraining-alert")
 
 
-def training_schedule(cron: str | None, retrain_on: Asset | None):
-    """The nightly cron timetable (nightly_schedule), OR an event of `retrain_on` when
-    given: Airflow 3's AssetOrTimeSchedule. Only the asset when there is no cron; None
-    when neither."""
+def new_data_asset(pipeline_name: str, landing_dir: str) -> Asset:
+    """The asset whose events say new data landed for a pipeline: name
+    `<pipeline>_new_data`, URI `pipewright://<pipeline>/new-data`. Its watcher (Airflow 3's
+    AssetWatcher, run by the triggerer) is a FileDeleteTrigger on
+    `<landing_dir>/<pipeline>.ready`: when that file appears (`pipewright land PIPELINE`,
+    pipelines/landing.py) the triggerer deletes it and emits an event, so the training DAG
+    runs without waiting for the night."""
+    from airflow.providers.standard.triggers.file import FileDeleteTrigger
+    from airflow.sdk import AssetWatcher
+
+    from pipelines.landing import LANDING_POLL_SECONDS, ready_file
+
+    trigger = FileDeleteTrigger(filepath=ready_file(landing_dir, pipeline_name),
+                                poke_interval=LANDING_POLL_SECONDS)
+    return Asset(name=f"{pipeline_name}_new_data", uri=f"pipewright://{pipeline_name}/new-data",
+                 watchers=[AssetWatcher(name=f"{pipeline_name}_landing", trigger=trigger)])
+
+
+def training_schedule(cron: str | None, retrain_on: Asset | list[Asset] | None):
+    """The nightly cron timetable (nightly_schedule), OR an event of any asset in
+    `retrain_on` when given: Airflow 3's AssetOrTimeSchedule. Only the asset(s) when there
+    is no cron; None when neither."""
     timetable = nightly_schedule(cron)
+    if isinstance(retrain_on, list):
+        retrain_on = functools.reduce(lambda a, b: a | b, retrain_on) if retrain_on else None
     if retrain_on is None:
         return timetable
     if timetable is None:
@@ -136,10 +156,10 @@ def build_dag(pipeline: Pipeline, *, dag_id: str | None = None,
               execution_timeout: dt.timedelta = DEFAULT_EXECUTION_TIMEOUT,
               timeouts: dict[str, dt.timedelta] | None = None,
               queues: dict[str, str] | None = None,
-              retrain_on: Asset | None = None,
+              retrain_on: Asset | list[Asset] | None = None,
               outlets: dict[str, list[Asset]] | None = None) -> DAG:
     """The pipeline as a DAG. `schedule` (cron, or None for triggered runs only) defaults to
-    the pipeline's; `retrain_on` adds an asset whose events also start a run
+    the pipeline's; `retrain_on` adds assets whose events also start a run
     (training_schedule); `timeouts` overrides `execution_timeout` per component id; `queues`
     (component id -> Celery queue) overrides the queue a component names with
     `.with_queue()`. A task with neither runs on Airflow's default queue
@@ -312,8 +332,9 @@ def _cron(text: str) -> str | None:
 
 def registered_dags(environ: typing.Mapping[str, str] = os.environ) -> dict[str, DAG]:
     """A DAG for every registered pipeline and, for each one with a Pusher, its monitoring
-    DAG `<pipeline>_monitor` (build_monitor_dag); such a training DAG also runs on the
-    monitor's retraining alert (training_schedule). $PIPEWRIGHT_SCHEDULE (a cron, or "none")
+    DAG `<pipeline>_monitor` (build_monitor_dag); every training DAG also runs when new data
+    lands (new_data_asset, `<home>/landing/`) and, with a Pusher, on the monitor's retraining
+    alert (training_schedule). $PIPEWRIGHT_SCHEDULE (a cron, or "none")
     overrides every pipeline's schedule; $PIPEWRIGHT_AIRFLOW_RETRIES the retry count;
     $PIPEWRIGHT_MONITOR_SCHEDULE the monitors' (default hourly, "none" for triggered runs
     only); $PIPEWRIGHT_ALERT_COOLDOWN_HOURS the cooldown (default 6); $PIPEWRIGHT_LABELS
@@ -333,12 +354,15 @@ def registered_dags(environ: typing.Mapping[str, str] = os.environ) -> dict[str,
         monitor_options["cooldown_hours"] = float(environ["PIPEWRIGHT_ALERT_COOLDOWN_HOURS"])
     if environ.get("PIPEWRIGHT_MIN_LIVE_ACCURACY"):
         monitor_options["min_live_accuracy"] = float(environ["PIPEWRIGHT_MIN_LIVE_ACCURACY"])
+    from pipelines.home import Home
+
+    landing = Home.resolve(environ.get("PIPEWRIGHT_HOME")).landing_dir
     dags = {}
     for name in registry.names():
         pipeline = registry.load(name)
         served = served_by(pipeline)
-        dags[name] = build_dag(pipeline, retrain_on=retraining_asset(name) if served else None,
-                               **options)
+        retrain_on = [new_data_asset(name, landing)] + ([retraining_asset(name)] if served else [])
+        dags[name] = build_dag(pipeline, retrain_on=retrain_on, **options)
         if served:
             labels = (os.path.join(environ["PIPEWRIGHT_LABELS"], name)
                       if environ.get("PIPEWRIGHT_LABELS") else "")

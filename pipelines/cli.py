@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("rollback", help="re-push the previous blessed model (see `pipewright rollback -h`)",
                    add_help=False)
+    sub.add_parser("land", help="new data landed: run the pipeline's training DAG now "
+                                "(see `pipewright land -h`)", add_help=False)
     sub.add_parser("rollout", help="status, promote or abort a canary/shadow/blue-green "
                                    "rollout (see `pipewright rollout -h`)", add_help=False)
     sub.add_parser("schema", help="show the current schema or accept a run's data "
@@ -154,6 +156,9 @@ def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "rollback":
         from pipelines.rollback import main as rollback_main
         return rollback_main(argv[1:])
+    if argv and argv[0] == "land":
+        from pipelines.landing import main as land_main
+        return land_main(argv[1:])
     if argv and argv[0] == "rollout":
         from pipelines.rollout_cli import main as rollout_main
         return rollout_main(argv[1:])

@@ -40,5 +40,10 @@ class Home:
     def log_path(self, pipeline: str, run_id: str, component_id: str) -> str:
         return os.path.join(self.root, "logs", pipeline, run_id, f"{component_id}.log")
 
+    @property
+    def landing_dir(self) -> str:
+        """Where `pipewright land` leaves `<pipeline>.ready` for the new-data asset watcher."""
+        return os.path.join(self.root, "landing")
+
     def data_dir(self, pipeline: str) -> str:
         return os.path.join(self.root, "data", pipeline)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 from components.pusher import pushes_to, serving_base
-from components.rollout_controller import history, rollout_versions
-from components.rollout_policy import (ABORTED, PROMOTED, RolloutConfigError, read_policy,
+from components.rollout_controller import history, record_event, rollout_versions
+from components.rollout_policy import (ABORTED, LOADING, PROMOTED, RolloutConfigError, read_policy,
                                        write_policy)
 from pipelines.home import Home
 from pipelines.metadata import Metadata
@@ -27,6 +28,9 @@ class RolloutCommandError(RuntimeError):
 
 
 def _policy(destination: str):
+    if not os.path.isdir(destination):
+        raise RolloutCommandError(f"{destination} does not exist: nothing was pushed for this "
+                                  f"model (check the model name and --home)")
     policy = read_policy(destination)
     if policy is None:
         raise RolloutCommandError(f"no rollout.json in {destination}: the model was pushed "
@@ -62,6 +66,11 @@ def promote(destination: str) -> str:
     if not policy.in_progress:
         raise RolloutCommandError(f"no rollout in progress in {destination} (state "
                                   f"{policy.state}): nothing to promote")
+    if policy.state == LOADING:
+        raise RolloutCommandError(f"version {policy.candidate_version} has not been seen "
+                                  f"AVAILABLE yet (state loading): promoting a version that may "
+                                  f"not load would leave unpinned requests without it; wait for "
+                                  f"the Rollout step to start baking, or abort")
     new, previous = rollout_versions(policy)
     policy.stable_version, policy.candidate_version = new, None
     policy.candidate_percent = policy.shadow_percent = 0.0
@@ -69,6 +78,7 @@ def promote(destination: str) -> str:
     policy.state, policy.window = PROMOTED, {}
     policy.reason = f"promoted by hand (pipewright rollout promote); version {previous} held"
     write_policy(destination, policy)
+    record_event(destination, policy, "promoted", policy.reason, candidate=new)
     return policy.reason
 
 
@@ -83,6 +93,7 @@ def abort(destination: str, metadata: Metadata) -> str:
     policy.state, policy.window = ABORTED, {"rolled_back_version": candidate}
     policy.reason = f"aborted by hand (pipewright rollout abort): version {candidate} rolled back"
     write_policy(destination, policy)
+    record_event(destination, policy, "aborted", policy.reason, candidate=candidate)
     for push in pushes_to(metadata, destination):
         if push.pushed_version == candidate:
             push.set(rolled_back=1)

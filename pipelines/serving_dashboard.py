@@ -81,8 +81,9 @@ def dashboard_data(model_name: str, serving_dir: str, metadata_factory,
         try:
             with urllib.request.urlopen(f"{url}/monitoring/prometheus/metrics", timeout=5) as r:
                 data["versions"] = server_metrics(r.read().decode("utf-8", "replace"), model_name)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            data["server_error"] = f"cannot read {url}/monitoring/prometheus/metrics: {exc}"
+        except Exception as exc:  # refused, not HTTP (a gRPC port), bad URL, cut short...
+            data["server_error"] = (f"cannot read {url}/monitoring/prometheus/metrics: "
+                                    f"{type(exc).__name__}: {exc}")
     try:
         policy = read_policy(os.path.join(serving_dir, model_name))
         data["rollout"] = json.loads(policy.to_json()) if policy else None

@@ -284,6 +284,11 @@ class ModelManager:
         has_aspired = any(r.aspired and (r.managed or r.error is not None)
                           for r in model.versions.values())
         aspired_serving = any(r.aspired and r.state == AVAILABLE for r in managed)
+        if model.rollout is not None:
+            # Under a rollout only the stable version may replace what serves: a candidate
+            # (which may get 0 % of traffic) serving does not let the previous stable go.
+            stable = model.versions.get(model.rollout.stable_version)
+            aspired_serving = stable is not None and stable.managed and stable.state == AVAILABLE
         unaspired_serving = [r for r in managed if not r.aspired and r.state == AVAILABLE]
         if unaspired_serving and (force_unload or not has_aspired or aspired_serving
                                   or len(unaspired_serving) > 1):

@@ -193,6 +193,9 @@ def parse_policy(data, path: str, versions_on_disk=None) -> RolloutPolicy:
             fail("guards", f"unknown guard {name!r} (known: {', '.join(sorted(GUARDS))})")
         if not _is_number(threshold):
             fail("guards", f"threshold of {name} must be a number, got {threshold!r}")
+        if threshold < 0 or (name.startswith("min_") and threshold > 1):
+            fail("guards", f"threshold of {name} is {threshold!r}: a guard that can never pass "
+                           f"(ratios and distances are >= 0, shares <= 1)")
 
     state = data.get("state")
     if state is not None and state not in STATES:
@@ -225,6 +228,8 @@ def read_policy(base_path: str, versions_on_disk=None) -> RolloutPolicy | None:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise RolloutError(path, None, f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise RolloutError(path, None, "not valid JSON: nested too deeply") from None
     return parse_policy(data, path, versions_on_disk)
 
 

@@ -248,6 +248,11 @@ def test_rollout_cli_status_promote_and_abort_rewrite_the_policy(base, tmp_path,
     args = ["--home", str(home)]
     assert main(["status", "penguin", *args]) == 0
     assert "candidate version 2" in capsys.readouterr().out
+    assert main(["promote", "penguin", *args]) == 1  # still loading: maybe it never loads
+    assert "has not been seen AVAILABLE" in capsys.readouterr().err
+    policy = read_policy(base)
+    policy.state = "baking"
+    write_policy(base, policy)
     assert main(["promote", "penguin", *args]) == 0
     policy = read_policy(base)
     assert (policy.state, policy.stable_version, policy.hold_versions) == ("promoted", 2, [1])
@@ -258,6 +263,47 @@ def test_rollout_cli_status_promote_and_abort_rewrite_the_policy(base, tmp_path,
     assert main(["abort", "penguin", *args]) == 0
     policy = read_policy(base)
     assert (policy.state, policy.stable_version, policy.candidate_version) == ("aborted", 1, None)
+    assert [e["event"] for e in history(base)][-2:] == ["promoted", "aborted"]  # audit trail
     os.remove(os.path.join(base, "rollout.json"))
     assert main(["status", "penguin", *args]) == 1
     assert "no rollout.json" in capsys.readouterr().err
+    assert main(["status", "nosuch", *args]) == 1
+    assert "does not exist: nothing was pushed" in capsys.readouterr().err
+
+
+def test_bad_shapes_deep_nesting_and_a_bom_in_rollout_files(base):
+    path = os.path.join(base, "rollout.json")
+    for text, message in (('{"strategy": "canary", "stable_version": 1, "steps_percent": 10}',
+                           "steps_percent: expected a list"),
+                          ('{"strategy": "immediate", "stable_version": 1, "reason": '
+                           + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
+                          ('{"strategy": "immediate", "stable_version": 1, '
+                           '"candidate_percent": 5}', "there is no candidate_version")):
+        with open(path, "w") as fh:
+            fh.write(text)
+        with pytest.raises(RolloutConfigError, match=message):
+            read_policy(base)
+    with open(path, "w", encoding="utf-8-sig") as fh:  # a Windows editor's BOM
+        fh.write('{"strategy": "immediate", "stable_version": 1}')
+    assert read_policy(base).stable_version == 1
+
+
+def test_pusher_checks_runtime_params_by_their_default_and_choices():
+    from components.base import Param
+    from components.pusher import Pusher
+
+    with pytest.raises(RolloutConfigError, match="unknown strategy 'yolo'"):
+        Pusher.check_rollout({"rollout": Param("strategy", str, "yolo").default})
+    from tests.test_rollout_live import canary_pipeline  # a wiring to reuse
+
+    pipeline = canary_pipeline("http://127.0.0.1:1")
+    trainer = pipeline.component("Trainer")
+    with pytest.raises(RolloutConfigError, match="bake_seconds = -5.0"):
+        Pusher(model=trainer.outputs.model,
+               model_blessing=pipeline.component("Evaluator").outputs.blessing,
+               model_name="penguin", bake_seconds=Param("bake", float, -5.0))
+    with pytest.raises(RolloutConfigError, match="unknown strategy 'linear'"):
+        Pusher(model=trainer.outputs.model,
+               model_blessing=pipeline.component("Evaluator").outputs.blessing,
+               model_name="penguin",
+               rollout=Param("rollout", str, "canary", choices=("canary", "linear")))

@@ -22,7 +22,7 @@ def test_training_dag_runs_nightly_or_on_its_retraining_alert():
     assert isinstance(schedule, AssetOrTimeSchedule)
     assert isinstance(schedule.timetable, CronTriggerTimetable)
     assert schedule.timetable.expression == "0 2 * * *"
-    assert schedule.asset_condition == PENGUIN_ASSET == retraining_asset("penguin")
+    assert schedule.asset_condition.objects[1] == PENGUIN_ASSET == retraining_asset("penguin")
     # As the scheduler reads the DAG back from its serialized form.
     from airflow.serialization.serialized_objects import DagSerialization
 
@@ -30,11 +30,12 @@ def test_training_dag_runs_nightly_or_on_its_retraining_alert():
     assert type(stored.timetable).__name__ == "AssetOrTimeSchedule"
     assert stored.timetable.summary == "Asset or 0 2 * * *"
     assert [a.uri for _, a in stored.timetable.asset_condition.iter_assets()] == \
-        ["pipewright://penguin/retraining-alert"]
+        ["pipewright://penguin/new-data", "pipewright://penguin/retraining-alert"]
     # Without a cron, the alert alone starts runs.
     assert training_schedule(None, PENGUIN_ASSET) == PENGUIN_ASSET
-    assert registered_dags({"PIPEWRIGHT_SCHEDULE": "none"})["penguin"].timetable.asset_condition \
-        == PENGUIN_ASSET
+    alone = registered_dags({"PIPEWRIGHT_SCHEDULE": "none"})["penguin"].timetable
+    assert [a.name for a in alone.asset_condition.objects] == \
+        ["penguin_new_data", "penguin_retraining_alert"]
 
 
 def test_monitoring_dag_runs_hourly_and_its_alert_task_has_the_asset_as_outlet():
@@ -151,3 +152,28 @@ def test_a_monitor_run_before_anything_is_served_skips_instead_of_failing(airflo
     assert lineage.outcome == "skipped"
     assert lineage.outcome_reason == (f"no model is served from {tmp_path}/serving/penguin: "
                                       f"nothing to monitor")
+
+
+def test_new_data_landing_is_an_asset_event_the_training_dag_runs_on(tmp_path):
+    """`pipewright land PIPELINE` writes the file the new-data asset's watcher (Airflow's
+    FileDeleteTrigger, run here as the triggerer runs it) turns into an event."""
+    import asyncio
+
+    from pipelines.landing import main, signal_new_data
+
+    dags = registered_dags({"PIPEWRIGHT_HOME": str(tmp_path)})
+    [new_data, _] = dags["penguin"].timetable.asset_condition.objects
+    assert new_data.uri == "pipewright://penguin/new-data"
+    [watcher] = new_data.watchers
+    trigger = watcher.trigger
+    path = signal_new_data("penguin", str(tmp_path), note="span 2026-03-02")
+    assert trigger.filepath == path == str(tmp_path / "landing" / "penguin.ready")
+
+    async def first_event():
+        return await asyncio.wait_for(trigger.run().__anext__(), timeout=30)
+
+    event = asyncio.run(first_event())
+    assert event.payload is True  # the event FileDeleteTrigger yields
+    assert not (tmp_path / "landing" / "penguin.ready").exists()  # one landing, one event
+    # The wordcount-like pipelines without a Pusher have the landing asset alone.
+    assert main(["nosuch", "--home", str(tmp_path)]) == 1

@@ -63,6 +63,8 @@ def test_a_full_policy_parses_into_an_immutable_value():
     ({"hold_versions": [1, "2"]}, "hold_versions", "list of integers"),
     ({"bake_seconds": 0}, "bake_seconds", "> 0"),
     ({"guards": {"max_error_rate": 2}}, "guards", "unknown guard 'max_error_rate'"),
+    ({"guards": {"max_error_rate_ratio": -1}}, "guards", "a guard that can never pass"),
+    ({"guards": {"min_shadow_agreement": 2}}, "guards", "a guard that can never pass"),
     ({"guards": {"min_live_accuracy": "high"}}, "guards", "must be a number"),
     ({"guards": [1]}, "guards", "object"),
     ({"state": "done"}, "state", "not one of"),

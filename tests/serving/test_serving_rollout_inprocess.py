@@ -189,3 +189,25 @@ def test_shadow_comparison_of_classify_regress_and_predict_answers():
     assert (result.same, result.different) == (0, 1)  # a different number of classes
     result = compare(PREDICT, predict(outputs=[[2.0], [3.0]]), predict(outputs=[[2.0], [3.1]]))
     assert (result.same, result.different) == (1, 1)
+
+
+def test_a_new_stable_that_fails_to_load_keeps_the_previous_stable_serving(bases):
+    """Found by trying to break it: with the candidate loaded, a stable_version that fails to
+    load let the manager unload the previous stable (the candidate "served"), and the 0 %
+    candidate answered every unpinned request."""
+    from rollout_models import write_broken_version
+
+    clf, plain, config = bases
+    write_broken_version(clf / "4")
+    write_rollout(clf, strategy="canary", stable_version=1, candidate_version=2, generation=1)
+    manager = manager_for(config)
+    try:
+        assert manager.loaded_versions()["clf"] == [1, 2]
+        write_rollout(clf, strategy="canary", stable_version=4, candidate_version=2,
+                      candidate_percent=0, generation=2)
+        for _ in range(3):
+            manager.poll()
+        assert 1 in manager.loaded_versions()["clf"]  # kept: version 4 never served
+        assert {manager.route("clf", f"key-{i}")[0].version for i in range(50)} == {1}
+    finally:
+        manager.stop()
