@@ -269,19 +269,27 @@ class Services:
         return self._token[0]
 
     def api(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
+        """One REST API call. GET and PATCH (idempotent) are retried, up to 4 times with a
+        growing pause, on Airflow's HTTP 500 "Database error": on SQLite a write of the API
+        server's own audit log can meet the scheduler's lock (seen once in 20 runs)."""
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
-        request = urllib.request.Request(
-            self.api_url + path, method=method, headers=headers,
-            data=None if body is None else json.dumps(body).encode())
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                text = response.read().decode()
-        except urllib.error.HTTPError as exc:
-            raise ServiceError(f"{method} {path}: HTTP {exc.code}: "
-                               f"{exc.read().decode(errors='replace')[:1000]}") from None
-        return json.loads(text) if text else None
+        for attempt in range(5):
+            request = urllib.request.Request(
+                self.api_url + path, method=method, headers=headers,
+                data=None if body is None else json.dumps(body).encode())
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    text = response.read().decode()
+                return json.loads(text) if text else None
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:1000]
+                if (exc.code == 500 and "Database error" in detail and attempt < 4
+                        and method in ("GET", "PATCH")):
+                    time.sleep(0.5 * 2 ** attempt)
+                    continue
+                raise ServiceError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
 
     def pipewright_dag_ids(self, timeout_s: float = 90) -> list[str]:
         """The DAG ids of the registered pipelines, once the DAG processor has stored them."""
