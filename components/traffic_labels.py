@@ -169,10 +169,9 @@ def join_labels(labels: dict[tuple[str, int], str], log_dir: str, model_name: st
                 log: logging.Logger) -> LiveQuality:
     """Joins labels to the predictions of every closed request-log file of the model
     (module docstring)."""
-    import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from components.traffic_logs import closed_log_files
+    from components.traffic_logs import closed_log_files, intact_records
     from serving.request_log import request_log_fields
 
     quality = LiveQuality(labels=len(labels))
@@ -180,16 +179,8 @@ def join_labels(labels: dict[tuple[str, int], str], log_dir: str, model_name: st
     predicted: dict[str, tuple[str, list[str]]] = {}
     for path in closed_log_files(log_dir, model_name):
         version = os.path.basename(os.path.dirname(path))
-        records = tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator()
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                break
-            except (tf.errors.DataLossError, tf.errors.OutOfRangeError):
-                log.warning("request log file %s is truncated or corrupt: its predictions "
-                            "after the damage cannot be joined to labels", path)
-                break
+        damage: list[Exception] = []
+        for record in intact_records(path, damage):
             try:
                 entry = prediction_log_pb2.PredictionLog.FromString(record)
             except Exception:  # noqa: BLE001 - not a PredictionLog: nothing to join
@@ -200,6 +191,9 @@ def join_labels(labels: dict[tuple[str, int], str], log_dir: str, model_name: st
             classes = predicted_classes(entry)
             if classes:
                 predicted[fields.request_id] = (version, classes)
+        if damage:
+            log.warning("request log file %s is truncated or corrupt: its predictions "
+                        "after the damage cannot be joined to labels", path)
     for (request_id, instance), label in sorted(labels.items()):
         found = predicted.get(request_id)
         if found is None or instance >= len(found[1]):

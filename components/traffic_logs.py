@@ -34,6 +34,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterator
 
 SUFFIX = ".tfrecord.gz"
 _NAME_TIME = re.compile(r".+-(?P<stamp>\d{8}T\d{12})Z-\d{6,}" + re.escape(SUFFIX))
@@ -111,18 +112,8 @@ def read_window(log_dir: str, model_name: str, start: float, end: float, schema,
         version = os.path.basename(os.path.dirname(path))
         used = False
         kept = 0
-        records = tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator()
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                break
-            except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as exc:
-                log.warning("request log file %s is truncated or corrupt (%s): kept its %d "
-                            "complete record(s) before the damage, skipped the rest", path,
-                            type(exc).__name__, kept)
-                window.truncated_files.append(path)
-                break
+        damage: list[Exception] = []
+        for record in intact_records(path, damage):
             kept += 1
             try:
                 entry = prediction_log_pb2.PredictionLog.FromString(record)
@@ -143,9 +134,30 @@ def read_window(log_dir: str, model_name: str, start: float, end: float, schema,
                 continue
             for example in _examples_of(entry, types, window.out_of_schema):
                 window.examples.append(example.SerializeToString())
+        if damage:
+            log.warning("request log file %s is truncated or corrupt (%s): kept its %d "
+                        "complete record(s) before the damage, skipped the rest", path,
+                        type(damage[0]).__name__, kept)
+            window.truncated_files.append(path)
         if used:
             window.files.append(path)
     return window
+
+
+def intact_records(path: str, damage: list) -> Iterator[bytes]:
+    """The serialized records of a gzip TFRecord log file up to any damage (a file a crash
+    cut short); the tf.errors exception that ended it early, if any, is appended to `damage`."""
+    import tensorflow as tf
+
+    records = tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator()
+    while True:
+        try:
+            yield next(records)
+        except StopIteration:
+            return
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as exc:
+            damage.append(exc)
+            return
 
 
 def _examples_of(entry, types: dict, out_of_schema: Counter):
