@@ -329,7 +329,8 @@ class Component:
         return resolved
 
     # -- the executor -------------------------------------------------------------------
-    def pending(self, params: dict[str, Any], serving_dir: str) -> float | None:
+    def pending(self, params: dict[str, Any], serving_dir: str,
+                home_root: str = "") -> float | None:
         """Seconds to wait before this step can run to its end (an external process it
         watches, e.g. a rollout's bake window), or None (the default) to run now. Called by
         orchestrators that can wait without holding a worker (Airflow defers the task and

@@ -11,6 +11,7 @@ from components.artifacts import Artifact, PushedModel, STRING, INT
 from components.base import Component, Input, Output, Parameter, Step
 from components.rollout_controller import Decision, Settings, advance, history
 from components.rollout_evidence import PrometheusEvidence
+from components.rollout_labels import DelayedLabels
 from components.rollout_policy import (IMMEDIATE, PROMOTED, ROLLED_BACK, read_policy,
                                        write_policy)
 
@@ -37,6 +38,10 @@ class Rollout(Component):
     The server is read at `server_url` (its REST address, e.g. http://127.0.0.1:8501), else
     $PIPEWRIGHT_MODEL_SERVER_REST. Without either, nothing can be observed: the candidate is
     promoted at once, and the report says so (evidence "none", fallback "immediate").
+    `labels` (a delayed-label file or directory, components/traffic_labels.py formats) feeds
+    the policy's `min_live_accuracy` guard: joined to the server's request logs in `log_dir`
+    (default `<home>/request_logs`), the candidate is judged once `min_labels` of its
+    answers are labeled.
     In Airflow the task defers between windows (`pending`), so a bake holds no worker slot.
     Raises RolloutConfigError for an invalid rollout.json."""
 
@@ -48,6 +53,9 @@ class Rollout(Component):
     min_requests: Parameter[int] = 20  # per version and window, for a guard to judge
     load_timeout_seconds: Parameter[float] = 600.0
     max_inconclusive: Parameter[int] = 3
+    labels: Parameter[str] = ""
+    log_dir: Parameter[str] = ""
+    min_labels: Parameter[int] = 10
 
     def execute(self, step: Step) -> None:
         pushed, report = step.pushed_model, step.rollout_report
@@ -67,8 +75,9 @@ class Rollout(Component):
             return
         if policy.in_progress:
             report.set(evidence="live", server=url)
+            labels = delayed_labels(step.labels, step.log_dir, step.home, step.log)
             decision = drive(pushed.pushed_destination, step.model_name,
-                             PrometheusEvidence(url), self.settings(step), step)
+                             PrometheusEvidence(url), self.settings(step), step, labels)
         else:
             decision = Decision(policy.state, None, "none", policy.reason)
         self._record(step, decision)
@@ -76,9 +85,10 @@ class Rollout(Component):
     def settings(self, values) -> Settings:
         return Settings(min_requests=values.min_requests,
                         load_timeout_s=values.load_timeout_seconds,
-                        max_inconclusive=values.max_inconclusive)
+                        max_inconclusive=values.max_inconclusive,
+                        min_labels=values.min_labels)
 
-    def pending(self, params: dict, serving_dir: str) -> float | None:
+    def pending(self, params: dict, serving_dir: str, home_root: str = "") -> float | None:
         """For a deferring orchestrator: advances the rollout once; seconds to wait before
         the next call, or None when the step can run (a verdict, or nothing to drive)."""
         from components.pusher import serving_base
@@ -90,8 +100,11 @@ class Rollout(Component):
             return None
         settings = Settings(min_requests=params.get("min_requests", 20),
                             load_timeout_s=params.get("load_timeout_seconds", 600.0),
-                            max_inconclusive=params.get("max_inconclusive", 3))
-        return advance(base, params["model_name"], PrometheusEvidence(url), settings).wait_s
+                            max_inconclusive=params.get("max_inconclusive", 3),
+                            min_labels=params.get("min_labels", 10))
+        labels = delayed_labels(params.get("labels", ""), params.get("log_dir", ""), home_root)
+        return advance(base, params["model_name"], PrometheusEvidence(url), settings,
+                       labels=labels).wait_s
 
     def _promote_unobserved(self, step: Step, policy) -> None:
         note = (f"no model server to observe (set server_url or ${SERVER_ENV}): version "
@@ -122,12 +135,23 @@ class Rollout(Component):
         step.note(f"{state}: {report.reason}")
 
 
-def drive(base_path: str, model_name: str, evidence, settings: Settings, step: Step) -> Decision:
+def delayed_labels(labels: str, log_dir: str, home_root: str, log=None) -> DelayedLabels | None:
+    """The min_live_accuracy guard's evidence (None without `labels`). Raises
+    FileNotFoundError naming a `labels` path that does not exist."""
+    if not labels:
+        return None
+    if not os.path.exists(labels):
+        raise FileNotFoundError(f"labels {labels} (the Rollout's delayed labels) does not exist")
+    return DelayedLabels(labels, log_dir or os.path.join(home_root, "request_logs"), log)
+
+
+def drive(base_path: str, model_name: str, evidence, settings: Settings, step: Step,
+          labels: DelayedLabels | None = None) -> Decision:
     """Calls `advance` until a verdict, sleeping between windows (the local runner's way of
     waiting; Airflow defers instead). A termination signal stops it (StepInterrupted)."""
     while True:
         step.check_not_interrupted()
-        decision = advance(base_path, model_name, evidence, settings)
+        decision = advance(base_path, model_name, evidence, settings, labels=labels)
         if decision.event not in ("waiting", "none"):
             step.log.info("rollout %s: %s", decision.event, decision.reason)
         if decision.wait_s is None:

@@ -27,8 +27,10 @@ the same window — for blue-green, against stable's reference window before the
   max_prediction_distance  L-infinity distance of predicted-class shares (TFDV's categorical
                            drift measure; tensorflow_data_validation/anomalies/metrics.cc)
   min_shadow_agreement     same / (same + different) over the candidate's shadowed rows
-  min_live_accuracy        not evaluated from the server (delayed labels come from the
-                           traffic monitor); reported as "not judged"
+  min_live_accuracy        the candidate's accuracy on the delayed labels joined so far
+                           (components/rollout_labels.py): judged once `min_labels` of its
+                           answers have a label; until then, or without labels, "not judged"
+                           (labels come late: their absence never holds a rollout back)
 Under `shadow` the candidate answers no client, so the error and latency guards are not
 judged; its shadow answers give the agreement and the predicted-class shares.
 Practice followed: Flagger's canary analysis (step weights, an analysis per interval, a
@@ -78,9 +80,11 @@ class Decision:
 @dataclass
 class Settings:
     """min_requests: per compared version per window; load_timeout_s: for the candidate to
-    become AVAILABLE; max_inconclusive: windows in a row without enough evidence."""
+    become AVAILABLE; max_inconclusive: windows in a row without enough evidence;
+    min_labels: the candidate's labeled answers before min_live_accuracy judges."""
 
     min_requests: int = 20
+    min_labels: int = 10
     load_timeout_s: float = 600.0
     max_inconclusive: int = 3
 
@@ -89,10 +93,13 @@ NOT_JUDGED = "not judged: "  # a guard that cannot apply (never blocks, never co
 
 
 def evaluate_guards(policy: RolloutPolicy, candidate: VersionEvidence,
-                    stable: VersionEvidence, min_requests: int) -> list[GuardResult]:
+                    stable: VersionEvidence, min_requests: int,
+                    live: dict[int, tuple[int, int]] | None = None,
+                    min_labels: int = 10) -> list[GuardResult]:
     """Each guard's value for one window. Under `shadow` the candidate answers no client:
     error and latency guards are not judged (shadow calls are not client requests), and the
-    prediction distance compares the classes of its shadow answers."""
+    prediction distance compares the classes of its shadow answers. `live`: {version:
+    (labeled, correct)} from delayed labels (None: no labels configured)."""
     results = []
     shadow = policy.strategy == SHADOW
     answered = sum(candidate.class_counts.values()) if shadow else candidate.requests
@@ -101,9 +108,7 @@ def evaluate_guards(policy: RolloutPolicy, candidate: VersionEvidence,
              f"{stable.requests} requests (need {min_requests} each)")
     for name, threshold in sorted(policy.guards.items()):
         if name == "min_live_accuracy":
-            results.append(GuardResult(name, threshold, None, None,
-                                       NOT_JUDGED + "not available from the server (delayed "
-                                       "labels: pipewright monitor)"))
+            results.append(_live_accuracy(threshold, candidate.version, live, min_labels))
             continue
         if shadow and name in ("max_error_rate_ratio", "max_latency_p99_ratio"):
             results.append(GuardResult(name, threshold, None, None,
@@ -148,11 +153,28 @@ def evaluate_guards(policy: RolloutPolicy, candidate: VersionEvidence,
     return results
 
 
+def _live_accuracy(threshold: float, version: int, live: dict[int, tuple[int, int]] | None,
+                   min_labels: int) -> GuardResult:
+    name = "min_live_accuracy"
+    if live is None:
+        return GuardResult(name, threshold, None, None,
+                           NOT_JUDGED + "no delayed labels given to the rollout")
+    labeled, correct = live.get(version, (0, 0))
+    if labeled < min_labels:
+        return GuardResult(name, threshold, None, None,
+                           NOT_JUDGED + f"{labeled} of version {version}'s answers labeled so "
+                           f"far (judged from {min_labels})")
+    value = correct / labeled
+    return GuardResult(name, threshold, round(value, 6), value >= threshold,
+                       f"{correct} of {labeled} labeled answers of version {version} right")
+
+
 def advance(base_path: str, model_name: str, evidence, settings: Settings = Settings(),
-            now: float | None = None) -> Decision:
+            now: float | None = None, labels=None) -> Decision:
     """One step of the rollout in `<base_path>/rollout.json` (see the module docstring).
-    `evidence` has snapshot(model_name) -> Snapshot and available(model_name, version).
-    Raises RolloutConfigError when the file is invalid."""
+    `evidence` has snapshot(model_name) -> Snapshot and available(model_name, version);
+    `labels` (optional, rollout_labels.DelayedLabels) has counts(model_name) for the
+    min_live_accuracy guard. Raises RolloutConfigError when the file is invalid."""
     now = time.time() if now is None else now
     policy = read_policy(base_path)
     if policy is None or not policy.in_progress:
@@ -164,7 +186,7 @@ def advance(base_path: str, model_name: str, evidence, settings: Settings = Sett
     remaining = started + policy.bake_seconds - now
     if remaining > 0:
         return Decision(policy.state, remaining, "waiting")
-    return _judge(base_path, model_name, policy, evidence, settings, now)
+    return _judge(base_path, model_name, policy, evidence, settings, now, labels)
 
 
 def _start(base_path, model_name, policy, evidence, settings, now) -> Decision:
@@ -204,7 +226,7 @@ def _routing(policy: RolloutPolicy) -> str:
             f"{policy.candidate_version}")
 
 
-def _judge(base_path, model_name, policy, evidence, settings, now) -> Decision:
+def _judge(base_path, model_name, policy, evidence, settings, now, labels=None) -> Decision:
     try:
         end = evidence.snapshot(model_name)
     except EvidenceUnavailable as exc:
@@ -223,7 +245,10 @@ def _judge(base_path, model_name, policy, evidence, settings, now) -> Decision:
     reference = stable
     if switched:  # the old version serves nobody now: its window before the switch
         reference = VersionEvidence(old, **policy.window["reference"])
-    guards = evaluate_guards(policy, candidate, reference, settings.min_requests)
+    live = (labels.counts(model_name)
+            if labels is not None and "min_live_accuracy" in policy.guards else None)
+    guards = evaluate_guards(policy, candidate, reference, settings.min_requests, live,
+                             settings.min_labels)
     record = {"candidate": candidate.to_json(), "stable": stable.to_json(),
               "guards": [g.to_json() for g in guards]}
     failed = [g for g in guards if g.passed is False]

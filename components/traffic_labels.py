@@ -20,6 +20,10 @@ outputs): the class of the highest score; `classes` alone of shape [n]: that cla
 classify_log: the label of the highest-scoring class of each classification. Labels and
 classes compare as text (`1`, `1.0` and b"1" are the same class).
 
+A shadowed request (serving/shadow.py) was answered twice under one request id, by the
+stable version for the client and by the candidate in the shadow: its label counts once in
+`joined` and judges each version's own answer.
+
 A label whose request id (and instance) the log does not hold is counted as unjoined
 ("N labels did not join"); so is one whose request failed or whose response holds no
 classification.
@@ -176,7 +180,9 @@ def join_labels(labels: dict[tuple[str, int], str], log_dir: str, model_name: st
 
     quality = LiveQuality(labels=len(labels))
     wanted = {request_id for request_id, _ in labels}
-    predicted: dict[str, tuple[str, list[str]]] = {}
+    # request id -> {version: classes}: a shadowed request was answered by two versions
+    # (stable for the client, the candidate in the shadow), each judged on its own answer.
+    predicted: dict[str, dict[str, list[str]]] = {}
     for path in closed_log_files(log_dir, model_name):
         version = os.path.basename(os.path.dirname(path))
         damage: list[Exception] = []
@@ -190,22 +196,23 @@ def join_labels(labels: dict[tuple[str, int], str], log_dir: str, model_name: st
                 continue
             classes = predicted_classes(entry)
             if classes:
-                predicted[fields.request_id] = (version, classes)
+                predicted.setdefault(fields.request_id, {})[version] = classes
         if damage:
             log.warning("request log file %s is truncated or corrupt: its predictions "
                         "after the damage cannot be joined to labels", path)
     for (request_id, instance), label in sorted(labels.items()):
-        found = predicted.get(request_id)
-        if found is None or instance >= len(found[1]):
+        answers = {version: classes for version, classes in
+                   predicted.get(request_id, {}).items() if instance < len(classes)}
+        if not answers:
             quality.unjoined += 1
             if len(quality.unjoined_examples) < 5:
                 quality.unjoined_examples.append(
                     request_id if instance == 0 else f"{request_id}[{instance}]")
             continue
-        version, classes = found
         quality.joined += 1
-        quality.labeled[version] += 1
-        quality.correct[version] += int(classes[instance] == label)
+        for version, classes in answers.items():
+            quality.labeled[version] += 1
+            quality.correct[version] += int(classes[instance] == label)
     return quality
 
 

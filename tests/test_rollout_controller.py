@@ -307,3 +307,58 @@ def test_pusher_checks_runtime_params_by_their_default_and_choices():
                model_blessing=pipeline.component("Evaluator").outputs.blessing,
                model_name="penguin",
                rollout=Param("rollout", str, "canary", choices=("canary", "linear")))
+
+
+def test_min_live_accuracy_judges_the_candidates_own_labeled_answers_once_labels_arrive(
+        base, tmp_path):
+    """Delayed labels through the real request-log writers: a shadowed request was answered
+    by both versions under one request id; each version is judged on its own answer. Before
+    labels arrive the guard is not judged (the canary advances); once they do, a candidate
+    right on half of them is rolled back by this guard alone."""
+    from components.rollout_labels import DelayedLabels
+    from tests.test_traffic_monitor import (ROTATED, LogWriter, penguin_rows, raw_request,
+                                            write_labels)
+    from tensorflow_serving.apis import predict_pb2
+    import numpy as np
+    import tensorflow as tf
+
+    def answer(species):
+        response = predict_pb2.PredictResponse()
+        response.outputs["classes"].CopyFrom(tf.make_tensor_proto(np.array([species.encode()])))
+        return response
+
+    policy = read_policy(base)
+    policy.guards["min_live_accuracy"] = 0.7
+    write_policy(base, policy)
+    rows = [r for r in penguin_rows() if r["species"] in ROTATED][:40]
+    log_dir, labels_dir = tmp_path / "logs", tmp_path / "labels"
+    labels_dir.mkdir()
+    server, labels = Server(), DelayedLabels(str(labels_dir), str(log_dir))
+    server.loaded.add(2)
+    advance(base, "penguin", server, now=1002, labels=labels)
+    server.traffic(1, 900, SPECIES)
+    server.traffic(2, 100, SPECIES)
+    decision = advance(base, "penguin", server, now=1063, labels=labels)
+    live = next(g for g in decision.guards if g.name == "min_live_accuracy")
+    assert (decision.event, live.passed) == ("advanced", None), decision
+    assert "0 of version 2's answers labeled so far (judged from 10)" in live.detail
+
+    for version in (1, 2):  # stable answered each client; the candidate, in the shadow, too
+        writer = LogWriter(str(log_dir), version)
+        for i, row in enumerate(rows):
+            wrong = version == 2 and i % 2 == 1
+            writer.log(raw_request(row), request_id=f"r-{i}",
+                       response=answer(ROTATED[row["species"]] if wrong else row["species"]))
+        writer.close()
+    write_labels(labels_dir, "day1.csv", {f"r-{i}": row["species"] for i, row in
+                                          enumerate(rows)}, arrived=1100)
+    assert labels.counts("penguin") == {1: (40, 40), 2: (40, 20)}
+    server.traffic(1, 500, SPECIES)
+    server.traffic(2, 500, SPECIES)
+    decision = advance(base, "penguin", server, now=1124, labels=labels)
+    policy = read_policy(base)
+    assert (decision.event, policy.stable_version, policy.candidate_version) == \
+        ("rolled_back", 1, None)
+    assert policy.reason.endswith(
+        "min_live_accuracy 0.5 beyond 0.7 (20 of 40 labeled answers of version 2 right)"), \
+        policy.reason

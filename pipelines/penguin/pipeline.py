@@ -13,6 +13,7 @@ from components.infra_validator import InfraValidator
 from components.pusher import Pusher
 from components.resolver import LatestPushedModel
 from components.rollout import Rollout
+from components.rollout_policy import DEFAULT_GUARDS
 from components.schema_gen import ImportSchemaGen
 from components.statistics_gen import StatisticsGen
 from components.trainer import Trainer
@@ -40,6 +41,8 @@ def create_pipeline() -> Pipeline:
                     choices=("immediate", "canary", "shadow", "blue_green"))
     bake_seconds = Param("bake_seconds", float, 600.0, "bake window per rollout step (s)",
                          minimum=1)
+    labels = Param("labels", str, "", "delayed labels (a CSV/TFRecord file or a directory) "
+                   "judged by the rollout's min_live_accuracy guard")
 
     example_gen = ExampleGen(input_base=data_root, input_pattern=input_pattern)
     schema_gen = ImportSchemaGen(schema_file=SCHEMA_FILE)
@@ -71,14 +74,16 @@ def create_pipeline() -> Pipeline:
     pusher = Pusher(model=trainer.outputs.model, model_blessing=evaluator.outputs.blessing,
                     infra_blessing=infra_validator.outputs.blessing, model_name="penguin",
                     schema=schema_gen.outputs.schema,  # the Trainer's: served beside the model
-                    rollout=rollout, bake_seconds=bake_seconds)
+                    rollout=rollout, bake_seconds=bake_seconds,
+                    rollout_guards={**DEFAULT_GUARDS, "min_live_accuracy": 0.7})
     # Bakes the candidate on live traffic (5, 25, 50, 100 %), then promotes or rolls back.
-    rollout_step = Rollout(pushed_model=pusher.outputs.pushed_model, model_name="penguin")
+    rollout_step = Rollout(pushed_model=pusher.outputs.pushed_model, model_name="penguin",
+                           labels=labels)
     return Pipeline(
         "penguin",
         [example_gen, schema_gen, statistics_gen, example_validator, transform, tuner, trainer,
          baseline, evaluator, infra_validator, pusher, rollout_step],
         parameters=[data_root, input_pattern, train_steps, accuracy_threshold, tune, rollout,
-                    bake_seconds],
+                    bake_seconds, labels],
         description=__doc__,
     )
