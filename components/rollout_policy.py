@@ -18,6 +18,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from serving.rollout import unique_keys  # the server's JSON rule, so writer and server agree
+
 ROLLOUT_FILE = "rollout.json"
 IMMEDIATE, SHADOW, CANARY, BLUE_GREEN = "immediate", "shadow", "canary", "blue_green"
 STRATEGIES = (IMMEDIATE, SHADOW, CANARY, BLUE_GREEN)
@@ -136,7 +138,7 @@ def read_policy(base_path: str) -> RolloutPolicy | None:
     path = policy_path(base_path)
     try:
         with open(path, encoding="utf-8-sig") as fh:  # a BOM, as the server, is fine
-            raw = json.load(fh)
+            raw = json.load(fh, object_pairs_hook=unique_keys)
     except FileNotFoundError:
         return None
     except IsADirectoryError:

@@ -225,12 +225,23 @@ def read_policy(base_path: str, versions_on_disk=None) -> RolloutPolicy | None:
     except OSError as e:
         raise RolloutError(path, None, f"cannot be read: {e.strerror}") from None
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=unique_keys)
     except (ValueError, UnicodeDecodeError) as e:
         raise RolloutError(path, None, f"not valid JSON: {e}") from None
     except RecursionError:
         raise RolloutError(path, None, "not valid JSON: nested too deeply") from None
     return parse_policy(data, path, versions_on_disk)
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json object_pairs_hook: a key given twice is an error (json keeps the last silently,
+    so a hand-edited file could say `candidate_percent` twice and mean the first)."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
 
 
 def key_point(key: str, salt: bytes) -> float:

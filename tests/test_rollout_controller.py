@@ -278,7 +278,9 @@ def test_bad_shapes_deep_nesting_and_a_bom_in_rollout_files(base):
                           ('{"strategy": "immediate", "stable_version": 1, "reason": '
                            + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
                           ('{"strategy": "immediate", "stable_version": 1, '
-                           '"candidate_percent": 5}', "there is no candidate_version")):
+                           '"candidate_percent": 5}', "there is no candidate_version"),
+                          ('{"strategy": "immediate", "stable_version": 1, "stable_version": 2}',
+                           "key 'stable_version' appears twice")):
         with open(path, "w") as fh:
             fh.write(text)
         with pytest.raises(RolloutConfigError, match=message):

@@ -85,6 +85,11 @@ def test_read_policy_absent_invalid_json_and_valid(tmp_path):
     (tmp_path / "rollout.json").write_text("{strategy: canary")
     with pytest.raises(RolloutError, match=r"rollout\.json: not valid JSON"):
         read_policy(str(tmp_path), ON_DISK)
+    (tmp_path / "rollout.json").write_text('{"strategy": "canary", "stable_version": 1, '
+                                           '"candidate_version": 2, "candidate_percent": 5, '
+                                           '"candidate_percent": 50}')
+    with pytest.raises(RolloutError, match="key 'candidate_percent' appears twice"):
+        read_policy(str(tmp_path), ON_DISK)
     (tmp_path / "rollout.json").write_text(json.dumps({"strategy": "blue_green", "stable_version": 2,
                                                       "hold_versions": [1]}))
     p = read_policy(str(tmp_path), ON_DISK)
