@@ -1,6 +1,7 @@
 """A pipeline: components whose wiring forms a DAG, plus its runtime parameters."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,22 @@ class Pipeline:
                 wanted.add(id(node))
                 stack.extend(node.upstream)
         return [c for c in self.order if id(c) in wanted]
+
+    def with_defaults(self, **defaults: Any) -> "Pipeline":
+        """A copy of this pipeline whose runtime parameters default to `defaults` (each
+        checked as a run's value would be) — for a DAG whose runs that nobody triggers by
+        hand (the schedule, an asset event) should use other values than the pipeline's,
+        e.g. `build_dag(registry.load("penguin").with_defaults(rollout="shadow"))`. The
+        components are shared, not copied. Raises KeyError naming an unknown parameter,
+        TypeError / ValueError for a value its Param refuses."""
+        declared = {p.name for p in self.parameters}
+        unknown = sorted(set(defaults) - declared)
+        if unknown:
+            raise KeyError(f"pipeline {self.name!r} has no parameter(s) {unknown}; "
+                           f"its parameters are {sorted(declared)}")
+        parameters = [dataclasses.replace(p, default=p.coerce(defaults[p.name]))
+                      if p.name in defaults else p for p in self.parameters]
+        return dataclasses.replace(self, parameters=parameters)
 
     def resolve_params(self, values: dict[str, Any] | None) -> dict[str, Any]:
         """The run's parameter values: defaults overridden by `values`, type-checked.

@@ -259,6 +259,22 @@ def test_runtime_parameter_bounds_and_choices_are_enforced(tmp_path):
     assert scaled.resolve_params({"bar": "1e-3"}) == {"bar": 0.001}
 
 
+def test_with_defaults_changes_what_an_untriggered_run_uses_and_checks_each_value():
+    steps = Param("steps", int, 10, minimum=1, maximum=100)
+    mode = Param("mode", str, "fast", choices=("fast", "slow"))
+    pipeline = Pipeline("bounded", [MakeNumbers(count=steps)], parameters=[steps, mode])
+    nightly = pipeline.with_defaults(steps="20", mode="slow")
+    assert nightly.resolve_params({}) == {"steps": 20, "mode": "slow"}
+    assert nightly.resolve_params({"steps": 3}) == {"steps": 3, "mode": "slow"}
+    assert pipeline.resolve_params({}) == {"steps": 10, "mode": "fast"}, "the original stays"
+    with pytest.raises(KeyError, match=r"no parameter\(s\) \['colour'\]"):
+        pipeline.with_defaults(colour="red")
+    with pytest.raises(ValueError, match="'steps': 0 is below its minimum 1"):
+        pipeline.with_defaults(steps=0)
+    with pytest.raises(ValueError, match=r"'mode': 'medium' is not one of"):
+        pipeline.with_defaults(mode="medium")
+
+
 def test_metadata_store_is_sqlite_by_default_and_mysql_by_uri(tmp_path, monkeypatch):
     from pipelines.metadata import connection_config
 

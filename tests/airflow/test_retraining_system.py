@@ -3,14 +3,17 @@ dag-processor, triggerer) and the model server, as `make up` starts them.
 
 The model server serves the session's trained penguin model (`trained_penguin`, its serving
 directory through PIPEWRIGHT_SERVING_DIR; the home holds a copy of its metadata store) and
-logs every request (files closed after 2 s). Penguins whose body mass is 1.5 times larger
-and whose islands are swapped are sent over REST; the monitoring DAG `penguin_monitor`
-(the real one, registered_dags) judges them, and its RetrainingAlert task emits the
-retraining asset event. A training DAG scheduled on "nightly OR that asset"
-(the small wordcount pipeline, so the test stays short) is started by that event, and its
-run records the alert's report in ML Metadata: `pipewright lineage` leads from the
-published result to the report. A second shifted window within the cooldown alerts again:
-the alert task ends skipped, says why in its log, emits no event, and starts no run."""
+logs every request (files closed after 2 s). A day of penguins drawn from the training
+data is sent over REST first: the monitoring DAG `penguin_monitor` (the real one,
+registered_dags) records every feature's distance, all under threshold, and alerts nobody.
+Then penguins whose body mass is 1.5 times larger and whose islands are swapped: the monitor
+flags exactly those two features and its RetrainingAlert task emits the retraining asset
+event. The penguin training DAG, scheduled on "nightly OR that asset", is started by that
+event and trains a new model; its run records the alert's report in ML Metadata, so
+`pipewright lineage` leads from the new model back to the drift report. (The DAG's runs
+default to 100 train steps and an accuracy bound no model reaches, so nothing is pushed into
+the session's shared serving directory.) A second shifted window within the cooldown alerts
+again: the alert task ends skipped, says why in its log, emits no event, and starts no run."""
 from __future__ import annotations
 
 import json
@@ -30,30 +33,36 @@ from pipelines.airflow_adapter import pipewright_run_id
 from pipelines.home import Home
 from pipelines.metadata import Metadata
 from pipelines.services import Services
-from tests.airflow.conftest import REPO_ROOT, WORDCOUNT_PIPELINE
+from tests.airflow.conftest import REPO_ROOT
 from tests.airflow.system import free_port, wait_for_run
 
-MONITOR, RETRAIN = "penguin_monitor", "wordcount_retrain"
+MONITOR, RETRAIN = "penguin_monitor", "penguin_retrain"
+SHIFTED = ["body_mass_g", "island"]
+SERVED_FEATURES = {"island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm",
+                   "body_mass_g", "sex"}
 ASSET_URI = "pipewright://penguin/retraining-alert"
-DAG_FILE = f'''"""The test's DAGs: the registered penguin monitor, and a small training DAG on
-nightly OR the penguin retraining alert."""
+DAG_FILE = f'''"""The test's DAGs: the registered penguin monitor, and the penguin training DAG
+on nightly OR the penguin retraining alert, its runs defaulting to a short training that
+pushes nothing."""
 from pipelines import registry
 from pipelines.airflow_adapter import build_dag, registered_dags, retraining_asset
 
 penguin_monitor = registered_dags()["penguin_monitor"]
-wordcount_retrain = build_dag(registry.load({str(WORDCOUNT_PIPELINE)!r}), dag_id="{RETRAIN}",
-                              retries=0, retrain_on=retraining_asset("penguin"))
+penguin_retrain = build_dag(
+    registry.load("penguin").with_defaults(train_steps=100, accuracy_threshold=1.01),
+    dag_id="{RETRAIN}", retries=0, retrain_on=retraining_asset("penguin"))
 '''
 
 
-def shifted_instances(start: int, count: int | None = None) -> list[dict]:
+def shifted_instances(start: int, count: int | None = None, *, shift: bool = True) -> list[dict]:
     """serving_raw instances from every other palmerpenguins row from `start` (so the
     species mix, and the features left alone, stay as in training): body mass x 1.5,
-    Biscoe and Torgersen swapped (as tests/test_traffic_monitor.py shifted())."""
+    Biscoe and Torgersen swapped (as tests/test_traffic_monitor.py shifted()), unless
+    `shift` is False."""
     from tests.test_traffic_monitor import penguin_rows, shifted
 
     rows = [r for r in penguin_rows() if "NA" not in r.values()]
-    rows = shifted(rows)[start::2][:count]
+    rows = (shifted(rows) if shift else rows)[start::2][:count]
     return [{"island": r["island"], "bill_length_mm": float(r["bill_length_mm"]),
              "bill_depth_mm": float(r["bill_depth_mm"]),
              "flipper_length_mm": float(r["flipper_length_mm"]),
@@ -88,8 +97,9 @@ def wait_for_closed_logs(home: Path, count: int, timeout_s: float = 30) -> None:
         time.sleep(1)
 
 
-def finished(services: Services, dag_id: str, run_id: str) -> tuple[dict, dict[str, str]]:
-    run, states, failed_logs = wait_for_run(services, dag_id, run_id, 300)
+def finished(services: Services, dag_id: str, run_id: str,
+             timeout_s: float = 300) -> tuple[dict, dict[str, str]]:
+    run, states, failed_logs = wait_for_run(services, dag_id, run_id, timeout_s)
     assert run["state"] == "success", f"{dag_id} {run_id}: {run['state']} {states}\n{failed_logs}"
     return run, states
 
@@ -135,11 +145,43 @@ def services(trained_penguin, tmp_path_factory):
             os.environ["PIPEWRIGHT_SERVING_DIR"] = before
 
 
+def monitor_report(home: Path, monitor_run: str):
+    metadata = Metadata(str(home / "metadata.sqlite"))
+    context = metadata.run_context("penguin-monitor", pipewright_run_id(monitor_run))
+    return metadata.outputs_of_execution(
+        metadata.latest_in_run(context, "TrafficMonitor").id)["report"]
+
+
+def test_a_day_from_the_training_distribution_records_every_distance_and_alerts_nobody(
+        services):
+    system, home = services
+    instances = shifted_instances(0, shift=False)
+    send(system, instances, "usual")
+    wait_for_closed_logs(home, len(instances))
+
+    monitor_run = system.trigger(MONITOR, {})["dag_run_id"]
+    _, states = finished(system, MONITOR, monitor_run)
+    assert states == {"ServedModelLineage": "success", "TrafficMonitor": "success",
+                      "RetrainingAlert": "skipped"}, states
+    report = monitor_report(home, monitor_run)
+    assert (report.verdict, report.requests, report.flagged_features) == \
+        ("no drift", len(instances), []), report
+    distances = json.loads(report.distances)
+    assert set(distances) == SERVED_FEATURES, "every feature's distance is recorded"
+    for name, measured in distances.items():
+        assert measured["skew"]["flagged"] is False, (name, measured)
+        assert measured["skew"]["distance"] is not None, (name, measured)
+    assert "no alert: verdict no drift" in task_log(system, MONITOR, monitor_run,
+                                                    "RetrainingAlert")
+    assert asset_events(system) == [] and retrain_runs(system) == []
+
+
 def test_shifted_traffic_emits_the_alert_and_the_training_dag_runs_on_it(services):
     system, home = services
+    before = len(shifted_instances(0, shift=False))
     instances = shifted_instances(0)
     send(system, instances, "shifted")
-    wait_for_closed_logs(home, len(instances))
+    wait_for_closed_logs(home, before + len(instances))
 
     monitor_run = system.trigger(MONITOR, {})["dag_run_id"]
     _, states = finished(system, MONITOR, monitor_run)
@@ -147,11 +189,9 @@ def test_shifted_traffic_emits_the_alert_and_the_training_dag_runs_on_it(service
                       "RetrainingAlert": "success"}, states
 
     metadata = Metadata(str(home / "metadata.sqlite"))
-    context = metadata.run_context("penguin-monitor", pipewright_run_id(monitor_run))
-    report = metadata.outputs_of_execution(
-        metadata.latest_in_run(context, "TrafficMonitor").id)["report"]
+    report = monitor_report(home, monitor_run)
     assert report.verdict == "drift" and report.requests == len(instances)
-    assert {"body_mass_g", "island"} <= set(report.flagged_features), report.flagged_features
+    assert sorted(report.flagged_features) == SHIFTED, report.flagged_features
 
     [event] = asset_events(system)
     assert event["source_dag_id"] == MONITOR and event["source_run_id"] == monitor_run
@@ -161,33 +201,34 @@ def test_shifted_traffic_emits_the_alert_and_the_training_dag_runs_on_it(service
     assert extra["flagged_features"] == report.flagged_features
     assert extra["distances"]["body_mass_g"]["skew"]["flagged"] is True
 
-    # The event starts the training DAG (its schedule: nightly OR the asset).
+    # The event starts the penguin training DAG (its schedule: nightly OR the asset).
     deadline = time.monotonic() + 120
     while not retrain_runs(system) and time.monotonic() < deadline:
         time.sleep(2)
     [run] = retrain_runs(system)
     assert run["run_type"] == "asset_triggered", run
-    finished(system, RETRAIN, run["dag_run_id"])
+    _, states = finished(system, RETRAIN, run["dag_run_id"], timeout_s=900)
+    assert states["Trainer"] == "success" and states["Pusher"] == "skipped", states
 
-    # Its run context records the report; lineage leads from the result to the alert.
-    [record] = [r for r in metadata.runs("wordcount") if r["airflow_run_id"] == run["dag_run_id"]]
+    # Its run context records the report; lineage leads from the new model to the alert.
+    [record] = [r for r in metadata.runs("penguin") if r["airflow_run_id"] == run["dag_run_id"]]
     [trigger] = json.loads(record["triggered_by"])
     assert trigger["report_id"] == report.id and trigger["source_run_id"] == monitor_run
-    wordcount = metadata.run_context("wordcount", record["run_id"])
-    publish = metadata.latest_in_run(wordcount, "Publish")
-    publication = metadata.outputs_of_execution(publish.id)["publication"]
-    lineage = pipewright("lineage", str(publication.id), home)
+    penguin = metadata.run_context("penguin", record["run_id"])
+    trainer = metadata.latest_in_run(penguin, "Trainer")
+    model = metadata.outputs_of_execution(trainer.id)["model"]
+    lineage = pipewright("lineage", str(model.id), home)
     assert (f"was started by the retraining alert {ASSET_URI} of {MONITOR} run {monitor_run}: "
             f"TrafficReport #{report.id} (model penguin version "
             f"{extra['model_version']}; skew: ") in lineage, lineage
-    assert f"alerted: started run {record['run_id']} of wordcount" in \
+    assert f"alerted: started run {record['run_id']} of penguin" in \
         pipewright("lineage", str(report.id), home)
-    assert f"alert=TrafficReport#{report.id}" in pipewright("runs", "wordcount", home)
+    assert f"alert=TrafficReport#{report.id}" in pipewright("runs", "penguin", home)
 
 
 def test_a_second_alert_within_the_cooldown_is_suppressed_and_starts_nothing(services):
     system, home = services
-    first = len(shifted_instances(0))
+    first = len(shifted_instances(0, shift=False)) + len(shifted_instances(0))
     send(system, shifted_instances(1, 80), "shifted-again")
     wait_for_closed_logs(home, first + 80)
     monitor_run = system.trigger(MONITOR, {})["dag_run_id"]
