@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -51,3 +52,16 @@ def stop(process: subprocess.Popen, first: int = signal.SIGTERM, timeout_s: floa
         else:
             process.kill()
         process.wait(timeout=30)
+
+
+def last_line(log: Path, markers: tuple[str, ...] = ("FATAL", "PANIC", "ERROR")) -> str:
+    """The log's last line carrying one of `markers`, else its last line."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()
+                 if line.strip()]
+    except OSError:
+        return f"(no log at {log})"
+    for line in reversed(lines):
+        if any(marker in line for marker in markers):
+            return line
+    return lines[-1] if lines else f"(empty log {log})"

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.owned_process import stop as stop_process
+from pipelines.owned_process import last_line, stop as stop_process
 
 APT_PACKAGE = "postgresql"
 SYSTEM_USER = "postgres"  # Debian's package creates it
@@ -82,19 +82,6 @@ def _run_as() -> dict:
 def _own(path: Path, run_as: dict) -> None:
     if run_as:
         os.chown(path, run_as["user"], run_as["group"])
-
-
-def last_line(log: Path, markers: tuple[str, ...] = ("FATAL", "PANIC", "ERROR")) -> str:
-    """The log's last line carrying one of `markers`, else its last line."""
-    try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()
-                 if line.strip()]
-    except OSError:
-        return f"(no log at {log})"
-    for line in reversed(lines):
-        if any(marker in line for marker in markers):
-            return line
-    return lines[-1] if lines else f"(empty log {log})"
 
 
 def start(directory: str | os.PathLike, port: int, *, user: str = "airflow",
@@ -160,6 +147,21 @@ def _initdb(binaries: Path, root: Path, data: Path, user: str, password: str,
                                   f"(log {log})")
 
 
+def _fatal(log: Path) -> str:
+    """The log's last FATAL line with the DETAIL line PostgreSQL writes after it (e.g. which
+    version initialised a data directory this server cannot read)."""
+    line = last_line(log)
+    try:
+        lines = [entry.strip() for entry in log.read_text(errors="replace").splitlines()]
+    except OSError:
+        return line
+    if line in lines:
+        after = lines[len(lines) - 1 - lines[::-1].index(line) + 1:][:1]
+        if after and "DETAIL:" in after[0]:
+            return f"{line} {after[0][after[0].index('DETAIL:'):]}"
+    return line
+
+
 def _wait_and_create_database(server: PostgresServer, log: Path, timeout_s: float) -> None:
     import psycopg2
 
@@ -168,7 +170,7 @@ def _wait_and_create_database(server: PostgresServer, log: Path, timeout_s: floa
     while True:
         if server.process.poll() is not None:
             raise PostgresUnavailable(f"postgres on {server.directory} exited with "
-                                      f"{server.process.returncode}: {last_line(log)} "
+                                      f"{server.process.returncode}: {_fatal(log)} "
                                       f"(log {log})")
         try:
             connection = psycopg2.connect(host="127.0.0.1", port=server.port, user=server.user,

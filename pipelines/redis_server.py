@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.owned_process import apt_install, stop as stop_process
+from pipelines.owned_process import apt_install, last_line, stop as stop_process
 
 APT_PACKAGE = "redis-server"
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
@@ -64,15 +64,6 @@ class RedisServer:
         stop_process(self.process, signal.SIGTERM, timeout_s)
 
 
-def last_line(log: Path) -> str:
-    try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()
-                 if line.strip()]
-    except OSError:
-        return f"(no log at {log})"
-    return lines[-1] if lines else f"(empty log {log})"
-
-
 def start(directory: str | os.PathLike, port: int, *, timeout_s: float = 30) -> RedisServer:
     """Starts redis-server on 127.0.0.1:`port` (password made once, kept in
     `directory/password`). Raises RedisUnavailable naming its log's last line."""
@@ -100,8 +91,13 @@ def start(directory: str | os.PathLike, port: int, *, timeout_s: float = 30) -> 
     deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:
+            # Redis logs the cause ("... bind: Address already in use") as a warning, then
+            # "Failed listening on port ..., aborting": name both.
+            cause = last_line(log, ("Could not create server", "Fatal", "FATAL", "Bad directive"))
+            final = last_line(log, ("#",))
+            reason = final if cause == final else f"{cause}; {final}"
             raise RedisUnavailable(f"redis-server on port {port} exited with "
-                                   f"{process.returncode}: {last_line(log)} (log {log})")
+                                   f"{process.returncode}: {reason} (log {log})")
         if _ping(port, password):
             return server
         if time.monotonic() > deadline:
