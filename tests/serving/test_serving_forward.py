@@ -1,0 +1,282 @@
+"""Forwarding mode (issue 10, docker-compose): `pipewright serve --upstream_grpc_address=...`
+as the front door of a TF Serving compatible upstream.
+
+The upstream is our own server, in this process (there is no tensorflow_model_server binary
+here), made to ignore rollout.json as TF Serving does: it serves what its model config says
+(at start the newest version only), so every other version it loads, and every label it
+knows, came from the front door's HandleReloadConfigRequest — which it checks with TF
+Serving's label rule (a label may only name a version already AVAILABLE). The front door is a
+`python -m serving` subprocess on the same base path, with a canary rollout.json. Requests go
+through the official stubs and plain HTTP; what reached the upstream is read from the
+upstream's own per-version request metrics.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import requests
+
+from rollout_models import GRID
+from serving_harness import ServerProcess, free_port
+from test_serving_rollout import (MODEL, PROBE_X, delta, grpc_request, metrics, series,
+                                  version_of_scores, write_rollout)
+
+CANARY_PERCENT = 20
+RELOAD = "HandleReloadConfigRequest"
+
+
+@pytest.fixture(scope="module")
+def base(rollout_models, tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("forward") / MODEL
+    shutil.copytree(rollout_models, base)
+    write_rollout(base, strategy="canary", stable_version=1, candidate_version=2,
+                  candidate_percent=CANARY_PERCENT)
+    return base
+
+
+@pytest.fixture(scope="module")
+def monitoring(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("forward_config") / "monitoring.config"
+    path.write_text("prometheus_config { enable: true }\n")
+    return path
+
+
+class InProcessUpstream:
+    """Our ModelServer as the upstream: rest (base URL), grpc_target, reloads (the
+    CallRecords of every HandleReloadConfigRequest it received)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.rest = f"http://127.0.0.1:{server.rest_port}"
+        self.grpc_target = f"127.0.0.1:{server.grpc_port}"
+        self.reloads = []
+
+
+@pytest.fixture(scope="module")
+def upstream(base, monitoring):
+    from serving import model_manager
+    from serving.config import ServerOptions
+    from serving.server import ModelServer
+
+    with pytest.MonkeyPatch.context() as patch:
+        # TF Serving knows no rollout.json: the upstream follows its model config only.
+        patch.setattr(model_manager, "read_policy", lambda *args, **kwargs: None)
+        server = ModelServer(ServerOptions(
+            grpc_port=free_port(), rest_api_port=free_port(), model_name=MODEL,
+            model_base_path=str(base), file_system_poll_wait_seconds=0.2,
+            max_num_load_retries=0, monitoring_config_file=str(monitoring)))
+        server.start()
+        up = InProcessUpstream(server)
+        server.data_plane.observers.append(
+            lambda record: up.reloads.append(record) if record.method == RELOAD else None)
+        assert server.manager.loaded_versions() == {MODEL: [2]}  # latest, as configured
+        yield up
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def front_door(upstream, base, monitoring, log_dir):
+    proc = ServerProcess([f"--model_name={MODEL}", f"--model_base_path={base}",
+                          f"--upstream_grpc_address={upstream.grpc_target}",
+                          "--file_system_poll_wait_seconds=0.2", "--max_num_load_retries=0",
+                          f"--monitoring_config_file={monitoring}"], log_dir, "front_door").start()
+    yield proc
+    proc.stop()
+
+
+def stubs(target: str):
+    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    return (channel, prediction_service_pb2_grpc.PredictionServiceStub(channel),
+            model_service_pb2_grpc.ModelServiceStub(channel))
+
+
+@pytest.fixture(scope="module")
+def front(front_door):
+    channel, prediction, models = stubs(front_door.grpc_target)
+    yield prediction, models
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def direct(upstream):
+    channel, prediction, models = stubs(upstream.grpc_target)
+    yield prediction, models
+    channel.close()
+
+
+def version_states(models, name=MODEL) -> dict[int, int]:
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    return {s.version: s.state for s in models.GetModelStatus(request, timeout=10).model_version_status}
+
+
+def upstream_ok(before, after, version) -> float:
+    return delta(before, after, series(":pipewright:serving:version_request_count",
+                                       model_name=MODEL, version=version, status="OK"))
+
+
+def test_the_upstream_loads_every_version_the_policy_needs_labels_once_available(
+        front_door, upstream, front, direct, base):
+    available = 30
+    assert version_states(direct[1]) == {1: available, 2: available}
+    assert version_states(front[1]) == {1: available, 2: available}
+    assert upstream.reloads, "the front door sent no HandleReloadConfigRequest"
+    # The upstream applies TF Serving's label rule: a label naming a version that was not
+    # AVAILABLE yet would have failed the reload (FAILED_PRECONDITION).
+    assert [r.error for r in upstream.reloads if r.error is not None] == []
+    configs = [r.request.config.model_config_list.config for r in upstream.reloads]
+    # The front door names its own base path: both read it (a shared volume in compose).
+    assert all(len(c) == 1 and (c[0].name, c[0].base_path) == (MODEL, str(base)) for c in configs)
+    (last,) = configs[-1]
+    assert list(last.model_version_policy.specific.versions) == [1, 2]
+    assert dict(last.version_labels) == {"stable": 1, "canary": 2}
+    # Version 1 was not loaded upstream when the first config asked for it: no label for it.
+    (first,) = configs[0]
+    assert list(first.model_version_policy.specific.versions) == [1, 2]
+    assert "stable" not in first.version_labels
+    # The labels now work on the upstream itself, for clients that call it directly.
+    for label, version in (("stable", 1), ("canary", 2)):
+        response = direct[0].Predict(grpc_request(PROBE_X, label=label), timeout=10)
+        assert response.model_spec.version.value == version
+
+
+def test_answers_equal_the_upstreams_for_the_routed_version(front_door, upstream, front, direct):
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    seen = Counter()
+    for x in GRID[40:70] * 2:  # where the versions' scores differ beyond float noise
+        response = front[0].Predict(grpc_request(x), timeout=10)
+        version = response.model_spec.version.value
+        seen[version] += 1
+        assert response == direct[0].Predict(grpc_request(x, version=version), timeout=10)
+        assert version_of_scores(x, _scores(response)) == version
+    assert set(seen) == {1, 2}, seen  # 60 unpinned calls at 20 %: both versions answered
+    with requests.Session() as session:
+        for path, version in (("", None), ("/versions/1", 1), ("/labels/canary", 2)):
+            for x in (0.45, PROBE_X, 0.65):  # the versions disagree clearly here
+                body = json.dumps({"instances": [x]})
+                got = session.post(f"{front_door.rest}/v1/models/{MODEL}{path}:predict", data=body,
+                                   timeout=10)
+                assert got.status_code == 200, got.text
+                answered = version or version_of_scores(x, got.json()["predictions"][0])
+                want = session.post(f"{upstream.rest}/v1/models/{MODEL}/versions/{answered}:predict",
+                                    data=body, timeout=10)
+                assert got.json() == want.json()
+            metadata = session.get(f"{front_door.rest}/v1/models/{MODEL}{path}/metadata", timeout=10)
+            want_version = version or 1  # unpinned metadata: the stable version
+            want = session.get(f"{upstream.rest}/v1/models/{MODEL}/versions/{want_version}/metadata",
+                               timeout=10)
+            assert metadata.status_code == 200 and metadata.json() == want.json()
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = MODEL
+    request.model_spec.version.value = 2
+    assert front[0].GetModelMetadata(request, timeout=10) == direct[0].GetModelMetadata(request, timeout=10)
+
+
+def _scores(response):
+    from serving.tensor_proto import to_ndarray
+
+    return to_ndarray(response.outputs["scores"], "scores")[0]
+
+
+def test_the_canary_gets_its_share_of_unpinned_requests_upstream(front_door, upstream, front):
+    n = 1000
+    before = metrics(upstream)
+    front_before = metrics(front_door)
+    body = json.dumps({"instances": [PROBE_X]})
+    connection = http.client.HTTPConnection("127.0.0.1", front_door.rest_port, timeout=30)
+    rest = Counter()
+    try:
+        for _ in range(n // 2):
+            connection.request("POST", f"/v1/models/{MODEL}:predict", body,
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            text = response.read()
+            assert response.status == 200, text
+            rest[version_of_scores(PROBE_X, json.loads(text)["predictions"][0])] += 1
+    finally:
+        connection.close()
+    grpc_versions = Counter()
+    request = grpc_request(PROBE_X)
+    for _ in range(n // 2 // 50):
+        for future in [front[0].Predict.future(request, timeout=30) for _ in range(50)]:
+            grpc_versions[future.result().model_spec.version.value] += 1
+    after = metrics(upstream)
+    # What the upstream ran, per version: every call was forwarded, pinned to the routed version.
+    ran = {v: upstream_ok(before, after, v) for v in (1, 2)}
+    assert ran[1] + ran[2] == n
+    assert ran[2] == rest[2] + grpc_versions[2]
+    assert abs(ran[2] / n - CANARY_PERCENT / 100) <= 0.04, ran
+    front_after = metrics(front_door)
+    assert delta(front_before, front_after, series(
+        ":pipewright:serving:route_count", model_name=MODEL, version=2, route="canary")) == ran[2]
+
+
+def test_pinned_requests_are_never_rerouted(front_door, upstream, front):
+    before = metrics(upstream)
+    per = 25
+    with requests.Session() as session:
+        for path, want in (("/versions/1", 1), ("/labels/stable", 1), ("/versions/2", 2),
+                           ("/labels/canary", 2)):
+            for _ in range(per):
+                r = session.post(f"{front_door.rest}/v1/models/{MODEL}{path}:predict",
+                                 data=json.dumps({"instances": [PROBE_X]}), timeout=10)
+                assert r.status_code == 200 and version_of_scores(
+                    PROBE_X, r.json()["predictions"][0]) == want, (path, r.text)
+    for version, label, want in ((1, None, 1), (None, "stable", 1), (2, None, 2),
+                                 (None, "canary", 2)):
+        for _ in range(per):
+            response = front[0].Predict(grpc_request(PROBE_X, version=version, label=label),
+                                        timeout=10)
+            assert response.model_spec.version.value == want
+    after = metrics(upstream)
+    assert upstream_ok(before, after, 1) == upstream_ok(before, after, 2) == 4 * per
+
+
+def test_upstream_errors_keep_their_status_code(front_door, upstream, front, direct):
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving.tensor_proto import from_ndarray
+
+    bad = predict_pb2.PredictRequest()
+    bad.model_spec.name = MODEL
+    bad.model_spec.version.value = 1
+    from_ndarray(np.array([0.5], np.float32), bad.inputs["not_x"])
+    with pytest.raises(grpc.RpcError) as got:
+        front[0].Predict(bad, timeout=10)
+    with pytest.raises(grpc.RpcError) as want:
+        direct[0].Predict(bad, timeout=10)
+    assert got.value.code() == want.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert got.value.details() == want.value.details()
+    body = json.dumps({"inputs": {"x": [[0.5]]}})  # rank 2: the signature takes rank 1
+    r = requests.post(f"{front_door.rest}/v1/models/{MODEL}/versions/1:predict", data=body,
+                      timeout=10)
+    direct_r = requests.post(f"{upstream.rest}/v1/models/{MODEL}/versions/1:predict", data=body,
+                             timeout=10)
+    assert r.status_code == direct_r.status_code == 400
+    assert r.json() == direct_r.json()
+
+
+def test_an_unreachable_upstream_answers_unavailable_naming_it(front_door, upstream, front):
+    # Last in the module: the upstream stops for good.
+    upstream.server.stop()
+    with pytest.raises(grpc.RpcError) as got:
+        front[0].Predict(grpc_request(PROBE_X), timeout=10)
+    assert got.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert upstream.grpc_target in got.value.details()
+    r = requests.post(f"{front_door.rest}/v1/models/{MODEL}:predict",
+                      data=json.dumps({"instances": [PROBE_X]}), timeout=10)
+    assert r.status_code == 503 and upstream.grpc_target in r.json()["error"], r.text
+    assert front_door.alive()
