@@ -112,17 +112,9 @@ class Upstream:
         copied with model_spec.version = version (each task's, for MultiInference; version 0
         is version 0, not "latest"), the client's request id as x-request-id metadata.
         timeout: seconds (None: none). Raises ServingError (the upstream's status)."""
-        if method not in _METHODS:
-            raise ServingError(errors.UNIMPLEMENTED, f"{method} is not forwarded upstream")
-        forwarded = type(request)()
-        forwarded.CopyFrom(request)
-        specs = ([task.model_spec for task in forwarded.tasks] if method == "MultiInference"
-                 else [forwarded.model_spec])
-        for spec in specs:
-            spec.version.SetInParent()  # clears a version_label (the oneof)
-            spec.version.value = version
         call = getattr(self.prediction, method).future(
-            forwarded, timeout=timeout, metadata=(("x-request-id", request_id),))
+            pinned(method, request, version), timeout=timeout,
+            metadata=(("x-request-id", request_id),))
         try:
             return await _awaitable(call)
         except grpc.RpcError as e:
@@ -183,6 +175,24 @@ class Upstream:
             raise ServingError(response.status.error_code,
                                f"Upstream model server {self.address} refused the model config: "
                                f"{response.status.error_message}")
+
+
+def pinned(method: str, request, version: int):
+    """A copy of a Predict / Classify / Regress / MultiInference request whose model_spec (each
+    task's, for MultiInference) names `version`: the version field set even for 0 (TF Serving's
+    ServableRequestFromModelSpec reads has_version(), so 0 means version 0, not the latest),
+    any version_label cleared (the same oneof). Raises ServingError UNIMPLEMENTED for another
+    method."""
+    if method not in _METHODS:
+        raise ServingError(errors.UNIMPLEMENTED, f"{method} is not forwarded upstream")
+    forwarded = type(request)()
+    forwarded.CopyFrom(request)
+    specs = ([task.model_spec for task in forwarded.tasks] if method == "MultiInference"
+             else [forwarded.model_spec])
+    for spec in specs:
+        spec.version.SetInParent()
+        spec.version.value = version
+    return forwarded
 
 
 def _awaitable(call) -> asyncio.Future:

@@ -280,3 +280,21 @@ def test_an_unreachable_upstream_answers_unavailable_naming_it(front_door, upstr
                       data=json.dumps({"instances": [PROBE_X]}), timeout=10)
     assert r.status_code == 503 and upstream.grpc_target in r.json()["error"], r.text
     assert front_door.alive()
+
+
+def test_the_forwarded_request_names_the_chosen_version_even_version_0():
+    from tensorflow_serving.apis import inference_pb2, predict_pb2
+
+    from serving.upstream import pinned
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.version_label = MODEL, "canary"
+    forwarded = pinned("Predict", request, 0)
+    assert forwarded.model_spec.WhichOneof("version_choice") == "version"
+    assert forwarded.model_spec.version.value == 0
+    assert request.model_spec.version_label == "canary"  # the client's request, as logged
+    multi = inference_pb2.MultiInferenceRequest()
+    for signature in ("a", "b"):
+        multi.tasks.add().model_spec.name = MODEL
+    assert [t.model_spec.HasField("version") and t.model_spec.version.value
+            for t in pinned("MultiInference", multi, 3).tasks] == [3, 3]
