@@ -27,10 +27,11 @@ import requests
 from rollout_models import GRID
 from serving_harness import ServerProcess, free_port
 from test_serving_rollout import (MODEL, PROBE_X, delta, grpc_request, metrics, series,
-                                  version_of_scores, write_rollout)
+                                  version_of_scores, wait_for, write_rollout)
 
 CANARY_PERCENT = 20
 RELOAD = "HandleReloadConfigRequest"
+AVAILABLE, END = 30, 50  # ModelVersionStatus.State
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def upstream_ok(before, after, version) -> float:
 
 def test_the_upstream_loads_every_version_the_policy_needs_labels_once_available(
         front_door, upstream, front, direct, base):
-    available = 30
+    available = AVAILABLE
     assert version_states(direct[1]) == {1: available, 2: available}
     assert version_states(front[1]) == {1: available, 2: available}
     assert upstream.reloads, "the front door sent no HandleReloadConfigRequest"
@@ -267,6 +268,22 @@ def test_upstream_errors_keep_their_status_code(front_door, upstream, front, dir
                              timeout=10)
     assert r.status_code == direct_r.status_code == 400
     assert r.json() == direct_r.json()
+
+
+def test_a_policy_change_reaches_the_upstream_config(front_door, upstream, base, front, direct):
+    # The candidate is promoted: version 1 is not needed any more, here or upstream.
+    write_rollout(base, strategy="immediate", stable_version=2)
+    wait_for(lambda: version_states(direct[1]).get(1) == END, timeout=30,
+             what="version 1 unloaded upstream")
+    assert [r.error for r in upstream.reloads if r.error is not None] == []
+    (last,) = upstream.reloads[-1].request.config.model_config_list.config
+    assert list(last.model_version_policy.specific.versions) == [2]
+    assert dict(last.version_labels) == {"stable": 2}
+    assert version_states(front[1]) == {1: END, 2: AVAILABLE}
+    assert direct[0].Predict(grpc_request(PROBE_X, label="stable"),
+                             timeout=10).model_spec.version.value == 2
+    for _ in range(20):
+        assert front[0].Predict(grpc_request(PROBE_X), timeout=10).model_spec.version.value == 2
 
 
 def test_an_unreachable_upstream_answers_unavailable_naming_it(front_door, upstream, front):
