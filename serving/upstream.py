@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 STATUS_POLL_SECONDS = 0.2   # GetModelStatus polls while a version loads upstream
 _AVAILABLE, _END = 30, 50   # tensorflow.serving.ModelVersionStatus.State
+_KEEP = (10, 20, 30)        # START, LOADING, AVAILABLE
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -254,13 +255,18 @@ class UpstreamModels:
         config = model_server_config_pb2.ModelServerConfig()
         config.model_config_list.SetInParent()
         for model, versions, labels in self.manager.kept_versions():
+            available = states.get(model.name, {})
             if not versions:
-                continue  # nothing to load: the upstream keeps what it has until there is
+                # Not polled here yet (the manager loads models one after another), or its
+                # base path is unreadable: the upstream keeps what it serves, as leaving the
+                # model out of the list would unload it.
+                versions = sorted(v for v, (state, _) in available.items() if state in _KEEP)
+                if not versions:
+                    continue
             entry = config.model_config_list.config.add(
                 name=model.name, base_path=model.base_path,
                 model_platform=model.model_platform or "tensorflow")
             entry.model_version_policy.specific.versions.extend(versions)
-            available = states.get(model.name, {})
             for label, version in sorted(labels.items()):
                 if available.get(version, (None,))[0] == _AVAILABLE:
                     entry.version_labels[label] = version

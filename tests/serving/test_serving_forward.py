@@ -6,7 +6,8 @@ here), made to ignore rollout.json as TF Serving does: it serves what its model 
 (at start the newest version only), so every other version it loads, and every label it
 knows, came from the front door's HandleReloadConfigRequest — which it checks with TF
 Serving's label rule (a label may only name a version already AVAILABLE). The front door is a
-`python -m serving` subprocess on the same base path, with a canary rollout.json. Requests go
+`python -m serving` subprocess on the same model config file (the rollout classifiers, with a
+canary rollout.json, and the demo model for Classify / Regress / MultiInference). Requests go
 through the official stubs and plain HTTP; what reached the upstream is read from the
 upstream's own per-version request metrics.
 """
@@ -50,6 +51,15 @@ def monitoring(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def models_config(base, demo_model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("forward_models") / "models.config"
+    path.write_text("model_config_list {\n" + "".join(
+        f'  config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }}\n'
+        for name, path in ((MODEL, base), (demo_model.name, demo_model.base_path))) + "}\n")
+    return path
+
+
 class InProcessUpstream:
     """Our ModelServer as the upstream: rest (base URL), grpc_target, reloads (the
     CallRecords of every HandleReloadConfigRequest it received)."""
@@ -62,7 +72,7 @@ class InProcessUpstream:
 
 
 @pytest.fixture(scope="module")
-def upstream(base, monitoring):
+def upstream(models_config, monitoring, demo_model):
     from serving import model_manager
     from serving.config import ServerOptions
     from serving.server import ModelServer
@@ -71,21 +81,22 @@ def upstream(base, monitoring):
         # TF Serving knows no rollout.json: the upstream follows its model config only.
         patch.setattr(model_manager, "read_policy", lambda *args, **kwargs: None)
         server = ModelServer(ServerOptions(
-            grpc_port=free_port(), rest_api_port=free_port(), model_name=MODEL,
-            model_base_path=str(base), file_system_poll_wait_seconds=0.2,
+            grpc_port=free_port(), rest_api_port=free_port(),
+            model_config_file=str(models_config), file_system_poll_wait_seconds=0.2,
             max_num_load_retries=0, monitoring_config_file=str(monitoring)))
         server.start()
         up = InProcessUpstream(server)
         server.data_plane.observers.append(
             lambda record: up.reloads.append(record) if record.method == RELOAD else None)
-        assert server.manager.loaded_versions() == {MODEL: [2]}  # latest, as configured
+        # The latest version of each, as configured.
+        assert server.manager.loaded_versions() == {MODEL: [2], demo_model.name: [1]}
         yield up
         server.stop()
 
 
 @pytest.fixture(scope="module")
-def front_door(upstream, base, monitoring, log_dir):
-    proc = ServerProcess([f"--model_name={MODEL}", f"--model_base_path={base}",
+def front_door(upstream, models_config, monitoring, log_dir):
+    proc = ServerProcess([f"--model_config_file={models_config}",
                           f"--upstream_grpc_address={upstream.grpc_target}",
                           "--file_system_poll_wait_seconds=0.2", "--max_num_load_retries=0",
                           f"--monitoring_config_file={monitoring}"], log_dir, "front_door").start()
@@ -129,7 +140,7 @@ def upstream_ok(before, after, version) -> float:
 
 
 def test_the_upstream_loads_every_version_the_policy_needs_labels_once_available(
-        front_door, upstream, front, direct, base):
+        front_door, upstream, front, direct, base, demo_model):
     available = AVAILABLE
     assert version_states(direct[1]) == {1: available, 2: available}
     assert version_states(front[1]) == {1: available, 2: available}
@@ -137,14 +148,18 @@ def test_the_upstream_loads_every_version_the_policy_needs_labels_once_available
     # The upstream applies TF Serving's label rule: a label naming a version that was not
     # AVAILABLE yet would have failed the reload (FAILED_PRECONDITION).
     assert [r.error for r in upstream.reloads if r.error is not None] == []
-    configs = [r.request.config.model_config_list.config for r in upstream.reloads]
-    # The front door names its own base path: both read it (a shared volume in compose).
-    assert all(len(c) == 1 and (c[0].name, c[0].base_path) == (MODEL, str(base)) for c in configs)
-    (last,) = configs[-1]
+    configs = [{c.name: c for c in r.request.config.model_config_list.config}
+               for r in upstream.reloads]
+    # The front door names its own base paths: both read them (a shared volume in compose).
+    assert all(set(c) == {MODEL, demo_model.name} and c[MODEL].base_path == str(base)
+               for c in configs)
+    last = configs[-1][MODEL]
     assert list(last.model_version_policy.specific.versions) == [1, 2]
     assert dict(last.version_labels) == {"stable": 1, "canary": 2}
+    demo = configs[-1][demo_model.name]  # no rollout.json: its version policy (latest)
+    assert list(demo.model_version_policy.specific.versions) == [1] and not demo.version_labels
     # Version 1 was not loaded upstream when the first config asked for it: no label for it.
-    (first,) = configs[0]
+    first = configs[0][MODEL]
     assert list(first.model_version_policy.specific.versions) == [1, 2]
     assert "stable" not in first.version_labels
     # The labels now work on the upstream itself, for clients that call it directly.
@@ -270,13 +285,58 @@ def test_upstream_errors_keep_their_status_code(front_door, upstream, front, dir
     assert r.json() == direct_r.json()
 
 
+def test_classify_regress_and_multi_inference_are_forwarded(front_door, upstream, front, direct,
+                                                           demo_model):
+    from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
+
+    from serving.demo_model import make_example
+
+    def fill(request, signature, version=None):
+        spec = request.model_spec
+        spec.name, spec.signature_name = demo_model.name, signature
+        if version is not None:
+            spec.version.value = version
+        for features in demo_model.classify["examples"]:
+            request.input.example_list.examples.add().ParseFromString(make_example(features))
+        return request
+
+    before = metrics(upstream)
+    for version in (None, 1):
+        classify = fill(classification_pb2.ClassificationRequest(), "classify", version)
+        regress = fill(regression_pb2.RegressionRequest(), "regress", version)
+        got = front[0].Classify(classify, timeout=10)
+        assert got.result.classifications and got == direct[0].Classify(
+            fill(classification_pb2.ClassificationRequest(), "classify", 1), timeout=10)
+        got = front[0].Regress(regress, timeout=10)
+        assert got.result.regressions and got == direct[0].Regress(
+            fill(regression_pb2.RegressionRequest(), "regress", 1), timeout=10)
+    assert delta(before, metrics(upstream), series(
+        ":pipewright:serving:version_request_count", model_name=demo_model.name, version=1,
+        status="OK")) == 4 + 4  # the front door's calls ran upstream, beside the direct ones
+    multi = inference_pb2.MultiInferenceRequest()
+    for method, signature in (("tensorflow/serving/classify", "classify"),
+                              ("tensorflow/serving/regress", "regress")):
+        task = multi.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = demo_model.name, signature
+    multi.input.CopyFrom(fill(classification_pb2.ClassificationRequest(), "classify").input)
+    assert front[0].MultiInference(multi, timeout=10) == direct[0].MultiInference(multi, timeout=10)
+    with requests.Session() as session:
+        for verb in ("classify", "regress"):
+            body = json.dumps({"signature_name": verb, "examples": demo_model.classify["examples"]})
+            got = session.post(f"{front_door.rest}/v1/models/{demo_model.name}:{verb}", data=body,
+                               timeout=10)
+            want = session.post(f"{upstream.rest}/v1/models/{demo_model.name}/versions/1:{verb}",
+                                data=body, timeout=10)
+            assert got.status_code == want.status_code == 200 and got.json() == want.json()
+
+
 def test_a_policy_change_reaches_the_upstream_config(front_door, upstream, base, front, direct):
     # The candidate is promoted: version 1 is not needed any more, here or upstream.
     write_rollout(base, strategy="immediate", stable_version=2)
     wait_for(lambda: version_states(direct[1]).get(1) == END, timeout=30,
              what="version 1 unloaded upstream")
     assert [r.error for r in upstream.reloads if r.error is not None] == []
-    (last,) = upstream.reloads[-1].request.config.model_config_list.config
+    last = {c.name: c for c in upstream.reloads[-1].request.config.model_config_list.config}[MODEL]
     assert list(last.model_version_policy.specific.versions) == [2]
     assert dict(last.version_labels) == {"stable": 2}
     assert version_states(front[1]) == {1: END, 2: AVAILABLE}
