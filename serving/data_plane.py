@@ -458,20 +458,14 @@ class DataPlane:
         servable = self._servable(request.model_spec, ctx)
         if servable.upstream is not None:
             return await self._forward(ctx, request, servable)
-        servable, runner, inputs = self._examples_call(request, ctx, prepare)
+        runner = prepare(servable, request.model_spec.signature_name)
+        inputs = self.service.examples_input(serialized_examples(request.input))
         _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name,
                     servable.version)
         n = len(inputs["inputs"])
         outputs = await self._execute(ctx, runner, inputs, fetched_outputs(runner, method))
         fill(response.result, runner, outputs, n)
         return response
-
-    def _examples_call(self, request, ctx: RequestContext, prepare):
-        _require_spec(request)
-        servable = self._servable(request.model_spec, ctx)
-        runner = prepare(servable, request.model_spec.signature_name)
-        inputs = self.service.examples_input(serialized_examples(request.input))
-        return servable, runner, inputs
 
     async def _multi_inference(self, request, ctx: RequestContext):
         from tensorflow_serving.apis import inference_pb2
