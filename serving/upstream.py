@@ -241,6 +241,7 @@ class UpstreamModels:
         self.load_timeout = load_timeout_seconds
         self.poll_wait = poll_wait_seconds
         self._sent = None              # the last ModelServerConfig the upstream accepted
+        self._failure: str | None = None  # why the last sync_quietly failed
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -289,7 +290,7 @@ class UpstreamModels:
             config = self.desired_config(states)
             if config == self._sent and not lost:
                 return
-            if lost and config == self._sent:
+            if lost:
                 log.warning("upstream %s no longer serves %s: sending the model config again",
                             self.upstream.address, ", ".join(lost))
             self._sent = None
@@ -301,14 +302,22 @@ class UpstreamModels:
                                for c in config.model_config_list.config))
 
     def sync_quietly(self) -> None:
-        """sync(), logging instead of raising (listeners and the poll thread)."""
+        """sync(), logging instead of raising (listeners and the poll thread): a failure once
+        until it changes or the upstream answers again."""
         try:
             self.sync()
         except ServingError as e:
-            log.error("upstream %s: model config not sent: %s", self.upstream.address,
-                      e.status_string())
+            if e.status_string() != self._failure:
+                self._failure = e.status_string()
+                log.error("upstream %s: model config not sent: %s (retrying every poll)",
+                          self.upstream.address, self._failure)
+            return
         except Exception:
             log.exception("upstream %s: model config not sent", self.upstream.address)
+            return
+        if self._failure is not None:
+            log.info("upstream %s answers again", self.upstream.address)
+            self._failure = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._poll, name="upstream-sync", daemon=True)
@@ -329,6 +338,7 @@ class UpstreamModels:
         """Wait for `version` of `name` to be AVAILABLE upstream; its UpstreamServable.
         Raises ServingError: the upstream's load error, UNAVAILABLE (unreachable upstream),
         DEADLINE_EXCEEDED (not AVAILABLE within load_timeout_seconds)."""
+        from serving.model_manager import STATE_NAMES
         # The manager marked it LOADING: the config now names it. An upstream still starting
         # (compose starts both at once) is waited for, not counted as a failed load.
         self.sync(wait_for_ready=True)
@@ -345,7 +355,8 @@ class UpstreamModels:
                 raise ServingError(errors.DEADLINE_EXCEEDED,
                                    f"version {version} of model {name} did not become AVAILABLE on "
                                    f"upstream model server {self.upstream.address} within "
-                                   f"{self.load_timeout:g} s (last state: {state})")
-            time.sleep(STATUS_POLL_SECONDS)
+                                   f"{self.load_timeout:g} s (last state: "
+                                   f"{STATE_NAMES.get(state, 'unknown to the upstream')})")
+            self._stop.wait(STATUS_POLL_SECONDS)
         return UpstreamServable(name, version, path, self.upstream.signature_defs(name, version),
                                 self.upstream)

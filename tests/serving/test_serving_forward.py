@@ -55,8 +55,8 @@ def monitoring(tmp_path_factory) -> Path:
 def models_config(base, demo_model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("forward_models") / "models.config"
     path.write_text("model_config_list {\n" + "".join(
-        f'  config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }}\n'
-        for name, path in ((MODEL, base), (demo_model.name, demo_model.base_path))) + "}\n")
+        f'  config {{ name: "{name}" base_path: "{model_path}" model_platform: "tensorflow" }}\n'
+        for name, model_path in ((MODEL, base), (demo_model.name, demo_model.base_path))) + "}\n")
     return path
 
 
@@ -330,13 +330,39 @@ def test_classify_regress_and_multi_inference_are_forwarded(front_door, upstream
             assert got.status_code == want.status_code == 200 and got.json() == want.json()
 
 
+def last_config(upstream) -> dict:
+    """{model name: ModelConfig} of the last HandleReloadConfigRequest the upstream received."""
+    return {c.name: c for c in upstream.reloads[-1].request.config.model_config_list.config}
+
+
+def test_an_upstream_that_lost_a_version_gets_the_config_again(front_door, upstream, base, front,
+                                                               direct):
+    from serving import config as config_lib
+
+    # Blue-green: 2 serves, 1 is held (loaded, no label), for an instant revert.
+    write_rollout(base, strategy="blue_green", stable_version=2, hold_versions=[1])
+    wait_for(lambda: dict(last_config(upstream)[MODEL].version_labels) == {"stable": 2},
+             timeout=30, what="blue-green config upstream")
+    assert list(last_config(upstream)[MODEL].model_version_policy.specific.versions) == [1, 2]
+    # As a TF Serving restarted with its own config file would: the newest version only. What
+    # the front door wants has not changed; what the upstream serves has.
+    sent = len(upstream.reloads)
+    upstream.server.manager.apply_config(config_lib.model_server_config(upstream.server.options))
+    assert version_states(direct[1])[1] == END
+    wait_for(lambda: version_states(direct[1]).get(1) == AVAILABLE, timeout=30,
+             what="held version 1 loaded upstream again")
+    assert len(upstream.reloads) > sent
+    assert [r.error for r in upstream.reloads if r.error is not None] == []
+    assert front[0].Predict(grpc_request(PROBE_X, version=1), timeout=10).model_spec.version.value == 1
+
+
 def test_a_policy_change_reaches_the_upstream_config(front_door, upstream, base, front, direct):
     # The candidate is promoted: version 1 is not needed any more, here or upstream.
     write_rollout(base, strategy="immediate", stable_version=2)
     wait_for(lambda: version_states(direct[1]).get(1) == END, timeout=30,
              what="version 1 unloaded upstream")
     assert [r.error for r in upstream.reloads if r.error is not None] == []
-    last = {c.name: c for c in upstream.reloads[-1].request.config.model_config_list.config}[MODEL]
+    last = last_config(upstream)[MODEL]
     assert list(last.model_version_policy.specific.versions) == [2]
     assert dict(last.version_labels) == {"stable": 2}
     assert version_states(front[1]) == {1: END, 2: AVAILABLE}
