@@ -2,10 +2,13 @@
 as the front door of a TF Serving compatible upstream.
 
 The upstream is our own server, in this process (there is no tensorflow_model_server binary
-here), made to ignore rollout.json as TF Serving does: it serves what its model config says
-(at start the newest version only), so every other version it loads, and every label it
-knows, came from the front door's HandleReloadConfigRequest — which it checks with TF
-Serving's label rule (a label may only name a version already AVAILABLE). The front door is a
+here), made to behave as TF Serving does where ours differs: it ignores rollout.json and
+serves what its model config says (at start the newest version only), so every other version
+it loads, and every label it knows, came from the front door's HandleReloadConfigRequest; and
+its reload checks the labels against the versions AVAILABLE at that moment, then answers
+without waiting for new versions of a model it already serves (server_core.cc ReloadConfig:
+UpdateModelVersionLabelMap first, then WaitUntilModelsAvailable for new models only), each
+load taking a while — so the front door has to poll GetModelStatus for them. The front door is a
 `python -m serving` subprocess on the same model config file (the rollout classifiers, with a
 canary rollout.json, and the demo model for Classify / Regress / MultiInference). Requests go
 through the official stubs and plain HTTP; what reached the upstream is read from the
@@ -17,7 +20,9 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -31,6 +36,7 @@ from test_serving_rollout import (MODEL, PROBE_X, delta, grpc_request, metrics, 
                                   version_of_scores, wait_for, write_rollout)
 
 CANARY_PERCENT = 20
+LOAD_SECONDS = 0.5  # each load upstream
 RELOAD = "HandleReloadConfigRequest"
 AVAILABLE, END = 30, 50  # ModelVersionStatus.State
 
@@ -73,18 +79,27 @@ class InProcessUpstream:
 
 @pytest.fixture(scope="module")
 def upstream(models_config, monitoring, demo_model):
-    from serving import model_manager
+    from serving import model_manager, servable
     from serving.config import ServerOptions
     from serving.server import ModelServer
 
-    with pytest.MonkeyPatch.context() as patch:
+    load_servable = servable.load_servable
+
+    def slow_load(*args):
+        time.sleep(LOAD_SECONDS)
+        return load_servable(*args)
+
+    with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(1) as loads:
         # TF Serving knows no rollout.json: the upstream follows its model config only.
         patch.setattr(model_manager, "read_policy", lambda *args, **kwargs: None)
+        patch.setattr(servable, "load_servable", slow_load)
         server = ModelServer(ServerOptions(
             grpc_port=free_port(), rest_api_port=free_port(),
             model_config_file=str(models_config), file_system_poll_wait_seconds=0.2,
             max_num_load_retries=0, monitoring_config_file=str(monitoring)))
         server.start()
+        server.data_plane._reload_config = lambda request, ctx: tf_serving_reload(
+            server.manager, request, loads)
         up = InProcessUpstream(server)
         server.data_plane.observers.append(
             lambda record: up.reloads.append(record) if record.method == RELOAD else None)
@@ -92,6 +107,20 @@ def upstream(models_config, monitoring, demo_model):
         assert server.manager.loaded_versions() == {MODEL: [2], demo_model.name: [1]}
         yield up
         server.stop()
+
+
+async def tf_serving_reload(manager, request, loads):
+    """HandleReloadConfigRequest as TF Serving answers it (see the module docstring): the
+    labels checked now (FAILED_PRECONDITION), the versions loaded after the answer, in order."""
+    from tensorflow_serving.apis import model_management_pb2
+
+    manager._resolve_labels(request.config.model_config_list)
+    config = type(request.config)()
+    config.CopyFrom(request.config)
+    loads.submit(manager.apply_config, config)
+    response = model_management_pb2.ReloadConfigResponse()
+    response.status.error_code = 0
+    return response
 
 
 @pytest.fixture(scope="module")
