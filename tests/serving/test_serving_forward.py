@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 import requests
 
-from rollout_models import GRID
+from rollout_models import GRID, write_broken_version
 from serving_harness import ServerProcess, free_port
 from test_serving_rollout import (MODEL, PROBE_X, delta, grpc_request, metrics, series,
                                   version_of_scores, wait_for, write_rollout)
@@ -398,6 +398,36 @@ def test_a_policy_change_reaches_the_upstream_config(front_door, upstream, base,
     assert direct[0].Predict(grpc_request(PROBE_X, label="stable"),
                              timeout=10).model_spec.version.value == 2
     for _ in range(20):
+        assert front[0].Predict(grpc_request(PROBE_X), timeout=10).model_spec.version.value == 2
+
+
+def test_a_candidate_that_fails_to_load_upstream_leaves_stable_serving(front_door, upstream, base,
+                                                                       front, direct):
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    write_broken_version(base / "3")
+    write_rollout(base, strategy="canary", stable_version=2, candidate_version=3,
+                  candidate_percent=50)
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.version.value = 3
+
+    def ended(models):
+        """Version 3's ModelVersionStatus once END; None before (NOT_FOUND: not seen yet)."""
+        try:
+            (entry,) = models.GetModelStatus(request, timeout=10).model_version_status
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND, e
+            return None
+        return entry if entry.state == END else None
+
+    upstream_status = wait_for(lambda: ended(direct[1]), timeout=30, what="3 failed upstream")
+    front_status = wait_for(lambda: ended(front[1]), timeout=30, what="3 failed in the front door")
+    assert upstream_status.status.error_code == front_status.status.error_code != 0
+    assert front_status.status.error_message.startswith(
+        f"upstream model server {upstream.grpc_target}: ")
+    assert upstream_status.status.error_message in front_status.status.error_message
+    for _ in range(40):
         assert front[0].Predict(grpc_request(PROBE_X), timeout=10).model_spec.version.value == 2
 
 
