@@ -32,8 +32,9 @@ import requests
 
 from rollout_models import GRID, write_broken_version
 from serving_harness import ServerProcess, free_port
-from test_serving_rollout import (MODEL, PROBE_X, delta, grpc_request, metrics, series,
-                                  version_of_scores, wait_for, write_rollout)
+from test_serving_rollout import (MODEL, PROBE_X, delta, grpc_request, metrics, read_logs,
+                                  series, version_of_scores, wait_for, wait_generation,
+                                  write_rollout)
 
 CANARY_PERCENT = 20
 LOAD_SECONDS = 0.5  # each load upstream
@@ -57,13 +58,35 @@ def monitoring(tmp_path_factory) -> Path:
     return path
 
 
+LOGGING = ('logging_config { log_collector_config { type: "tfrecord" filename_prefix: "requests" }'
+           ' sampling_config { sampling_rate: 1 } }')
+
+
+def write_models_config(path: Path, base: Path, demo_model, clf_extra: str = "") -> Path:
+    path.write_text("model_config_list {\n" + "".join(
+        f'  config {{ name: "{name}" base_path: "{model_path}" model_platform: "tensorflow" {extra} }}\n'
+        for name, model_path, extra in ((MODEL, base, clf_extra),
+                                        (demo_model.name, demo_model.base_path, ""))) + "}\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def models_config(base, demo_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("forward_models") / "models.config"
-    path.write_text("model_config_list {\n" + "".join(
-        f'  config {{ name: "{name}" base_path: "{model_path}" model_platform: "tensorflow" }}\n'
-        for name, model_path in ((MODEL, base), (demo_model.name, demo_model.base_path))) + "}\n")
-    return path
+    """The upstream's model config (TF Serving's open-source binary refuses a logging_config)."""
+    return write_models_config(tmp_path_factory.mktemp("forward_models") / "models.config",
+                               base, demo_model)
+
+
+@pytest.fixture(scope="module")
+def front_door_config(base, demo_model, tmp_path_factory) -> Path:
+    """The same models; the front door logs clf's requests."""
+    return write_models_config(tmp_path_factory.mktemp("forward_models") / "front.config",
+                               base, demo_model, LOGGING)
+
+
+@pytest.fixture(scope="module")
+def request_log_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("forward_request_log")
 
 
 class InProcessUpstream:
@@ -124,8 +147,10 @@ async def tf_serving_reload(manager, request, loads):
 
 
 @pytest.fixture(scope="module")
-def front_door(upstream, models_config, monitoring, log_dir):
-    proc = ServerProcess([f"--model_config_file={models_config}",
+def front_door(upstream, front_door_config, monitoring, request_log_dir, log_dir):
+    proc = ServerProcess([f"--model_config_file={front_door_config}",
+                          f"--request_log_dir={request_log_dir}",
+                          "--request_log_max_file_age_seconds=0.3",
                           f"--upstream_grpc_address={upstream.grpc_target}",
                           "--file_system_poll_wait_seconds=0.2", "--max_num_load_retries=0",
                           f"--monitoring_config_file={monitoring}"], log_dir, "front_door").start()
@@ -182,6 +207,8 @@ def test_the_upstream_loads_every_version_the_policy_needs_labels_once_available
     # The front door names its own base paths: both read them (a shared volume in compose).
     assert all(set(c) == {MODEL, demo_model.name} and c[MODEL].base_path == str(base)
                for c in configs)
+    # Only what TF Serving needs: no logging_config (its open-source binary refuses one).
+    assert not any(c[MODEL].HasField("logging_config") for c in configs)
     last = configs[-1][MODEL]
     assert list(last.model_version_policy.specific.versions) == [1, 2]
     assert dict(last.version_labels) == {"stable": 1, "canary": 2}
@@ -312,6 +339,46 @@ def test_upstream_errors_keep_their_status_code(front_door, upstream, front, dir
                              timeout=10)
     assert r.status_code == direct_r.status_code == 400
     assert r.json() == direct_r.json()
+
+
+def test_shadow_calls_are_forwarded_and_both_answers_logged_by_the_front_door(
+        front_door, upstream, base, request_log_dir):
+    from serving.request_log import request_log_fields
+    from serving.tensor_proto import to_ndarray
+
+    wait_generation(front_door, write_rollout(base, strategy="shadow", stable_version=1,
+                                              candidate_version=2, shadow_percent=100))
+    before, front_before = metrics(upstream), metrics(front_door)
+    xs = GRID[40:70]
+    with requests.Session() as session:
+        for i, x in enumerate(xs):
+            r = session.post(f"{front_door.rest}/v1/models/{MODEL}:predict",
+                             data=json.dumps({"instances": [x]}),
+                             headers={"X-Request-Id": f"fwd-shadow-{i}"}, timeout=10)
+            assert r.status_code == 200 and version_of_scores(x, r.json()["predictions"][0]) == 1
+
+    def pairs():
+        found = {}
+        for entry in read_logs(request_log_dir):
+            extra = request_log_fields(entry)
+            if extra.request_id.startswith("fwd-shadow-"):
+                found.setdefault(extra.request_id, {})[extra.route] = entry
+        return found if len(found) == len(xs) and all(len(p) == 2 for p in found.values()) else None
+
+    found = wait_for(pairs, what="both answers of every shadowed call in the front door's log")
+    for i, x in enumerate(xs):
+        for route, version in (("stable", 1), ("shadow", 2)):
+            entry = found[f"fwd-shadow-{i}"][route]
+            assert entry.log_metadata.model_spec.version.value == version
+            assert version_of_scores(x, to_ndarray(entry.predict_log.response.outputs["scores"],
+                                                   "scores")[0]) == version
+    after = metrics(upstream)
+    # Both calls ran upstream, each on its version; the front door compared the answers.
+    assert upstream_ok(before, after, 1) == upstream_ok(before, after, 2) == len(xs)
+    compared = sum(delta(front_before, metrics(front_door), series(
+        ":pipewright:serving:shadow_comparison_count", model_name=MODEL, version=2,
+        agreement=agreement)) for agreement in ("same", "different"))
+    assert compared == len(xs)
 
 
 def test_classify_regress_and_multi_inference_are_forwarded(front_door, upstream, front, direct,
