@@ -195,9 +195,8 @@ def upstream_ok(before, after, version) -> float:
 
 def test_the_upstream_loads_every_version_the_policy_needs_labels_once_available(
         front_door, upstream, front, direct, base, demo_model):
-    available = AVAILABLE
-    assert version_states(direct[1]) == {1: available, 2: available}
-    assert version_states(front[1]) == {1: available, 2: available}
+    assert version_states(direct[1]) == {1: AVAILABLE, 2: AVAILABLE}
+    assert version_states(front[1]) == {1: AVAILABLE, 2: AVAILABLE}
     assert upstream.reloads, "the front door sent no HandleReloadConfigRequest"
     # The upstream applies TF Serving's label rule: a label naming a version that was not
     # AVAILABLE yet would have failed the reload (FAILED_PRECONDITION).
