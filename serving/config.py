@@ -67,6 +67,8 @@ class ServerOptions:
     rate_limit_requests_per_second: float = 0.0
     rate_limit_burst: int = 0
     rate_limit_max_clients: int = 10000
+    upstream_grpc_address: str = ""
+    upstream_load_timeout_seconds: float = 600.0
     extra: dict = field(default_factory=dict)
 
 
@@ -177,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     flag("rate_limit_max_clients", int, d.rate_limit_max_clients,
          "clients whose buckets are kept; the least recently seen is dropped first "
          "(pipewright extension)")
+    # Forwarding mode (serving/upstream.py); docs/rollout.md "In front of TF Serving".
+    flag("upstream_grpc_address", str, d.upstream_grpc_address,
+         "HOST:PORT of a TF Serving compatible gRPC model server (e.g. tensorflow/serving) to "
+         "forward model calls to: this server keeps REST and gRPC, rollout.json routing, "
+         "request logs, per-version metrics, data quality and admission, and sends each "
+         "Predict / Classify / Regress call upstream pinned to the version it chose; it drives "
+         "the upstream's versions and labels with HandleReloadConfigRequest (model_version_policy "
+         "specific) and needs to read the same base paths; empty: serve the models here "
+         "(pipewright extension)")
+    flag("upstream_load_timeout_seconds", float, d.upstream_load_timeout_seconds,
+         "with --upstream_grpc_address: how long a version may take to become AVAILABLE "
+         "upstream before the load attempt fails (and is retried per --max_num_load_retries) "
+         "(pipewright extension)")
     return parser
 
 
@@ -232,6 +247,16 @@ def validate_options(options: ServerOptions) -> None:
     if options.rate_limit_burst and not options.rate_limit_requests_per_second:
         raise ServingError(INVALID_ARGUMENT, "--rate_limit_burst is set without "
                            "--rate_limit_requests_per_second")
+    if options.upstream_grpc_address:
+        host, sep, port = options.upstream_grpc_address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ServingError(INVALID_ARGUMENT, "--upstream_grpc_address must be HOST:PORT, "
+                               f"got {options.upstream_grpc_address!r}")
+        if options.enable_batching:
+            raise ServingError(INVALID_ARGUMENT, "--enable_batching has no effect with "
+                               "--upstream_grpc_address: batch on the upstream model server")
+    if options.upstream_load_timeout_seconds <= 0:
+        raise ServingError(INVALID_ARGUMENT, "--upstream_load_timeout_seconds must be positive")
     if options.rate_limit_max_clients <= 0:
         raise ServingError(INVALID_ARGUMENT, "--rate_limit_max_clients must be positive")
 

@@ -25,6 +25,12 @@ compared with stable's (serving/shadow.py) and handed to the observers as a Call
 shadow=True and the same request id. Shadow calls are not counted in TF Serving's metrics nor
 in version_request_count.
 
+Forwarding (--upstream_grpc_address, serving/upstream.py) enters here too, once: a servable
+whose `upstream` is set is served by another model server, so Predict / Classify / Regress /
+MultiInference on it become a gRPC call upstream pinned to the version resolved here (routing,
+metrics, observers and shadow calls unchanged); metadata and status come from the servable
+and the model manager as for a local version.
+
 Methods are coroutines to be awaited on the transport's event loop. Model calls go to the
 batch scheduler when batching is on, else to this object's thread pool; calls that block for
 long (MultiInference, config reloads) run on the same pool.
@@ -384,6 +390,12 @@ class DataPlane:
             self._notify(CallRecord(ctx, method, ctx.model_name, candidate.version, request,
                                     response, error, latency, shadow=True))
 
+    async def _forward(self, ctx: RequestContext, request, servable):
+        """The model call of a version served upstream (--upstream_grpc_address,
+        serving/upstream.py): the same call, pinned to the version chosen here."""
+        return await servable.upstream.forward(ctx.method, request, servable.version,
+                                               ctx.timeout, ctx.request_id)
+
     async def _execute(self, ctx: RequestContext, runner, inputs, outputs=None):
         future = self.service.submit_on_loop(runner, inputs, outputs)
         if future is None:
@@ -404,6 +416,8 @@ class DataPlane:
 
         _require_spec(request)
         servable = self._servable(request.model_spec, ctx)
+        if servable.upstream is not None:
+            return await self._forward(ctx, request, servable)
         key = request.model_spec.signature_name or DEFAULT_SIGNATURE
         runner = servable.runners.get(key)
         if runner is None:
@@ -440,7 +454,12 @@ class DataPlane:
                                method: str, fill):
         """Classify and Regress: the same call on serialized examples; only the signature
         method and how the result is filled differ."""
-        servable, runner, inputs = self._examples_call(request, ctx, prepare)
+        _require_spec(request)
+        servable = self._servable(request.model_spec, ctx)
+        if servable.upstream is not None:
+            return await self._forward(ctx, request, servable)
+        runner = prepare(servable, request.model_spec.signature_name)
+        inputs = self.service.examples_input(serialized_examples(request.input))
         _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name,
                     servable.version)
         n = len(inputs["inputs"])
@@ -448,18 +467,15 @@ class DataPlane:
         fill(response.result, runner, outputs, n)
         return response
 
-    def _examples_call(self, request, ctx: RequestContext, prepare):
-        _require_spec(request)
-        servable = self._servable(request.model_spec, ctx)
-        runner = prepare(servable, request.model_spec.signature_name)
-        inputs = self.service.examples_input(serialized_examples(request.input))
-        return servable, runner, inputs
-
     async def _multi_inference(self, request, ctx: RequestContext):
         from tensorflow_serving.apis import inference_pb2
 
         if request.tasks:
             ctx.model_name = request.tasks[0].model_spec.name
+            servable = self.service.servable_for(request.tasks[0].model_spec)
+            if servable.upstream is not None:
+                ctx.version = servable.version
+                return await self._forward(ctx, request, servable)
         # Runs its tasks one after another, blocking on each model call: off the loop.
         servable, results = await asyncio.get_running_loop().run_in_executor(
             self.executor, self.service.multi_inference, request)

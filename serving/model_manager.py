@@ -425,6 +425,29 @@ class ModelManager:
             raise ServingError(errors.NOT_FOUND, f"Could not find any versions of model {name}")
         return sorted(snapshot, key=lambda item: -item[0])
 
+    def kept_versions(self) -> list[tuple[object, list[int], dict[str, int]]]:
+        """[(ModelConfig, versions, labels)] per model of the current config (lock-free
+        snapshot): the versions this manager aspires to or still holds (START, LOADING,
+        AVAILABLE; a version unaspired but still serving until its successor is AVAILABLE
+        included), and the version labels (the config's, overridden by the rollout's "stable"
+        and "canary") that name one of them. What a forwarding front door asks the upstream
+        model server to load (serving/upstream.py)."""
+        models, active, labels = self._models, self._active, self._labels
+        plan = []
+        for name in sorted(active):
+            model = models.get(name)
+            if model is None:
+                continue
+            records = dict(model.versions)
+            versions = sorted(v for v, r in records.items()
+                              if r.state in (START, LOADING, AVAILABLE))
+            named = dict(labels.get(name, {}))
+            if model.rollout is not None:
+                named.update(model.rollout.labels)
+            plan.append((model.config, versions,
+                         {label: v for label, v in named.items() if v in versions}))
+        return plan
+
     def model_configs(self) -> list:
         """The ModelConfig of each model in the current config, by name (lock-free snapshot)."""
         models, active = self._models, self._active

@@ -113,6 +113,8 @@ def _spec(alias: str, info) -> TensorSpec:
 class Servable:
     """A loaded SavedModel version. Immutable once built; shared by all request threads."""
 
+    upstream = None  # run here (serving/upstream.py UpstreamServable: run by another server)
+
     def __init__(self, name: str, version: int, path: str, meta_graph, functions: dict, model):
         self.name = name
         self.version = version

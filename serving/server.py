@@ -57,8 +57,16 @@ class ModelServer:
         self.metrics = ServingMetrics()
         self.data_quality = DataQuality(self.metrics)
 
+        self.upstream = self.upstream_models = None
+        if options.upstream_grpc_address:
+            from serving.upstream import Upstream
+            self.upstream = Upstream(options.upstream_grpc_address)
+
         def load(name, version, path):
-            servable = load_servable(name, version, path, tags)
+            if self.upstream_models is not None:
+                servable = self.upstream_models.load(name, version, path)
+            else:
+                servable = load_servable(name, version, path, tags)
             self.data_quality.version_loaded(name, version, path)  # its schema, when it loads
             return servable
 
@@ -71,7 +79,17 @@ class ModelServer:
             load_retry_interval_micros=options.load_retry_interval_micros,
             allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models)
         self.service = InferenceService(self.manager, self.metrics, self.batcher)
-        if options.enable_model_warmup:
+        if self.upstream is not None:
+            from serving.upstream import UpstreamModels
+            # The upstream loads, warms up and runs the models; this manager follows it.
+            self.upstream_models = UpstreamModels(
+                self.upstream, self.manager,
+                load_timeout_seconds=options.upstream_load_timeout_seconds,
+                poll_wait_seconds=options.file_system_poll_wait_seconds)
+            self.manager.listeners.append(self.upstream_models.sync_quietly)
+            log.info("Forwarding model calls to the upstream model server at %s",
+                     options.upstream_grpc_address)
+        elif options.enable_model_warmup:
             iterations = options.num_request_iterations_for_warmup or 1
             self.manager._warmup = lambda servable: self.service.warmup(servable, iterations)
         self.manager.listeners.append(
@@ -79,6 +97,8 @@ class ModelServer:
         self.manager.listeners.append(lambda: self.metrics.set_rollouts(self.manager.rollout_status()))
         self.manager.apply_config(self.model_config)
         self.manager.start()
+        if self.upstream_models is not None:
+            self.upstream_models.start()
 
         cpus = os.cpu_count() or 1
         # One pool for both transports' model calls: each keeps the threads its flag gives it.
@@ -214,8 +234,12 @@ class ModelServer:
             self.data_plane.stop()
         if getattr(self, "batcher", None) is not None:
             self.batcher.stop()
+        if getattr(self, "upstream_models", None) is not None:
+            self.upstream_models.stop()
         if getattr(self, "manager", None) is not None:
             self.manager.stop()
+        if getattr(self, "upstream", None) is not None:
+            self.upstream.close()
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:

@@ -157,7 +157,8 @@ def test_compose_prometheus_scrapes_both_servers_and_grafana_is_provisioned():
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     assert (REPO / mounts["/var/lib/grafana/dashboards"] / "pipewright-serving.json").is_file()
     front = services["pipewright-serving"]
-    assert "--model_config_file=/config/models.config" in front["command"]
+    # The front door serves TF Serving's model (flags: tests/serving/test_serving_config.py).
+    assert "--model_base_path=/models/penguin" in front["command"]
 
 
 def test_grafana_panels_query_series_the_model_server_exports(live):

@@ -71,6 +71,56 @@ def test_compose_config_files_exist_and_parse(service):
     assert flags["enable_batching"] == "true"
 
 
+def test_compose_front_door_forwards_to_tf_serving_with_flags_our_server_accepts(service):
+    """pipewright-serving's command parses with `pipewright serve`'s own flag parser and passes
+    its start-up checks; it forwards to the serving service's gRPC port, reads the model TF
+    Serving loads from the same directory at the same path, and TF Serving does not re-read
+    its config file (which would undo the versions and labels the front door sets)."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    front = compose["services"]["pipewright-serving"]
+    assert front["entrypoint"] == ["pipewright", "serve"]
+    options = config_lib.parse_args(front["command"])
+    config_lib.validate_options(options)
+
+    host, port = options.upstream_grpc_address.rsplit(":", 1)
+    assert host == "serving" and host in compose["services"]
+    assert port == "8500" and any(p.endswith(":8500") for p in service["ports"])
+    assert "serving" in front["depends_on"]
+
+    front_mounts, tf_mounts = _mounts(front), _mounts(service)
+    assert front_mounts["/models"] == tf_mounts["/models"]  # the same push directory
+    models = text_format.Parse((REPO / tf_mounts["/config"] / "models.config").read_text(),
+                               model_server_config_pb2.ModelServerConfig())
+    front_config = config_lib.model_server_config(options)
+    assert [(c.name, c.base_path) for c in front_config.model_config_list.config] == \
+        [(c.name, c.base_path) for c in models.model_config_list.config]
+    assert options.monitoring_config_file.startswith("/config/") and \
+        front_mounts["/config"] == tf_mounts["/config"]
+    assert int(_flags(service).get("model_config_file_poll_wait_seconds", "0")) == 0
+
+
+def test_upstream_flags():
+    options = config_lib.parse_args(["--model_base_path=/x", "--upstream_grpc_address=serving:8500",
+                                     "--upstream_load_timeout_seconds=30"])
+    assert (options.upstream_grpc_address, options.upstream_load_timeout_seconds) == ("serving:8500", 30)
+    config_lib.validate_options(options)
+    help_text = config_lib.build_parser().format_help()
+    assert "--upstream_grpc_address" in help_text and "HandleReloadConfigRequest" in help_text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--upstream_grpc_address=serving"], "--upstream_grpc_address must be HOST:PORT, got 'serving'"),
+    (["--upstream_grpc_address=serving:http"], "--upstream_grpc_address must be HOST:PORT"),
+    (["--upstream_grpc_address=serving:8500", "--enable_batching"],
+     "--enable_batching has no effect with --upstream_grpc_address"),
+    (["--upstream_load_timeout_seconds=0"], "--upstream_load_timeout_seconds must be positive"),
+])
+def test_invalid_upstream_flags(argv, message):
+    with pytest.raises(ServingError) as info:
+        config_lib.validate_options(config_lib.parse_args(["--model_base_path=/x", *argv]))
+    assert info.value.message.startswith(message)
+
+
 def test_our_protos_match_tf_serving_wire_format():
     batching = protos.BatchingParameters()
     batching.max_batch_size.value = 64
