@@ -37,7 +37,15 @@ Loopback only. With a cached model the run takes 3-5 minutes: SERVING_BENCH_SECO
 point (1.5; half that per reference point), SERVING_BENCH_ROUNDS (4), SERVING_BENCH_BUDGET
 (225 s from the model being ready to the batching report: a round that would overrun it is
 skipped, at least one round runs per mode), and SERVING_BENCH_ROUTING_ROUNDS (8) for the
-routing points. `--only routing` runs the routing points alone. `--json PATH` writes every
+routing points. Request-logging overhead (serving/request_log.py): a fourth server, without
+batching, serves three models (the same SavedModel) from one --model_config_file: without a
+logging_config, with sampling_rate 0.1 and with 1.0; each point alternates its requests among
+them (REST, then gRPC, concurrency 1), and the figures are medians over the same number of
+rounds of the on / off ratios of p50, p99 and mean latency (at c=1 on one connection the
+throughput cost, off / on, is the mean-latency ratio); target: at 100 % sampling, p50 and
+throughput within 10 % of logging off. A model logging records it should not, or a sampled
+count outside 5 standard deviations of rate x requests, is a broken benchmark.
+`--only routing` / `--only logging` runs those points alone. `--json PATH` writes every
 round's figures.
 """
 
@@ -104,10 +112,12 @@ def free_port() -> int:
 def summarize(latencies: list[float], elapsed: float, rows: int = 1, errors: int = 0) -> dict:
     """Latency percentiles and throughput (rows/s) of the successful calls only."""
     if not latencies:
-        return {"p50": float("nan"), "p99": float("nan"), "rps": 0.0, "n": 0, "errors": errors}
+        return {"p50": float("nan"), "p99": float("nan"), "mean": float("nan"), "rps": 0.0,
+                "n": 0, "errors": errors}
     values = np.sort(np.asarray(latencies))
     return {"p50": float(values[len(values) // 2]) * 1e3,
             "p99": float(values[min(len(values) - 1, int(len(values) * 0.99))]) * 1e3,
+            "mean": float(values.mean()) * 1e3,
             "rps": len(values) * rows / elapsed, "n": len(values), "errors": errors}
 
 
@@ -537,10 +547,11 @@ POLICIES = ("immediate", "canary")
 
 
 async def alternating_rest(port: int, paths: dict, body: bytes, seconds: float) -> dict:
-    """One connection, requests alternating between the policies' models: {policy: latencies},
-    plus "errors"."""
-    out = {policy: [] for policy in POLICIES}
-    out["errors"] = 0
+    """One connection, requests alternating between the variants' models (the keys of
+    `paths`, in order): {variant: latencies}, plus "errors"."""
+    variants = list(paths)
+    out = {variant: [] for variant in variants}
+    out["errors"], out["sent"] = 0, dict.fromkeys(variants, 0)
     messages = {policy: (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
                          ).encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
                 for policy, path in paths.items()}
@@ -550,9 +561,10 @@ async def alternating_rest(port: int, paths: dict, body: bytes, seconds: float) 
         deadline = warm_until + seconds
         i = 0
         while time.perf_counter() < deadline and i < MAX_REQUESTS_PER_POINT:
-            policy = POLICIES[i % 2]
+            policy = variants[i % len(variants)]
             i += 1
             t = time.perf_counter()
+            out["sent"][policy] += 1
             writer.write(messages[policy])
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
@@ -571,17 +583,19 @@ async def alternating_grpc(port: int, grpc_requests: dict, output: str, seconds:
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    out = {policy: [] for policy in POLICIES}
-    out["errors"] = 0
+    variants = list(grpc_requests)
+    out = {variant: [] for variant in variants}
+    out["errors"], out["sent"] = 0, dict.fromkeys(variants, 0)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         warm_until = time.perf_counter() + WARM_SECONDS
         deadline = warm_until + seconds
         i = 0
         while time.perf_counter() < deadline and i < MAX_REQUESTS_PER_POINT:
-            policy = POLICIES[i % 2]
+            policy = variants[i % len(variants)]
             i += 1
             t = time.perf_counter()
+            out["sent"][policy] += 1
             try:
                 response = await stub.Predict(grpc_requests[policy], timeout=30)
             except grpc.aio.AioRpcError:
@@ -681,10 +695,121 @@ def report_routing(results: dict, timing: dict) -> None:
               f"(info)")
 
 
+SAMPLING = {"off": None, "10%": 0.1, "100%": 1.0}
+LOGGING_TARGET = 1.10  # 100 % sampling: p50 and 1/throughput at most 10 % above logging off
+
+
+def run_logging(model: Model, requests: Requests, workdir: Path, results: dict) -> dict:
+    """Request logging off, at 10 % and at 100 % sampling on one server: three models in one
+    --model_config_file (the same SavedModel), two with TF Serving's `logging_config`
+    (serving/request_log.py), each point alternating its requests among the three, so every
+    sampling rate meets the same machine at the same moments. Broken: a model logging records
+    it should not, or 100 % logging fewer records than it answered."""
+    root = workdir / "logging"
+    log_dir = root / "request_logs"
+    names = {variant: f"{model.name}-log{variant.rstrip('%')}" for variant in SAMPLING}
+    entries = []
+    for variant, name in names.items():
+        shutil.copytree(model.base / "1", root / name / "1")
+        rate = SAMPLING[variant]
+        logging = ("" if rate is None else
+                   f' logging_config {{ log_collector_config {{ type: "tfrecord" '
+                   f'filename_prefix: "requests" }} sampling_config {{ sampling_rate: {rate} }} }}')
+        entries.append(f'  config {{ name: "{name}" base_path: "{root / name}" '
+                       f'model_platform: "tensorflow"{logging} }}')
+    config = root / "models.config"
+    config.write_text("model_config_list {\n" + "\n".join(entries) + "\n}\n")
+    started = time.perf_counter()
+    proc, grpc_port, rest_port, log_path = start_server(
+        model, workdir, False, base=root,
+        extra_args=[f"--model_config_file={config}", f"--request_log_dir={log_dir}"])
+    timing = {"startup": time.perf_counter() - started, "rounds": []}
+    output = next(iter(requests.expected))
+    paths = {variant: f"/v1/models/{name}:predict" for variant, name in names.items()}
+    grpc_requests = {}
+    for variant, name in names.items():
+        grpc_requests[variant] = type(requests.grpc_request)()
+        grpc_requests[variant].CopyFrom(requests.grpc_request)
+        grpc_requests[variant].model_spec.name = name
+    answered = dict.fromkeys(SAMPLING, 0)
+    try:
+        for path in paths.values():  # warm: TensorFlow's first runs of a function
+            for _ in range(30):
+                with urllib.request.urlopen(urllib.request.Request(
+                        f"http://127.0.0.1:{rest_port}{path}", data=requests.rest_body,
+                        method="POST"), timeout=30) as r:
+                    r.read()
+        for variant in SAMPLING:
+            answered[variant] += 30
+        for _ in range(ROUTING_ROUNDS):
+            started = time.perf_counter()
+            for api in ("REST", "gRPC"):
+                if api == "REST":
+                    point = asyncio.run(alternating_rest(rest_port, paths, requests.rest_body,
+                                                         SECONDS))
+                else:
+                    point = asyncio.run(alternating_grpc(grpc_port, grpc_requests, output,
+                                                         SECONDS))
+                if proc.poll() is not None:
+                    raise BenchBroken(f"the logging server died: {tail(log_path)}")
+                for variant in SAMPLING:
+                    answered[variant] += point["sent"][variant]
+                    result = summarize(point[variant], SECONDS / len(SAMPLING),
+                                       errors=point["errors"] // len(SAMPLING))
+                    results.setdefault(("logging", variant, api), []).append(result)
+            timing["rounds"].append(time.perf_counter() - started)
+        time.sleep(1.0)  # the writer thread drains its queue
+        text = scrape_text(rest_port)
+        for variant, name in names.items():
+            logged = scrape_value(text, f':pipewright:serving:request_log_records{{model_name='
+                                        f'"{name}",version="1"}}')
+            dropped = scrape_value(text, f':pipewright:serving:request_log_dropped{{model_name='
+                                         f'"{name}"}}')
+            timing[variant] = {"answered": answered[variant], "logged": logged,
+                               "dropped": dropped}
+            rate, n = SAMPLING[variant], answered[variant]
+            if rate is None and logged:
+                raise BenchBroken(f"{name} has no logging_config but logged {logged:.0f} records")
+            if rate is not None:
+                expected, sd = n * rate, (n * rate * (1 - rate)) ** 0.5
+                if abs(logged + dropped - expected) > 5 * sd + 1:
+                    raise BenchBroken(f"{name} logged {logged:.0f} (+{dropped:.0f} dropped) of "
+                                      f"{n} requests at sampling rate {rate}")
+        return timing
+    finally:
+        stop_server(proc)
+
+
+def report_logging(results: dict, timing: dict) -> None:
+    print()
+    print(f"request logging (no batching, c=1, requests alternating among three models of one "
+          f"server, the same SavedModel: logging off, sampling 10 %, sampling 100 %): server up "
+          f"in {timing['startup']:.1f} s, {len(timing['rounds'])} rounds of "
+          f"{', '.join(f'{r:.0f}' for r in timing['rounds'])} s; records logged / requests: "
+          + ", ".join(f"{v} {timing[v]['logged']:.0f}/{timing[v]['answered']} "
+                      f"({timing[v]['dropped']:.0f} dropped)" for v in SAMPLING))
+    for api in ("REST", "gRPC"):
+        off = results[("logging", "off", api)]
+        for variant in ("10%", "100%"):
+            on = results[("logging", variant, api)]
+            p50 = [o["p50"] / f["p50"] for o, f in zip(on, off)]
+            p99 = [o["p99"] / f["p99"] for o, f in zip(on, off)]
+            # c=1 on one connection: throughput is 1 / mean latency, so the cost in
+            # throughput (off / on) is the ratio of mean latencies
+            cost = [o["mean"] / f["mean"] for o, f in zip(on, off)]
+            target = variant == "100%"
+            print(f"  {api:<4} {variant:>4}: p50 {med(o['p50'] for o in on):.3f} ms vs off "
+                  f"{med(f['p50'] for f in off):.3f} ms, ratio {med(p50):.3f} {spread(p50, '.3f')}; "
+                  f"p99 ratio {med(p99):.3f}; throughput off/on {med(cost):.3f}"
+                  + (f"; target <= {LOGGING_TARGET:.2f}: "
+                     f"{verdict(max(med(p50), med(cost)) <= LOGGING_TARGET)}" if target
+                     else " (info)"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="also write every round's figures here")
-    parser.add_argument("--only", choices=["routing"], help="run only these points")
+    parser.add_argument("--only", choices=["routing", "logging"], help="run only these points")
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -730,15 +855,21 @@ def run(workdir: Path, json_path: str | None, only: str | None = None) -> int:
             # Each mode gets its share of what is left of the budget.
             timings["on" if batching else "off"] = run_mode(batching, model, requests, runner,
                                                            public_call, workdir, results, end, 2 - i)
-    routing_timing = run_routing(model, requests, workdir, results)
+    routing_timing = (run_routing(model, requests, workdir, results)
+                      if only in (None, "routing") else None)
+    logging_timing = (run_logging(model, requests, workdir, results)
+                      if only in (None, "logging") else None)
     if only is None:
-        report(model, {k: v for k, v in results.items() if k[0] != "routing"}, timings,
-               time.perf_counter() - t0, load_before, os.getloadavg())
-    report_routing(results, routing_timing)
+        report(model, {k: v for k, v in results.items() if k[0] not in ("routing", "logging")},
+               timings, time.perf_counter() - t0, load_before, os.getloadavg())
+    if routing_timing is not None:
+        report_routing(results, routing_timing)
+    if logging_timing is not None:
+        report_logging(results, logging_timing)
     if json_path:
         Path(json_path).write_text(json.dumps(
             {"model": model.description, "seconds": SECONDS,
-             "timings": dict(timings, routing=routing_timing),
+             "timings": dict(timings, routing=routing_timing, logging=logging_timing),
              "points": [{"batching": k[0], "c": k[1], "kind": k[2], "rounds": v} for k, v in results.items()]},
             indent=1))
     requests_total = sum(r["n"] + r["errors"] for k, v in results.items() if k[2] in ("REST", "gRPC") for r in v)
