@@ -609,6 +609,17 @@ async def alternating_grpc(port: int, grpc_requests: dict, output: str, seconds:
     return out
 
 
+def requests_per_model(requests: Requests, names: dict) -> tuple[dict, dict]:
+    """The REST path and the gRPC PredictRequest of each variant's model ({variant: name})."""
+    paths = {variant: f"/v1/models/{name}:predict" for variant, name in names.items()}
+    grpc_requests = {}
+    for variant, name in names.items():
+        grpc_requests[variant] = type(requests.grpc_request)()
+        grpc_requests[variant].CopyFrom(requests.grpc_request)
+        grpc_requests[variant].model_spec.name = name
+    return paths, grpc_requests
+
+
 def run_routing(model: Model, requests: Requests, workdir: Path, results: dict) -> dict:
     """Immediate vs canary policy on one server (see the module docstring): two models in one
     --model_config_file, the same SavedModel as versions 1 and 2 of each, one with an
@@ -630,12 +641,7 @@ def run_routing(model: Model, requests: Requests, workdir: Path, results: dict) 
         model, workdir, False, base=root, extra_args=[f"--model_config_file={config}"])
     timing = {"startup": time.perf_counter() - started, "rounds": []}
     output = next(iter(requests.expected))
-    paths = {policy: f"/v1/models/{name}:predict" for policy, name in names.items()}
-    grpc_requests = {}
-    for policy, name in names.items():
-        grpc_requests[policy] = type(requests.grpc_request)()
-        grpc_requests[policy].CopyFrom(requests.grpc_request)
-        grpc_requests[policy].model_spec.name = name
+    paths, grpc_requests = requests_per_model(requests, names)
     try:
         # Both versions of both models answer, and are warm (TensorFlow's first runs of a
         # loaded function are not routing).
@@ -725,12 +731,7 @@ def run_logging(model: Model, requests: Requests, workdir: Path, results: dict) 
         extra_args=[f"--model_config_file={config}", f"--request_log_dir={log_dir}"])
     timing = {"startup": time.perf_counter() - started, "rounds": []}
     output = next(iter(requests.expected))
-    paths = {variant: f"/v1/models/{name}:predict" for variant, name in names.items()}
-    grpc_requests = {}
-    for variant, name in names.items():
-        grpc_requests[variant] = type(requests.grpc_request)()
-        grpc_requests[variant].CopyFrom(requests.grpc_request)
-        grpc_requests[variant].model_spec.name = name
+    paths, grpc_requests = requests_per_model(requests, names)
     answered = dict.fromkeys(SAMPLING, 0)
     try:
         for path in paths.values():  # warm: TensorFlow's first runs of a function

@@ -110,7 +110,19 @@ def _spec(alias: str, info) -> TensorSpec:
     return TensorSpec(alias, info.name, info.dtype, shape)
 
 
-class Servable:
+class MetadataCache:
+    """Per-version memo of responses built from its immutable signatures (GetModelMetadata)."""
+
+    _metadata_cache: dict
+
+    def cached(self, key, build):
+        value = self._metadata_cache.get(key)
+        if value is None:
+            value = self._metadata_cache[key] = build()
+        return value
+
+
+class Servable(MetadataCache):
     """A loaded SavedModel version. Immutable once built; shared by all request threads."""
 
     upstream = None  # run here (serving/upstream.py UpstreamServable: run by another server)
@@ -123,13 +135,7 @@ class Servable:
         self.runners = {key: SignatureRunner(key, sig, functions.get(key))
                         for key, sig in meta_graph.signature_def.items()}
         self._model = model  # keeps the loaded object (and its variables) alive
-        self._metadata_cache: dict = {}
-
-    def cached(self, key, build):
-        value = self._metadata_cache.get(key)
-        if value is None:
-            value = self._metadata_cache[key] = build()
-        return value
+        self._metadata_cache = {}
 
 
 def read_saved_model(path: str):

@@ -39,7 +39,7 @@ import grpc
 
 from serving import errors
 from serving.errors import ServingError
-from serving.servable import SignatureRunner
+from serving.servable import MetadataCache, SignatureRunner
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ _CHANNEL_OPTIONS = [
 _METHODS = ("Predict", "Classify", "Regress", "MultiInference")
 
 
-class UpstreamServable:
+class UpstreamServable(MetadataCache):
     """One version served by the upstream: what the DataPlane reads of a local Servable
     (name, version, path, signature_defs, runners for REST's input dtypes, cached) plus
     `upstream`, the Upstream its calls are forwarded to. Its runners have no function: a
@@ -69,13 +69,7 @@ class UpstreamServable:
         self.signature_defs = signature_defs
         self.runners = {key: SignatureRunner(key, sig, None) for key, sig in signature_defs.items()}
         self.upstream = upstream
-        self._metadata_cache: dict = {}
-
-    def cached(self, key, build):
-        value = self._metadata_cache.get(key)
-        if value is None:
-            value = self._metadata_cache[key] = build()
-        return value
+        self._metadata_cache = {}
 
 
 class Upstream:
