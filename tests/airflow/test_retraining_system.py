@@ -41,16 +41,21 @@ SHIFTED = ["body_mass_g", "island"]
 SERVED_FEATURES = {"island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm",
                    "body_mass_g", "sex"}
 ASSET_URI = "pipewright://penguin/retraining-alert"
+NEW_DATA_URI = "pipewright://penguin/new-data"
 DAG_FILE = f'''"""The test's DAGs: the registered penguin monitor, and the penguin training DAG
 on nightly OR the penguin retraining alert, its runs defaulting to a short training that
 pushes nothing."""
 from pipelines import registry
-from pipelines.airflow_adapter import build_dag, registered_dags, retraining_asset
+from pipelines.airflow_adapter import (build_dag, new_data_asset, registered_dags,
+                                       retraining_asset)
+from pipelines.home import Home
 
 penguin_monitor = registered_dags()["penguin_monitor"]
 penguin_retrain = build_dag(
     registry.load("penguin").with_defaults(train_steps=100, accuracy_threshold=1.01),
-    dag_id="{RETRAIN}", retries=0, retrain_on=retraining_asset("penguin"))
+    dag_id="{RETRAIN}", retries=0,
+    retrain_on=[new_data_asset("penguin", Home.resolve().landing_dir),
+                retraining_asset("penguin")])
 '''
 
 
@@ -110,9 +115,9 @@ def task_log(services: Services, dag_id: str, run_id: str, task_id: str) -> str:
     return json.dumps(services.api("GET", path))
 
 
-def asset_events(services: Services) -> list[dict]:
+def asset_events(services: Services, uri: str = ASSET_URI) -> list[dict]:
     events = services.api("GET", "/api/v2/assets/events?limit=100")["asset_events"]
-    return [e for e in events if e["uri"] == ASSET_URI]
+    return [e for e in events if e["uri"] == uri]
 
 
 def retrain_runs(services: Services) -> list[dict]:
@@ -239,6 +244,30 @@ def test_a_second_alert_within_the_cooldown_is_suppressed_and_starts_nothing(ser
     assert len(asset_events(system)) == 1, "no second event"
     time.sleep(10)  # a scheduler loop or two: no run may appear
     assert len(retrain_runs(system)) == 1
+
+
+def test_landed_data_starts_the_training_dag_through_the_triggerers_watcher(services):
+    """`pipewright land` (signal_new_data) writes <home>/landing/penguin.ready; the triggerer
+    running the DAG's AssetWatcher (FileDeleteTrigger) deletes it and emits the new-data
+    event, and the scheduler starts an asset-triggered run. (The run is left to `down`.)"""
+    from pipelines.landing import signal_new_data
+
+    system, home = services
+    path = signal_new_data("penguin", str(home), note="span 2 landed")
+    deadline = time.monotonic() + 120
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not os.path.exists(path), "the triggerer's FileDeleteTrigger never took the file"
+    deadline = time.monotonic() + 60
+    while not asset_events(system, NEW_DATA_URI) and time.monotonic() < deadline:
+        time.sleep(1)
+    [event] = asset_events(system, NEW_DATA_URI)
+    assert event["source_dag_id"] is None, event  # the watcher's, not a task's
+    deadline = time.monotonic() + 120
+    while len(retrain_runs(system)) < 2 and time.monotonic() < deadline:
+        time.sleep(2)
+    runs = sorted(retrain_runs(system), key=lambda r: r["queued_at"] or "")
+    assert len(runs) == 2 and runs[-1]["run_type"] == "asset_triggered", runs
 
 
 def pipewright(*args) -> str:
