@@ -356,7 +356,8 @@ def registered_dags(environ: typing.Mapping[str, str] = os.environ) -> dict[str,
         monitor_options["min_live_accuracy"] = float(environ["PIPEWRIGHT_MIN_LIVE_ACCURACY"])
     from pipelines.home import Home
 
-    landing = Home.resolve(environ.get("PIPEWRIGHT_HOME")).landing_dir
+    # locate, not resolve: parsing the DAG file on a worker must not create a home there.
+    landing = Home.locate(environ.get("PIPEWRIGHT_HOME")).landing_dir
     dags = {}
     for name in registry.names():
         pipeline = registry.load(name)
