@@ -79,10 +79,17 @@ def beam_pipeline(step):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import StandardOptions
 
+    from apache_beam.options.pipeline_options import DirectOptions
+
     options = pipeline_options(step.beam_args)
     runner = None
     if options.view_as(StandardOptions).runner == DEFAULT_RUNNER:
         runner = _fn_api_runner(options)
+        direct = options.view_as(DirectOptions)
+        if direct.direct_running_mode == "in_memory" and direct.direct_num_workers != 1:
+            step.log.warning("--direct_num_workers=%d has no effect in_memory (one worker, "
+                             "this process): add --direct_running_mode=multi_processing or "
+                             "multi_threading", direct.direct_num_workers)
     elif options.view_as(StandardOptions).runner in ("DirectRunner", "SwitchingDirectRunner"):
         step.log.warning("beam_args name the DirectRunner: Beam %s tries the PrismRunner first, "
                          "which downloads a binary; leave --runner out for the FnApiRunner",
