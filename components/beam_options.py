@@ -77,9 +77,7 @@ def beam_pipeline(step):
     else the FnApiRunner as above; notes the runner on the step. An unknown runner name
     raises Beam's ValueError here."""
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
     options = pipeline_options(step.beam_args)
     runner = None

@@ -254,6 +254,7 @@ class ComponentOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from pipelines import airflow_task  # the launcher and ML Metadata load here only
 
+        airflow_task.task_home()  # first: a worker that does not see the home writes nothing
         wait_s = airflow_task.pending_seconds(self.pipeline, self.component, context, self.log)
         if wait_s is not None:
             # A long external wait (a rollout's bake window) holds no worker slot: the

@@ -82,7 +82,7 @@ def pending_seconds(pipeline: Pipeline, component: Component, context: Any,
     """Component.pending for this run's parameter values: seconds the task should defer
     before looking again, or None to run the step now."""
     values = component.resolve_parameters(run_parameters(pipeline, context))
-    wait_s = component.pending(values, task_home().serving_dir)
+    wait_s = component.pending(values, Home.resolve().serving_dir)
     if wait_s is not None:
         log.info("%s: waiting %.0f s (deferred: no worker slot is held)", component.id, wait_s)
     return wait_s
