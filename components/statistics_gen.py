@@ -12,10 +12,10 @@ from components.tfmd_files import read_schema, read_statistics, statistics_path
 
 class StatisticsGen(Component):
     """Computes TFDV statistics of each split of `examples` (except `exclude_splits`) in one
-    Beam pipeline (DirectRunner unless the pipeline's beam_args say otherwise), guided by
-    the optional `schema` (e.g. which integer features are categorical). Writes
-    `Split-<name>/FeatureStats.pb` and `statistics.html`, a Facets view of the statistics
-    (the first split against the second, when there are two or more)."""
+    Beam pipeline (components/beam_options.py: the FnApiRunner unless the pipeline's beam_args
+    name a runner), guided by the optional `schema` (e.g. which integer features are
+    categorical). Writes `Split-<name>/FeatureStats.pb` and `statistics.html`, a Facets view
+    of the statistics (the first split against the second, when there are two or more)."""
 
     imports_tensorflow = True
 
