@@ -10,7 +10,7 @@ import uuid
 
 from components.artifacts import Examples, InferenceResult, Model, ModelBlessing
 from components.base import Component, Input, OptionalInput, Output, Parameter, Step
-from components.beam_options import pipeline_options
+from components.beam_options import beam_pipeline
 from components.prediction_log_files import SUFFIX, file_stem, model_dir_name, request_log_fields
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -119,7 +119,7 @@ def _run_pipeline(step: Step, splits: list[str], input_name: str, version: int) 
     from apache_beam.metrics import MetricsFilter
 
     opened = time.time()
-    pipeline = beam.Pipeline(options=pipeline_options(step.beam_args, step.log))
+    pipeline = beam_pipeline(step)
     for split in splits:
         directory = os.path.join(step.inference_result.log_dir(split),
                                  model_dir_name(step.model_name), str(version))

@@ -9,7 +9,7 @@ from typing import Any
 
 from components.artifacts import (Examples, Model, ModelBlessing, ModelEvaluation, PushedModel,
                                   Schema)
-from components.beam_options import pipeline_options
+from components.beam_options import beam_pipeline
 from components.interruption import StepInterrupted
 from components.base import (Component, ExternalPath, Input, OptionalInput, Output, Parameter,
                              Step)
@@ -194,9 +194,8 @@ class Evaluator(Component):
 
         output_path = step.evaluation.uri
         patterns = [step.examples.file_pattern(split) for split in step.example_splits]
-        options = pipeline_options(step.beam_args, step.log)
         try:
-            with beam.Pipeline(options=options) as pipeline:
+            with beam_pipeline(step) as pipeline:
                 sources = []
                 for split, pattern in zip(step.example_splits, patterns):
                     tfxio = tf_example_record.TFExampleRecord(

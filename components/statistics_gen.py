@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from components.artifacts import Examples, ExampleStatistics, Schema
-from components.beam_options import pipeline_options
+from components.beam_options import beam_pipeline
 from components.base import Component, Input, OptionalInput, Output, Parameter, Step
 from components.split_names import included_splits
 from components.tfmd_files import read_schema, read_statistics, statistics_path
@@ -12,10 +12,10 @@ from components.tfmd_files import read_schema, read_statistics, statistics_path
 
 class StatisticsGen(Component):
     """Computes TFDV statistics of each split of `examples` (except `exclude_splits`) in one
-    Beam pipeline (DirectRunner unless the pipeline's beam_args say otherwise), guided by
-    the optional `schema` (e.g. which integer features are categorical). Writes
-    `Split-<name>/FeatureStats.pb` and `statistics.html`, a Facets view of the statistics
-    (the first split against the second, when there are two or more)."""
+    Beam pipeline (components/beam_options.py: the FnApiRunner unless the pipeline's beam_args
+    name a runner), guided by the optional `schema` (e.g. which integer features are
+    categorical). Writes `Split-<name>/FeatureStats.pb` and `statistics.html`, a Facets view
+    of the statistics (the first split against the second, when there are two or more)."""
 
     imports_tensorflow = True
 
@@ -38,7 +38,7 @@ class StatisticsGen(Component):
                                         f"{split!r} ({step.examples.file_pattern(split)})")
         step.log.info("computing statistics of splits %s with beam args %s", splits,
                       step.beam_args)
-        with beam.Pipeline(options=pipeline_options(step.beam_args, step.log)) as pipeline:
+        with beam_pipeline(step) as pipeline:
             for split in splits:
                 # Decoded without the schema: a feature whose type contradicts the schema
                 # must reach ExampleValidator as an anomaly, not fail decoding here.

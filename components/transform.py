@@ -9,9 +9,9 @@ import shutil
 import traceback
 
 from components.artifacts import Examples, Schema, TransformGraph
-from components.beam_options import pipeline_options
+from components.beam_options import beam_pipeline
 from components.base import Component, ExternalPath, Input, Output, Parameter, Step
-from components.user_module import UserModuleError, function
+from components.user_module import UserModuleError, function, pickle_by_value
 
 ANALYZER_CACHE_DIR = "analyzer_cache"
 RAW_METADATA_DIR = "metadata"  # where tft.TFTransformOutput looks for the raw schema
@@ -64,9 +64,8 @@ class Transform(Component):
                                          schema=schema, telemetry_descriptors=["pipewright"])
 
         adapter_config = source(step.splits_to_analyze[0]).TensorAdapterConfig()
-        options = pipeline_options(step.beam_args, step.log)
         try:
-            with beam.Pipeline(options=options) as pipeline, tft_beam.Context(
+            with beam_pipeline(step) as pipeline, tft_beam.Context(
                     temp_dir=os.path.join(step.tmp_dir, "tft")):
                 raw = {split: pipeline | f"Read[{split}]" >> source(split).BeamSource()
                        for split in dict.fromkeys(splits + step.splits_to_analyze)}
@@ -155,6 +154,7 @@ def _feature_error(exc: Exception, step: Step, preprocessing_fn, schema, adapter
 def _checked_preprocessing_fn(module_file: str):
     """The user's preprocessing_fn, wrapped so its failures name the module."""
     user_fn = function(module_file, "preprocessing_fn")
+    pickle_by_value(module_file)  # Beam worker processes cannot import it by its name
 
     def preprocessing_fn(inputs):
         try:

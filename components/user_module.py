@@ -99,6 +99,24 @@ def load(path: str, required: tuple[str, ...] = ()) -> types.ModuleType:
     return module
 
 
+def pickle_by_value(path: str) -> types.ModuleType:
+    """The module at `path` (load), registered with Beam's pickler (its vendored cloudpickle)
+    to travel by value, with the modules it imported from its own directory: `load` imports
+    it under a made-up name that a Beam worker process cannot import
+    (`--direct_running_mode=multi_processing`, a remote runner), so pickling its functions
+    by reference would fail there with ModuleNotFoundError."""
+    from apache_beam.internal.cloudpickle import cloudpickle
+
+    module = load(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    helpers = [m for name, m in list(sys.modules.items())
+               if "." not in name and getattr(m, "__file__", None)
+               and os.path.dirname(os.path.abspath(m.__file__)) == directory]
+    for each in {id(m): m for m in [module, *helpers]}.values():
+        cloudpickle.register_pickle_by_value(each)
+    return module
+
+
 def function(path: str, name: str) -> Callable[..., Any]:
     """The named function of the user module at `path`."""
     return getattr(load(path, required=(name,)), name)

@@ -254,6 +254,7 @@ class ComponentOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from pipelines import airflow_task  # the launcher and ML Metadata load here only
 
+        airflow_task.task_home()  # first: a worker that does not see the home writes nothing
         wait_s = airflow_task.pending_seconds(self.pipeline, self.component, context, self.log)
         if wait_s is not None:
             # A long external wait (a rollout's bake window) holds no worker slot: the
@@ -356,7 +357,8 @@ def registered_dags(environ: typing.Mapping[str, str] = os.environ) -> dict[str,
         monitor_options["min_live_accuracy"] = float(environ["PIPEWRIGHT_MIN_LIVE_ACCURACY"])
     from pipelines.home import Home
 
-    landing = Home.resolve(environ.get("PIPEWRIGHT_HOME")).landing_dir
+    # locate, not resolve: parsing the DAG file on a worker must not create a home there.
+    landing = Home.locate(environ.get("PIPEWRIGHT_HOME")).landing_dir
     dags = {}
     for name in registry.names():
         pipeline = registry.load(name)

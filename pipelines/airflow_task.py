@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import (
 
 from components.base import Component
 from pipelines.airflow_adapter import RERUN_STEPS, pipewright_run_id
-from pipelines.home import Home
+from pipelines.home import HOME_ID_ENV, Home, HomeUnavailable
 from pipelines.launcher import InputsUnavailable, RunInfo, StepFailed, StepResult, launch
 from pipelines.log_filters import is_library_noise
 from pipelines.metadata import Metadata
@@ -36,7 +36,7 @@ def run_component(pipeline: Pipeline, component: Component, context: Any,
     airflow_run_id = context["dag_run"].run_id
     values = run_parameters(pipeline, context)
     rerun = component.id in (context["dag_run"].conf or {}).get(RERUN_STEPS, [])
-    home = Home.resolve()
+    home = task_home()
     metadata = Metadata(home.metadata_uri)
     run_id = pipewright_run_id(airflow_run_id)
     triggers = triggering_alerts(context)
@@ -87,6 +87,17 @@ def pending_seconds(pipeline: Pipeline, component: Component, context: Any,
     if wait_s is not None:
         log.info("%s: waiting %.0f s (deferred: no worker slot is held)", component.id, wait_s)
     return wait_s
+
+
+def task_home() -> Home:
+    """The pipeline home ($PIPEWRIGHT_HOME) as this worker sees it, checked before anything
+    is written there (Home.check_shared, against $PIPEWRIGHT_HOME_ID when `make up` set it):
+    a worker without the shared mount must not start a fresh home and metadata store.
+    Raises AirflowFailException (no retry: a retry on the same worker sees the same)."""
+    try:
+        return Home.check_shared(expected_id=os.environ.get(HOME_ID_ENV) or None)
+    except HomeUnavailable as exc:
+        raise AirflowFailException(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -178,7 +189,7 @@ def record_run_state(pipeline_name: str, state: str, context: Any) -> None:
     """DAG-run callback: marks the run context succeeded or failed, like the local runner."""
     try:
         airflow_run_id = context["dag_run"].run_id
-        metadata = Metadata(Home.resolve().metadata_uri)
+        metadata = Metadata(task_home().metadata_uri)
         run_context = metadata.run_context(pipeline_name, pipewright_run_id(airflow_run_id),
                                            orchestrator="airflow", airflow_run_id=airflow_run_id)
         metadata.finish_run(run_context, state)

@@ -83,8 +83,9 @@ def cache_key(component: Component, params: dict[str, Any],
       ExternalPath parameter; a user module with the modules it imports from its own
       directory; components reading other files add those.
 
-    Not in the key: library versions (pinned by uv.lock), Beam arguments, the run id, the
-    home. A hit also needs the earlier execution COMPLETE with its output directories
+    Not in the key: library versions (pinned by uv.lock), Beam arguments (they choose
+    where the work runs, not what it computes: tests/test_beam_multiprocess.py), the run
+    id, the home. A hit also needs the earlier execution COMPLETE with its output directories
     still on disk (Metadata.find_cached)."""
     payload = {
         "format": CACHE_FORMAT,

@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 
-from pipelines.home import REPO_ROOT, Home
+from pipelines.home import HOME_ID_ENV, REPO_ROOT, Home
 
 HOST = "127.0.0.1"
 AIRFLOW_SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -95,6 +95,8 @@ class Services:
         env = dict(os.environ)
         env.update({
             "PIPEWRIGHT_HOME": self.home.root,
+            # What each task expects in the home's marker (Home.check_shared).
+            HOME_ID_ENV: self.home.identity or "",
             # Where a Rollout step reads the served versions' live evidence.
             "PIPEWRIGHT_MODEL_SERVER_REST": f"http://{HOST}:{self.rest_port}",
             "TF_USE_LEGACY_KERAS": "1",

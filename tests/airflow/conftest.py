@@ -56,7 +56,11 @@ def pytest_sessionfinish(session, exitstatus):
 
 @contextlib.contextmanager
 def pipewright_home(path: Path):
-    """Tasks run in this process by `dag.test` find their home through the environment."""
+    """Tasks run in this process by `dag.test` find their home through the environment; the
+    home is set up first (its identity marker), as `make up` does."""
+    from pipelines.home import Home
+
+    Home.resolve(path)
     before = os.environ.get("PIPEWRIGHT_HOME")
     os.environ["PIPEWRIGHT_HOME"] = str(path)
     try:
