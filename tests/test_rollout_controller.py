@@ -364,3 +364,28 @@ def test_min_live_accuracy_judges_the_candidates_own_labeled_answers_once_labels
     assert policy.reason.endswith(
         "min_live_accuracy 0.5 beyond 0.7 (20 of 40 labeled answers of version 2 right)"), \
         policy.reason
+
+
+@pytest.mark.parametrize("min_labels", [0, -3])
+def test_min_labels_below_one_is_refused_not_divided_by(min_labels):
+    """min_labels 0 once judged a candidate with no labeled answer: ZeroDivisionError."""
+    with pytest.raises(ValueError, match=f"min_labels must be >= 1 .*got {min_labels}"):
+        Settings(min_labels=min_labels)
+
+
+def test_label_csvs_with_a_bom_bad_bytes_or_extra_fields(tmp_path):
+    """An Excel BOM is read; a file that is not UTF-8 and a row with more fields than the
+    header (an unquoted comma in a label) are refused naming the file and row."""
+    from components.traffic_labels import read_labels
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfrequest_id,label\nr-1,Adelie\n")
+    assert read_labels([str(bom)]) == {("r-1", 0): "Adelie"}
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"request_id,label\nr-1,Adelie\nr-2,G\xe9ntoo\n")
+    with pytest.raises(ValueError, match=f"^{latin} row 3: not UTF-8 text"):
+        read_labels([str(latin)])
+    extra = tmp_path / "extra.csv"
+    extra.write_text('request_id,label\nr-1,"Adelie, male"\nr-2,Adelie, male\n')
+    with pytest.raises(ValueError, match=rf"^{extra} row 3: 3 fields, the header has 2"):
+        read_labels([str(extra)])
