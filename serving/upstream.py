@@ -25,7 +25,8 @@ come from the upstream's GetModelMetadata. The config is re-sent when the upstre
 version the front door serves (e.g. it restarted with its own config file).
 
 Errors: an upstream status is passed to the client with its code and message; UNAVAILABLE
-(unreachable upstream, REST 503) names the upstream address.
+(unreachable upstream, REST 503) and DEADLINE_EXCEEDED (no answer in time, e.g. an upstream
+never reached at start-up) name the upstream address.
 """
 
 from __future__ import annotations
@@ -96,12 +97,18 @@ class Upstream:
 
     def error(self, e: grpc.RpcError) -> ServingError:
         """The upstream's status as a ServingError: same code and message; UNAVAILABLE (and a
-        status without a code) names the upstream."""
+        status without a code) and DEADLINE_EXCEEDED name the upstream."""
         code = e.code() if hasattr(e, "code") else None
         details = (e.details() if hasattr(e, "details") else None) or str(e)
         if code is None or code == grpc.StatusCode.UNAVAILABLE:
             return ServingError(errors.UNAVAILABLE,
                                 f"Upstream model server {self.address} is unavailable: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # gRPC's own "Deadline Exceeded" (e.g. an upstream never reached while waited
+            # for) would not say which server did not answer.
+            return ServingError(errors.DEADLINE_EXCEEDED,
+                                f"Upstream model server {self.address} did not answer in time: "
+                                f"{details}")
         return ServingError(code.value[0], details)
 
     # ------------------------------------------------------------ the model call

@@ -526,3 +526,21 @@ def test_the_forwarded_request_names_the_chosen_version_even_version_0():
         multi.tasks.add().model_spec.name = MODEL
     assert [t.model_spec.HasField("version") and t.model_spec.version.value
             for t in pinned("MultiInference", multi, 3).tasks] == [3, 3]
+
+
+def test_an_upstream_never_reached_is_named_when_waiting_for_it_times_out():
+    """Start-up waits for an upstream that is not up yet (wait_for_ready); when it never
+    comes, the load error names the upstream, not only gRPC's "Deadline Exceeded"."""
+    from serving.errors import ServingError
+    from serving.upstream import Upstream
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens
+    upstream = Upstream(address, admin_timeout_seconds=0.5)
+    try:
+        with pytest.raises(ServingError) as info:
+            upstream.model_status(MODEL, wait_for_ready=True)
+    finally:
+        upstream.close()
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert info.value.message.startswith(
+        f"Upstream model server {address} did not answer in time: "), info.value.message
