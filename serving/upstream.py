@@ -26,7 +26,8 @@ version the front door serves (e.g. it restarted with its own config file).
 
 Errors: an upstream status is passed to the client with its code and message; UNAVAILABLE
 (unreachable upstream, REST 503) and DEADLINE_EXCEEDED (no answer in time, e.g. an upstream
-never reached at start-up) name the upstream address.
+never reached at start-up) name the upstream address; a call the upstream cancelled (e.g.
+while shutting down) is UNAVAILABLE naming it, not CANCELLED (REST 499, "client closed").
 """
 
 from __future__ import annotations
@@ -97,12 +98,20 @@ class Upstream:
 
     def error(self, e: grpc.RpcError) -> ServingError:
         """The upstream's status as a ServingError: same code and message; UNAVAILABLE (and a
-        status without a code) and DEADLINE_EXCEEDED name the upstream."""
+        status without a code) and DEADLINE_EXCEEDED name the upstream; CANCELLED by the upstream
+        becomes UNAVAILABLE naming it."""
         code = e.code() if hasattr(e, "code") else None
         details = (e.details() if hasattr(e, "details") else None) or str(e)
         if code is None or code == grpc.StatusCode.UNAVAILABLE:
             return ServingError(errors.UNAVAILABLE,
                                 f"Upstream model server {self.address} is unavailable: {details}")
+        if code == grpc.StatusCode.CANCELLED:
+            # Not the client's doing (its cancel cancels the call here, and raises no
+            # RpcError): the upstream ended the call, e.g. while shutting down. CANCELLED
+            # would tell the client it closed the request (REST 499); UNAVAILABLE is retried.
+            return ServingError(errors.UNAVAILABLE,
+                                f"Upstream model server {self.address} cancelled the call "
+                                f"(shutting down?): {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             # gRPC's own "Deadline Exceeded" (e.g. an upstream never reached while waited
             # for) would not say which server did not answer.

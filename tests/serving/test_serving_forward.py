@@ -544,3 +544,40 @@ def test_an_upstream_never_reached_is_named_when_waiting_for_it_times_out():
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     assert info.value.message.startswith(
         f"Upstream model server {address} did not answer in time: "), info.value.message
+
+
+def test_a_call_the_upstream_cancels_is_unavailable_naming_it_not_cancelled():
+    """An upstream that ends a forwarded call with CANCELLED (our own server does so for
+    calls in flight when it shuts down) did not see the client close the request: the
+    client gets UNAVAILABLE (retryable, REST 503) naming the upstream, not CANCELLED (499)."""
+    import asyncio
+
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving.errors import ServingError
+    from serving.upstream import Upstream
+
+    class Cancelling(prediction_service_pb2_grpc.PredictionServiceServicer):
+        async def Predict(self, request, context):
+            await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+
+    async def forward_once():
+        server = grpc.aio.server()
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Cancelling(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        upstream = Upstream(f"127.0.0.1:{port}")
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        try:
+            with pytest.raises(ServingError) as info:
+                await upstream.forward("Predict", request, 1, 10, "r-1")
+        finally:
+            upstream.close()
+            await server.stop(None)
+        return port, info.value
+
+    port, error = asyncio.run(forward_once())
+    assert error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert error.message == (f"Upstream model server 127.0.0.1:{port} cancelled the call "
+                             f"(shutting down?): CANCELLED")
