@@ -258,6 +258,13 @@ def validate_options(options: ServerOptions) -> None:
             raise ServingError(INVALID_ARGUMENT, "--upstream_grpc_address must be HOST:PORT "
                                "with an IPv6 address in brackets, e.g. [::1]:8500, got "
                                f"{options.upstream_grpc_address!r}")
+        own = {options.grpc_port: "--port", options.rest_api_port: "--rest_api_port"}
+        if (host.strip("[]").lower() in {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::",
+                                         options.grpc_host.strip("[]").lower()}
+                and int(port) in own):
+            raise ServingError(INVALID_ARGUMENT, f"--upstream_grpc_address "
+                               f"{options.upstream_grpc_address} is this server's own "
+                               f"{own[int(port)]}: the upstream must be another model server")
         if options.enable_batching:
             raise ServingError(INVALID_ARGUMENT, "--enable_batching has no effect with "
                                "--upstream_grpc_address: batch on the upstream model server")
