@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
          "(pipewright extension)")
     flag("upstream_load_timeout_seconds", float, d.upstream_load_timeout_seconds,
          "with --upstream_grpc_address: how long a version may take to become AVAILABLE "
-         "upstream before the load attempt fails (and is retried per --max_num_load_retries) "
+         "upstream, reaching an upstream still starting included, "
+         "before the load attempt fails (and is retried per --max_num_load_retries) "
          "(pipewright extension)")
     return parser
 

@@ -140,11 +140,12 @@ class Upstream:
     # ------------------------------------------------------------ ModelService
 
     def model_status(self, name: str, version: int | None = None,
-                     wait_for_ready: bool = False) -> dict[int, tuple]:
+                     wait_for_ready: bool = False,
+                     timeout: float | None = None) -> dict[int, tuple]:
         """GetModelStatus -> {version: (state, ServingError or None)}; {} when the upstream
-        knows no version of the model (NOT_FOUND). wait_for_ready: wait (up to the admin
-        timeout) for an upstream that is not reachable yet, e.g. still starting. Raises
-        ServingError otherwise."""
+        knows no version of the model (NOT_FOUND). wait_for_ready: wait (up to `timeout`
+        seconds, default the admin timeout) for an upstream that is not reachable yet, e.g.
+        still starting. Raises ServingError otherwise."""
         from tensorflow_serving.apis import get_model_status_pb2
 
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -152,8 +153,9 @@ class Upstream:
         if version is not None:
             request.model_spec.version.value = version
         try:
-            response = self.models.GetModelStatus(request, timeout=self.admin_timeout,
-                                                  wait_for_ready=wait_for_ready)
+            response = self.models.GetModelStatus(
+                request, timeout=self.admin_timeout if timeout is None else timeout,
+                wait_for_ready=wait_for_ready)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return {}
@@ -289,17 +291,17 @@ class UpstreamModels:
                     entry.version_labels[label] = version
         return config
 
-    def sync(self, wait_for_ready: bool = False) -> None:
+    def sync(self, wait_for_ready: bool = False, timeout: float | None = None) -> None:
         """Send the desired config if it differs from the last one the upstream accepted, or
         the upstream lost a version the front door serves. Raises ServingError when the
-        upstream cannot be reached (wait_for_ready: within the admin timeout) or refuses the
-        config (the next sync tries again)."""
+        upstream cannot be reached (wait_for_ready: within `timeout` seconds, default the
+        admin timeout) or refuses the config (the next sync tries again)."""
         with self._lock:
             states = {}
             lost = []
             for model, versions, _ in self.manager.kept_versions():
-                states[model.name] = self.upstream.model_status(model.name,
-                                                                wait_for_ready=wait_for_ready)
+                states[model.name] = self.upstream.model_status(
+                    model.name, wait_for_ready=wait_for_ready, timeout=timeout)
                 serving = self.manager.loaded_versions().get(model.name, [])
                 lost += [f"{model.name} version {v}" for v in serving
                          if states[model.name].get(v, (None,))[0] != _AVAILABLE]
@@ -357,8 +359,10 @@ class UpstreamModels:
         from serving.model_manager import STATE_NAMES
         # The manager marked it LOADING: the config now names it. An upstream still starting
         # (compose starts both at once) is waited for, not counted as a failed load.
-        self.sync(wait_for_ready=True)
         deadline = time.monotonic() + self.load_timeout
+        # Within the load timeout, not the admin one (60 s): --upstream_load_timeout_seconds
+        # bounds the whole attempt.
+        self.sync(wait_for_ready=True, timeout=self.load_timeout)
         state = None
         while True:
             state, error = self.upstream.model_status(name).get(version, (None, None))

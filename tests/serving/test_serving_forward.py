@@ -581,3 +581,34 @@ def test_a_call_the_upstream_cancels_is_unavailable_naming_it_not_cancelled():
     assert error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert error.message == (f"Upstream model server 127.0.0.1:{port} cancelled the call "
                              f"(shutting down?): CANCELLED")
+
+
+def test_upstream_load_timeout_bounds_the_wait_for_an_upstream_never_reached(tmp_path):
+    """--upstream_load_timeout_seconds bounds a load attempt whole: waiting for an upstream
+    that never comes up used the 60 s admin timeout instead. The version ends with the
+    error naming the upstream."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.model_manager import ModelManager
+    from serving.upstream import Upstream, UpstreamModels
+
+    (tmp_path / MODEL / "1").mkdir(parents=True)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens
+    upstream = Upstream(address)
+    models = None
+    manager = ModelManager(loader=lambda *args: models.load(*args), max_num_load_retries=0)
+    models = UpstreamModels(upstream, manager, load_timeout_seconds=1.0)
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name=MODEL, base_path=str(tmp_path / MODEL),
+                                        model_platform="tensorflow")
+    started = time.monotonic()
+    try:
+        manager.apply_config(config)
+    finally:
+        manager.stop()
+        upstream.close()
+    elapsed = time.monotonic() - started
+    [(version, state, error)] = manager.version_status(MODEL)
+    assert (version, state) == (1, END), (state, error)
+    assert error.message.startswith(f"Upstream model server {address} did not answer in time")
+    assert elapsed < 15, elapsed
