@@ -389,3 +389,23 @@ def test_label_csvs_with_a_bom_bad_bytes_or_extra_fields(tmp_path):
     extra.write_text('request_id,label\nr-1,"Adelie, male"\nr-2,Adelie, male\n')
     with pytest.raises(ValueError, match=rf"^{extra} row 3: 3 fields, the header has 2"):
         read_labels([str(extra)])
+
+
+def test_labels_that_join_no_logged_request_are_said_naming_the_log_dir(tmp_path, caplog):
+    """A log_dir that is wrong (or not written yet) leaves min_live_accuracy unjudged while
+    the rollout goes on: the labels that did not join are logged, naming the directory."""
+    import logging
+
+    from components.rollout_labels import DelayedLabels
+    from tests.test_traffic_monitor import write_labels
+
+    labels_dir, log_dir = tmp_path / "labels", tmp_path / "no-such-logs"
+    write_labels(labels_dir, "day1.csv", {"r-1": "Adelie", "r-2": "Gentoo"}, arrived=1100)
+    labels = DelayedLabels(str(labels_dir), str(log_dir), logging.getLogger("rollout-test"))
+    with caplog.at_level(logging.WARNING, logger="rollout-test"):
+        assert labels.counts("penguin") == {}
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"min_live_accuracy: 2 of 2 delayed labels in {labels_dir} did not join the request "
+        f"logs of model penguin in {log_dir} (no closed request-log file of the model there "
+        f"yet; e.g. r-1, r-2)")
