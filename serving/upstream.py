@@ -361,8 +361,10 @@ class UpstreamModels:
         # (compose starts both at once) is waited for, not counted as a failed load.
         deadline = time.monotonic() + self.load_timeout
         # Within the load timeout, not the admin one (60 s): --upstream_load_timeout_seconds
-        # bounds the whole attempt.
-        self.sync(wait_for_ready=True, timeout=self.load_timeout)
+        # bounds the whole attempt; and without sync's lock, which the poll thread and the
+        # manager's listeners take meanwhile.
+        self.upstream.model_status(name, wait_for_ready=True, timeout=self.load_timeout)
+        self.sync()
         state = None
         while True:
             state, error = self.upstream.model_status(name).get(version, (None, None))
