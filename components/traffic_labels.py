@@ -170,11 +170,15 @@ def _tfrecord_rows(path: str):
     import tensorflow as tf
     from tensorflow.core.example import example_pb2
 
+    from google.protobuf.message import DecodeError
+
     compression = "GZIP" if path.endswith(".gz") else ""
-    for number, record in enumerate(tf.data.TFRecordDataset(
-            path, compression_type=compression).as_numpy_iterator()):
+    for number, record in enumerate(_records(path, compression)):
         place = f"{path} record {number}"
-        features = example_pb2.Example.FromString(record).features.feature
+        try:
+            features = example_pb2.Example.FromString(record).features.feature
+        except DecodeError:
+            raise ValueError(f"{place}: not a tf.Example") from None
         values = {}
         for name in ("request_id", "label", "instance"):
             if name not in features:
@@ -191,6 +195,26 @@ def _tfrecord_rows(path: str):
         request_id = request_id.decode() if isinstance(request_id, bytes) else str(request_id)
         yield place, request_id.strip(), int(values.get("instance", 0)), \
             normalized(values["label"])
+
+
+def _records(path: str, compression: str):
+    """The file's records; ValueError naming the file and record for a damaged one (TF's
+    DataLossError names neither)."""
+    import tensorflow as tf
+
+    iterator = tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator()
+    number = 0
+    while True:
+        try:
+            record = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            kind = "gzip TFRecord" if compression else "TFRecord"
+            raise ValueError(f"{path} record {number}: not a readable {kind} file: "
+                             f"{e.message.split('}} ')[-1].split(' [Op:')[0]}") from None
+        yield record
+        number += 1
 
 
 def join_labels(labels: dict[tuple[str, int], str], log_dir: str, model_name: str,

@@ -409,3 +409,27 @@ def test_labels_that_join_no_logged_request_are_said_naming_the_log_dir(tmp_path
         f"min_live_accuracy: 2 of 2 delayed labels in {labels_dir} did not join the request "
         f"logs of model penguin in {log_dir} (no closed request-log file of the model there "
         f"yet; e.g. r-1, r-2)")
+
+
+def test_damaged_tfrecord_label_files_are_named_with_the_record(tmp_path):
+    """TF's DataLossError named neither the file nor the record."""
+    import tensorflow as tf
+
+    from components.traffic_labels import read_labels
+
+    junk, junk_gz, not_example = (tmp_path / "junk.tfrecord", tmp_path / "junk.tfrecord.gz",
+                                  tmp_path / "other.tfrecord")
+    junk.write_bytes(b"\x00\x01 this is no TFRecord file at all \x02" * 4)
+    junk_gz.write_bytes(b"not gzip")
+    with tf.io.TFRecordWriter(str(not_example)) as writer:
+        example = tf.train.Example()
+        example.features.feature["request_id"].bytes_list.value.append(b"r-1")
+        example.features.feature["label"].bytes_list.value.append(b"Adelie")
+        writer.write(example.SerializeToString())
+        writer.write(b"\xff\xff\xff")
+    for path, message in ((junk, "record 0: not a readable TFRecord file: "),
+                          (junk_gz, "record 0: not a readable gzip TFRecord file: "),
+                          (not_example, "record 1: not a tf.Example")):
+        with pytest.raises(ValueError) as info:
+            read_labels([str(path)])
+        assert str(info.value).startswith(f"{path} {message}"), info.value
