@@ -81,12 +81,19 @@ class Decision:
 class Settings:
     """min_requests: per compared version per window; load_timeout_s: for the candidate to
     become AVAILABLE; max_inconclusive: windows in a row without enough evidence;
-    min_labels: the candidate's labeled answers before min_live_accuracy judges."""
+    min_labels: the candidate's labeled answers before min_live_accuracy judges (>= 1).
+    Raises ValueError for min_labels < 1."""
 
     min_requests: int = 20
     min_labels: int = 10
     load_timeout_s: float = 600.0
     max_inconclusive: int = 3
+
+    def __post_init__(self):
+        # min_labels 0 would judge a candidate with no labeled answer (accuracy 0/0).
+        if self.min_labels < 1:
+            raise ValueError(f"Rollout min_labels must be >= 1 (labeled answers before "
+                             f"min_live_accuracy judges), got {self.min_labels}")
 
 
 NOT_JUDGED = "not judged: "  # a guard that cannot apply (never blocks, never counts as open)

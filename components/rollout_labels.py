@@ -26,8 +26,19 @@ class DelayedLabels:
         """{version: (labeled, correct)} of the labels joined so far."""
         from components.traffic_labels import join_labels, label_files, read_labels
 
+        from components.traffic_logs import closed_log_files
+
         files = label_files(self.labels, -math.inf, math.inf)
         quality = join_labels(read_labels(files), self.log_dir, model_name, self.log)
+        if quality.unjoined:
+            # Said, not silent: a wrong log_dir leaves the guard unjudged while the rollout
+            # goes on (labels of requests not logged yet join at a later window).
+            where = ("no closed request-log file of the model there yet" if not
+                     closed_log_files(self.log_dir, model_name) else "no logged answer for them")
+            self.log.warning("min_live_accuracy: %d of %d delayed labels in %s did not join "
+                             "the request logs of model %s in %s (%s; e.g. %s)",
+                             quality.unjoined, quality.labels, self.labels, model_name,
+                             self.log_dir, where, ", ".join(quality.unjoined_examples))
         return {int(version): (quality.labeled[version], quality.correct[version])
                 for version in quality.labeled if str(version).isdigit()}
 

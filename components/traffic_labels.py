@@ -124,33 +124,61 @@ def read_labels(paths: list[str]) -> dict[tuple[str, int], str]:
 
 
 def _csv_rows(path: str):
-    with open(path, newline="", encoding="utf-8") as fh:
+    # -sig: an Excel BOM is no part of the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in ("request_id", "label") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"label file {path}: header {reader.fieldnames} lacks column(s) "
-                             f"{missing} (expected request_id,label[,instance])")
-        for number, row in enumerate(reader, start=2):
-            place = f"{path} row {number}"
-            text = (row.get("instance") or "0").strip()
+        try:
+            yield from _csv_dict_rows(path, reader)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} row {_first_undecodable_line(path)}: not UTF-8 text "
+                             f"({e.reason})") from None
+
+
+def _first_undecodable_line(path: str) -> int:
+    """The 1-based line holding the file's first byte that is not UTF-8 (the decoder reads
+    in chunks, so its error does not say)."""
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
             try:
-                instance = int(text)
-            except ValueError:
-                raise ValueError(f"{place}: instance {text!r} is not an integer") from None
-            if row["label"] is None or row["label"].strip() == "":
-                raise ValueError(f"{place}: empty label")
-            yield place, (row["request_id"] or "").strip(), instance, normalized(row["label"])
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
+
+
+def _csv_dict_rows(path: str, reader: csv.DictReader):
+    missing = [c for c in ("request_id", "label") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"label file {path}: header {reader.fieldnames} lacks column(s) "
+                         f"{missing} (expected request_id,label[,instance])")
+    for row in reader:
+        place = f"{path} row {reader.line_num}"
+        if None in row:  # more fields than the header: e.g. a label with an unquoted comma
+            raise ValueError(f"{place}: {len(reader.fieldnames) + len(row[None])} fields, the "
+                             f"header has {len(reader.fieldnames)} ({reader.fieldnames})")
+        text = (row.get("instance") or "0").strip()
+        try:
+            instance = int(text)
+        except ValueError:
+            raise ValueError(f"{place}: instance {text!r} is not an integer") from None
+        if row["label"] is None or row["label"].strip() == "":
+            raise ValueError(f"{place}: empty label")
+        yield place, (row["request_id"] or "").strip(), instance, normalized(row["label"])
 
 
 def _tfrecord_rows(path: str):
     import tensorflow as tf
     from tensorflow.core.example import example_pb2
 
+    from google.protobuf.message import DecodeError
+
     compression = "GZIP" if path.endswith(".gz") else ""
-    for number, record in enumerate(tf.data.TFRecordDataset(
-            path, compression_type=compression).as_numpy_iterator()):
+    for number, record in enumerate(_records(path, compression)):
         place = f"{path} record {number}"
-        features = example_pb2.Example.FromString(record).features.feature
+        try:
+            features = example_pb2.Example.FromString(record).features.feature
+        except DecodeError:
+            raise ValueError(f"{place}: not a tf.Example") from None
         values = {}
         for name in ("request_id", "label", "instance"):
             if name not in features:
@@ -167,6 +195,26 @@ def _tfrecord_rows(path: str):
         request_id = request_id.decode() if isinstance(request_id, bytes) else str(request_id)
         yield place, request_id.strip(), int(values.get("instance", 0)), \
             normalized(values["label"])
+
+
+def _records(path: str, compression: str):
+    """The file's records; ValueError naming the file and record for a damaged one (TF's
+    DataLossError names neither)."""
+    import tensorflow as tf
+
+    iterator = tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator()
+    number = 0
+    while True:
+        try:
+            record = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            kind = "gzip TFRecord" if compression else "TFRecord"
+            raise ValueError(f"{path} record {number}: not a readable {kind} file: "
+                             f"{e.message.split('}} ')[-1].split(' [Op:')[0]}") from None
+        yield record
+        number += 1
 
 
 def join_labels(labels: dict[tuple[str, int], str], log_dir: str, model_name: str,

@@ -260,6 +260,9 @@ class ClusterServices(Services):
                 log = Path(directory, "error.log")
                 line = _first_mariadb_error(log) or str(exc)
                 raise ServiceError(f"mariadb did not start: {line} (log {log})") from None
+            except OSError as exc:  # its directory: a file there, not writable, disk full
+                raise ServiceError(f"{name} did not start: {exc.strerror or exc}: "
+                                   f"{exc.filename or directory}") from None
             record = {"pid": server.pid, "create_time": psutil.Process(server.pid).create_time(),
                       "command": [name, directory]}
             with open(self.pid_file(name), "w") as fh:

@@ -156,9 +156,16 @@ def _fatal(log: Path) -> str:
     except OSError:
         return line
     if line in lines:
-        after = lines[len(lines) - 1 - lines[::-1].index(line) + 1:][:1]
+        at = len(lines) - 1 - lines[::-1].index(line)
+        after = lines[at + 1:][:1]
         if after and "DETAIL:" in after[0]:
             return f"{line} {after[0][after[0].index('DETAIL:'):]}"
+        # "could not create any TCP/IP sockets": the cause (a taken port) is a LOG line before.
+        causes = [entry for entry in lines[max(0, at - 10):at] if "could not bind" in entry
+                  or "HINT:" in entry]
+        if causes:
+            return f"{line} — " + " ".join(entry[entry.index(key):] for entry in causes
+                                           for key in ("could not bind", "HINT:") if key in entry)
     return line
 
 

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
          "(pipewright extension)")
     # Forwarding mode (serving/upstream.py); docs/rollout.md "In front of TF Serving".
     flag("upstream_grpc_address", str, d.upstream_grpc_address,
-         "HOST:PORT of a TF Serving compatible gRPC model server (e.g. tensorflow/serving) to "
+         "HOST:PORT (an IPv6 address in brackets: [::1]:8500) of a TF Serving compatible gRPC "
+         "model server (e.g. tensorflow/serving) to "
          "forward model calls to: this server keeps REST and gRPC, rollout.json routing, "
          "request logs, per-version metrics, data quality and admission, and sends each "
          "Predict / Classify / Regress call upstream pinned to the version it chose; it drives "
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
          "(pipewright extension)")
     flag("upstream_load_timeout_seconds", float, d.upstream_load_timeout_seconds,
          "with --upstream_grpc_address: how long a version may take to become AVAILABLE "
-         "upstream before the load attempt fails (and is retried per --max_num_load_retries) "
+         "upstream, reaching an upstream still starting included, "
+         "before the load attempt fails (and is retried per --max_num_load_retries) "
          "(pipewright extension)")
     return parser
 
@@ -252,10 +254,22 @@ def validate_options(options: ServerOptions) -> None:
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ServingError(INVALID_ARGUMENT, "--upstream_grpc_address must be HOST:PORT, "
                                f"got {options.upstream_grpc_address!r}")
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            # gRPC reads an unbracketed "::1:8500" as the IPv6 address ::0.1.133.0, port 443.
+            raise ServingError(INVALID_ARGUMENT, "--upstream_grpc_address must be HOST:PORT "
+                               "with an IPv6 address in brackets, e.g. [::1]:8500, got "
+                               f"{options.upstream_grpc_address!r}")
+        own = {options.grpc_port: "--port", options.rest_api_port: "--rest_api_port"}
+        if (host.strip("[]").lower() in {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::",
+                                         options.grpc_host.strip("[]").lower()}
+                and int(port) in own):
+            raise ServingError(INVALID_ARGUMENT, f"--upstream_grpc_address "
+                               f"{options.upstream_grpc_address} is this server's own "
+                               f"{own[int(port)]}: the upstream must be another model server")
         if options.enable_batching:
             raise ServingError(INVALID_ARGUMENT, "--enable_batching has no effect with "
                                "--upstream_grpc_address: batch on the upstream model server")
-    if options.upstream_load_timeout_seconds <= 0:
+    if not options.upstream_load_timeout_seconds > 0:  # NaN too: a load would never time out
         raise ServingError(INVALID_ARGUMENT, "--upstream_load_timeout_seconds must be positive")
     if options.rate_limit_max_clients <= 0:
         raise ServingError(INVALID_ARGUMENT, "--rate_limit_max_clients must be positive")

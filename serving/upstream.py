@@ -25,7 +25,9 @@ come from the upstream's GetModelMetadata. The config is re-sent when the upstre
 version the front door serves (e.g. it restarted with its own config file).
 
 Errors: an upstream status is passed to the client with its code and message; UNAVAILABLE
-(unreachable upstream, REST 503) names the upstream address.
+(unreachable upstream, REST 503) and DEADLINE_EXCEEDED (no answer in time, e.g. an upstream
+never reached at start-up) name the upstream address; a call the upstream cancelled (e.g.
+while shutting down) is UNAVAILABLE naming it, not CANCELLED (REST 499, "client closed").
 """
 
 from __future__ import annotations
@@ -90,12 +92,26 @@ class Upstream:
 
     def error(self, e: grpc.RpcError) -> ServingError:
         """The upstream's status as a ServingError: same code and message; UNAVAILABLE (and a
-        status without a code) names the upstream."""
+        status without a code) and DEADLINE_EXCEEDED name the upstream; CANCELLED by the upstream
+        becomes UNAVAILABLE naming it."""
         code = e.code() if hasattr(e, "code") else None
         details = (e.details() if hasattr(e, "details") else None) or str(e)
         if code is None or code == grpc.StatusCode.UNAVAILABLE:
             return ServingError(errors.UNAVAILABLE,
                                 f"Upstream model server {self.address} is unavailable: {details}")
+        if code == grpc.StatusCode.CANCELLED:
+            # Not the client's doing (its cancel cancels the call here, and raises no
+            # RpcError): the upstream ended the call, e.g. while shutting down. CANCELLED
+            # would tell the client it closed the request (REST 499); UNAVAILABLE is retried.
+            return ServingError(errors.UNAVAILABLE,
+                                f"Upstream model server {self.address} cancelled the call "
+                                f"(shutting down?): {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            # gRPC's own "Deadline Exceeded" (e.g. an upstream never reached while waited
+            # for) would not say which server did not answer.
+            return ServingError(errors.DEADLINE_EXCEEDED,
+                                f"Upstream model server {self.address} did not answer in time: "
+                                f"{details}")
         return ServingError(code.value[0], details)
 
     # ------------------------------------------------------------ the model call
@@ -118,11 +134,12 @@ class Upstream:
     # ------------------------------------------------------------ ModelService
 
     def model_status(self, name: str, version: int | None = None,
-                     wait_for_ready: bool = False) -> dict[int, tuple]:
+                     wait_for_ready: bool = False,
+                     timeout: float | None = None) -> dict[int, tuple]:
         """GetModelStatus -> {version: (state, ServingError or None)}; {} when the upstream
-        knows no version of the model (NOT_FOUND). wait_for_ready: wait (up to the admin
-        timeout) for an upstream that is not reachable yet, e.g. still starting. Raises
-        ServingError otherwise."""
+        knows no version of the model (NOT_FOUND). wait_for_ready: wait (up to `timeout`
+        seconds, default the admin timeout) for an upstream that is not reachable yet, e.g.
+        still starting. Raises ServingError otherwise."""
         from tensorflow_serving.apis import get_model_status_pb2
 
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -130,8 +147,9 @@ class Upstream:
         if version is not None:
             request.model_spec.version.value = version
         try:
-            response = self.models.GetModelStatus(request, timeout=self.admin_timeout,
-                                                  wait_for_ready=wait_for_ready)
+            response = self.models.GetModelStatus(
+                request, timeout=self.admin_timeout if timeout is None else timeout,
+                wait_for_ready=wait_for_ready)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 return {}
@@ -267,17 +285,17 @@ class UpstreamModels:
                     entry.version_labels[label] = version
         return config
 
-    def sync(self, wait_for_ready: bool = False) -> None:
+    def sync(self, wait_for_ready: bool = False, timeout: float | None = None) -> None:
         """Send the desired config if it differs from the last one the upstream accepted, or
         the upstream lost a version the front door serves. Raises ServingError when the
-        upstream cannot be reached (wait_for_ready: within the admin timeout) or refuses the
-        config (the next sync tries again)."""
+        upstream cannot be reached (wait_for_ready: within `timeout` seconds, default the
+        admin timeout) or refuses the config (the next sync tries again)."""
         with self._lock:
             states = {}
             lost = []
             for model, versions, _ in self.manager.kept_versions():
-                states[model.name] = self.upstream.model_status(model.name,
-                                                                wait_for_ready=wait_for_ready)
+                states[model.name] = self.upstream.model_status(
+                    model.name, wait_for_ready=wait_for_ready, timeout=timeout)
                 serving = self.manager.loaded_versions().get(model.name, [])
                 lost += [f"{model.name} version {v}" for v in serving
                          if states[model.name].get(v, (None,))[0] != _AVAILABLE]
@@ -335,8 +353,12 @@ class UpstreamModels:
         from serving.model_manager import STATE_NAMES
         # The manager marked it LOADING: the config now names it. An upstream still starting
         # (compose starts both at once) is waited for, not counted as a failed load.
-        self.sync(wait_for_ready=True)
         deadline = time.monotonic() + self.load_timeout
+        # Within the load timeout, not the admin one (60 s): --upstream_load_timeout_seconds
+        # bounds the whole attempt; and without sync's lock, which the poll thread and the
+        # manager's listeners take meanwhile.
+        self.upstream.model_status(name, wait_for_ready=True, timeout=self.load_timeout)
+        self.sync()
         state = None
         while True:
             state, error = self.upstream.model_status(name).get(version, (None, None))

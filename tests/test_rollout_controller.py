@@ -364,3 +364,72 @@ def test_min_live_accuracy_judges_the_candidates_own_labeled_answers_once_labels
     assert policy.reason.endswith(
         "min_live_accuracy 0.5 beyond 0.7 (20 of 40 labeled answers of version 2 right)"), \
         policy.reason
+
+
+@pytest.mark.parametrize("min_labels", [0, -3])
+def test_min_labels_below_one_is_refused_not_divided_by(min_labels):
+    """min_labels 0 once judged a candidate with no labeled answer: ZeroDivisionError."""
+    with pytest.raises(ValueError, match=f"min_labels must be >= 1 .*got {min_labels}"):
+        Settings(min_labels=min_labels)
+
+
+def test_label_csvs_with_a_bom_bad_bytes_or_extra_fields(tmp_path):
+    """An Excel BOM is read; a file that is not UTF-8 and a row with more fields than the
+    header (an unquoted comma in a label) are refused naming the file and row."""
+    from components.traffic_labels import read_labels
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbfrequest_id,label\nr-1,Adelie\n")
+    assert read_labels([str(bom)]) == {("r-1", 0): "Adelie"}
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"request_id,label\nr-1,Adelie\nr-2,G\xe9ntoo\n")
+    with pytest.raises(ValueError, match=f"^{latin} row 3: not UTF-8 text"):
+        read_labels([str(latin)])
+    extra = tmp_path / "extra.csv"
+    extra.write_text('request_id,label\nr-1,"Adelie, male"\nr-2,Adelie, male\n')
+    with pytest.raises(ValueError, match=rf"^{extra} row 3: 3 fields, the header has 2"):
+        read_labels([str(extra)])
+
+
+def test_labels_that_join_no_logged_request_are_said_naming_the_log_dir(tmp_path, caplog):
+    """A log_dir that is wrong (or not written yet) leaves min_live_accuracy unjudged while
+    the rollout goes on: the labels that did not join are logged, naming the directory."""
+    import logging
+
+    from components.rollout_labels import DelayedLabels
+    from tests.test_traffic_monitor import write_labels
+
+    labels_dir, log_dir = tmp_path / "labels", tmp_path / "no-such-logs"
+    write_labels(labels_dir, "day1.csv", {"r-1": "Adelie", "r-2": "Gentoo"}, arrived=1100)
+    labels = DelayedLabels(str(labels_dir), str(log_dir), logging.getLogger("rollout-test"))
+    with caplog.at_level(logging.WARNING, logger="rollout-test"):
+        assert labels.counts("penguin") == {}
+    [record] = caplog.records
+    assert record.getMessage() == (
+        f"min_live_accuracy: 2 of 2 delayed labels in {labels_dir} did not join the request "
+        f"logs of model penguin in {log_dir} (no closed request-log file of the model there "
+        f"yet; e.g. r-1, r-2)")
+
+
+def test_damaged_tfrecord_label_files_are_named_with_the_record(tmp_path):
+    """TF's DataLossError named neither the file nor the record."""
+    import tensorflow as tf
+
+    from components.traffic_labels import read_labels
+
+    junk, junk_gz, not_example = (tmp_path / "junk.tfrecord", tmp_path / "junk.tfrecord.gz",
+                                  tmp_path / "other.tfrecord")
+    junk.write_bytes(b"\x00\x01 this is no TFRecord file at all \x02" * 4)
+    junk_gz.write_bytes(b"not gzip")
+    with tf.io.TFRecordWriter(str(not_example)) as writer:
+        example = tf.train.Example()
+        example.features.feature["request_id"].bytes_list.value.append(b"r-1")
+        example.features.feature["label"].bytes_list.value.append(b"Adelie")
+        writer.write(example.SerializeToString())
+        writer.write(b"\xff\xff\xff")
+    for path, message in ((junk, "record 0: not a readable TFRecord file: "),
+                          (junk_gz, "record 0: not a readable gzip TFRecord file: "),
+                          (not_example, "record 1: not a tf.Example")):
+        with pytest.raises(ValueError) as info:
+            read_labels([str(path)])
+        assert str(info.value).startswith(f"{path} {message}"), info.value

@@ -71,3 +71,36 @@ def test_a_postgres_data_directory_from_another_version_is_named_by_its_fatal_li
         services.up(first_run=False, echo=lambda line: None)
     assert services.running() == {}
     assert processes_under(root) == []
+
+
+def test_a_file_where_a_database_directory_goes_is_named_and_the_others_are_stopped(root):
+    """A file in MariaDB's place (a leftover, a typo'd mount): `up` names it, not a
+    FileExistsError traceback, and stops PostgreSQL and Redis, which had started."""
+    services = cluster(root)
+    blocker = Path(services.database_dir("mariadb"))
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a directory\n")
+    lines = []
+    with pytest.raises(ServiceError, match=rf"^mariadb did not start: File exists: {blocker}$"):
+        services.up(first_run=False, echo=lines.append)
+    assert any(line.startswith("stopping redis") for line in lines), lines
+    assert any(line.startswith("stopping postgres") for line in lines), lines
+    assert services.running() == {}
+    assert processes_under(root) == []
+
+
+def test_postgres_on_a_taken_port_is_named_by_its_bind_error_not_only_its_fatal_line(root):
+    """PostgreSQL's FATAL line ("could not create any TCP/IP sockets") does not say why:
+    the LOG line before it does (Address already in use, with the port in its HINT)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        services = cluster(root, postgres_port=port)
+        with pytest.raises(ServiceError, match=r"postgres did not start: .*FATAL: +could not "
+                                               r"create any TCP/IP sockets — could not bind "
+                                               r"IPv4 address \"127\.0\.0\.1\": Address already "
+                                               rf"in use HINT: .* port {port}\?"):
+            services.up(first_run=False, echo=lambda line: None)
+    assert services.running() == {}
+    assert processes_under(root) == []

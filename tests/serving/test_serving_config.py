@@ -104,6 +104,9 @@ def test_upstream_flags():
                                      "--upstream_load_timeout_seconds=30"])
     assert (options.upstream_grpc_address, options.upstream_load_timeout_seconds) == ("serving:8500", 30)
     config_lib.validate_options(options)
+    for address in ("[::1]:8501", "127.0.0.1:8501", "serving:8500"):
+        config_lib.validate_options(config_lib.parse_args(
+            ["--model_base_path=/x", f"--upstream_grpc_address={address}"]))
     help_text = config_lib.build_parser().format_help()
     assert "--upstream_grpc_address" in help_text and "HandleReloadConfigRequest" in help_text
 
@@ -114,6 +117,16 @@ def test_upstream_flags():
     (["--upstream_grpc_address=serving:8500", "--enable_batching"],
      "--enable_batching has no effect with --upstream_grpc_address"),
     (["--upstream_load_timeout_seconds=0"], "--upstream_load_timeout_seconds must be positive"),
+    (["--upstream_load_timeout_seconds=-5"], "--upstream_load_timeout_seconds must be positive"),
+    (["--upstream_load_timeout_seconds=nan"], "--upstream_load_timeout_seconds must be positive"),
+    (["--upstream_grpc_address=serving:0"], "--upstream_grpc_address must be HOST:PORT"),
+    (["--upstream_grpc_address=:8500"], "--upstream_grpc_address must be HOST:PORT"),
+    (["--port=8600", "--upstream_grpc_address=localhost:8600"],
+     "--upstream_grpc_address localhost:8600 is this server's own --port"),
+    (["--rest_api_port=8601", "--upstream_grpc_address=127.0.0.1:8601"],
+     "--upstream_grpc_address 127.0.0.1:8601 is this server's own --rest_api_port"),
+    (["--upstream_grpc_address=::1:8500"],
+     "--upstream_grpc_address must be HOST:PORT with an IPv6 address in brackets"),
 ])
 def test_invalid_upstream_flags(argv, message):
     with pytest.raises(ServingError) as info:

@@ -526,3 +526,89 @@ def test_the_forwarded_request_names_the_chosen_version_even_version_0():
         multi.tasks.add().model_spec.name = MODEL
     assert [t.model_spec.HasField("version") and t.model_spec.version.value
             for t in pinned("MultiInference", multi, 3).tasks] == [3, 3]
+
+
+def test_an_upstream_never_reached_is_named_when_waiting_for_it_times_out():
+    """Start-up waits for an upstream that is not up yet (wait_for_ready); when it never
+    comes, the load error names the upstream, not only gRPC's "Deadline Exceeded"."""
+    from serving.errors import ServingError
+    from serving.upstream import Upstream
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens
+    upstream = Upstream(address, admin_timeout_seconds=0.5)
+    try:
+        with pytest.raises(ServingError) as info:
+            upstream.model_status(MODEL, wait_for_ready=True)
+    finally:
+        upstream.close()
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert info.value.message.startswith(
+        f"Upstream model server {address} did not answer in time: "), info.value.message
+
+
+def test_a_call_the_upstream_cancels_is_unavailable_naming_it_not_cancelled():
+    """An upstream that ends a forwarded call with CANCELLED (our own server does so for
+    calls in flight when it shuts down) did not see the client close the request: the
+    client gets UNAVAILABLE (retryable, REST 503) naming the upstream, not CANCELLED (499)."""
+    import asyncio
+
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving.errors import ServingError
+    from serving.upstream import Upstream
+
+    class Cancelling(prediction_service_pb2_grpc.PredictionServiceServicer):
+        async def Predict(self, request, context):
+            await context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+
+    async def forward_once():
+        server = grpc.aio.server()
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Cancelling(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        upstream = Upstream(f"127.0.0.1:{port}")
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        try:
+            with pytest.raises(ServingError) as info:
+                await upstream.forward("Predict", request, 1, 10, "r-1")
+        finally:
+            upstream.close()
+            await server.stop(None)
+        return port, info.value
+
+    port, error = asyncio.run(forward_once())
+    assert error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert error.message == (f"Upstream model server 127.0.0.1:{port} cancelled the call "
+                             f"(shutting down?): CANCELLED")
+
+
+def test_upstream_load_timeout_bounds_the_wait_for_an_upstream_never_reached(tmp_path):
+    """--upstream_load_timeout_seconds bounds a load attempt whole: waiting for an upstream
+    that never comes up used the 60 s admin timeout instead. The version ends with the
+    error naming the upstream."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.model_manager import ModelManager
+    from serving.upstream import Upstream, UpstreamModels
+
+    (tmp_path / MODEL / "1").mkdir(parents=True)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens
+    upstream = Upstream(address)
+    models = None
+    manager = ModelManager(loader=lambda *args: models.load(*args), max_num_load_retries=0)
+    models = UpstreamModels(upstream, manager, load_timeout_seconds=1.0)
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name=MODEL, base_path=str(tmp_path / MODEL),
+                                        model_platform="tensorflow")
+    started = time.monotonic()
+    try:
+        manager.apply_config(config)
+    finally:
+        manager.stop()
+        upstream.close()
+    elapsed = time.monotonic() - started
+    [(version, state, error)] = manager.version_status(MODEL)
+    assert (version, state) == (1, END), (state, error)
+    assert error.message.startswith(f"Upstream model server {address} did not answer in time")
+    assert elapsed < 15, elapsed
