@@ -274,10 +274,13 @@ def _live_quality(step: Step, log_dir: str, start: float, end: float) -> dict | 
 
     if not 0.0 <= step.min_live_accuracy <= 1.0:
         raise ValueError(f"min_live_accuracy must be in [0, 1], got {step.min_live_accuracy}")
+    if step.min_labels < 1:
+        raise ValueError(f"min_labels must be at least 1 (labels a version needs before its "
+                         f"live accuracy is judged), got {step.min_labels}")
     files = label_files(step.labels, start, end)
     quality = join_labels(read_labels(files), log_dir, step.model_name, step.log)
     quality.files = files
-    summary = quality.summary(step.min_live_accuracy, max(1, step.min_labels))
+    summary = quality.summary(step.min_live_accuracy, step.min_labels)
     if quality.unjoined:
         step.log.warning("%d labels did not join a logged prediction (request ids such as "
                          "%s): unknown to the request log, failed, or without a "

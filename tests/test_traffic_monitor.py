@@ -476,3 +476,11 @@ def test_pipewright_monitor_prints_live_quality_and_reports_an_alert_it_cannot_e
            "compared, ALERT: live accuracy below threshold" in out
     assert "RETRAINING: alert (live accuracy of version" in out
     assert "no asset to emit to: retraining starts only from the monitoring DAG" in out
+
+    code = main(["penguin", "--home", str(home), "--log-dir", str(home / "request_logs"),
+                 "--push-destination", os.path.dirname(trained_penguin.serving_base),
+                 "--end", str(T0 + 14400), "--labels", str(home / "labels" / "w2.csv"),
+                 "--min-labels", "0"])
+    captured = capsys.readouterr()
+    assert code == 1 and "min_labels must be at least 1" in captured.err + captured.out, \
+        "0 is refused by name, not taken as 1"
