@@ -3,7 +3,8 @@
 The shape of the real table issue 11 was measured on (3.37 million rows, 19 columns, 295 MB
 of CSV): strings with a few hundred distinct values, integers, floats, missing values in
 several columns, a timestamp-like column and a binary label that depends on the features
-(so a model could learn it); about 96 bytes a row, so 3.37 million rows are 325 MB. Rows are orders of an imaginary shop over `--days` days:
+(so a model could learn it); about 96 bytes a row, so 3.37 million rows are 325 MB.
+Rows are orders of an imaginary shop over `--days` days:
 
     order_time      "2024-03-01 13:45:12", ascending within a day
     store           string, 300 distinct ("S123")
