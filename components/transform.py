@@ -48,6 +48,7 @@ class Transform(Component):
         from tfx_bsl.public import tfxio
 
         preprocessing_fn = _checked_preprocessing_fn(step.module_file)
+        _pickle_user_module_by_value(step.module_file)
         schema = _read_schema(step.schema.file)
         splits = step.splits_to_transform or step.examples.splits
         _check_splits(step.examples, splits + step.splits_to_analyze)
@@ -66,10 +67,18 @@ class Transform(Component):
         adapter_config = source(step.splits_to_analyze[0]).TensorAdapterConfig()
         options = pipeline_options(step.beam_args, step.log)
         try:
+            # Streaming, not materializing: a PCollection that a later stage reads after a
+            # side input is ready (the transform_fn, an earlier analyzer phase's result) is
+            # buffered whole by the runner (the FnApiRunner keeps it in memory). So the
+            # analysis and each split's transformation read the files themselves, and
+            # tf.Transform re-reads the input for each analyzer phase after the first
+            # (tft_beam.Context use_deep_copy_optimization, as tf.Transform's census example
+            # runs it).
             with beam.Pipeline(options=options) as pipeline, tft_beam.Context(
-                    temp_dir=os.path.join(step.tmp_dir, "tft")):
+                    temp_dir=os.path.join(step.tmp_dir, "tft"),
+                    use_deep_copy_optimization=True):
                 raw = {split: pipeline | f"Read[{split}]" >> source(split).BeamSource()
-                       for split in dict.fromkeys(splits + step.splits_to_analyze)}
+                       for split in step.splits_to_analyze}
                 input_cache = pipeline | "ReadCache" >> \
                     tft_beam.analyzer_cache.ReadAnalysisCacheFromFS(cache_dir, list(keys.values()))
                 transform_fn, output_cache = (
@@ -79,7 +88,9 @@ class Transform(Component):
                     pipeline, cache_dir, list(keys.values()))
                 _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(graph_dir)
                 for split in splits:
-                    transformed, _ = (((raw[split], adapter_config), transform_fn)
+                    to_transform = pipeline | f"ReadToTransform[{split}]" >> \
+                        source(split).BeamSource()
+                    transformed, _ = (((to_transform, adapter_config), transform_fn)
                                       | f"Transform[{split}]" >> tft_beam.TransformDataset(
                                           output_record_batches=True))
                     _ = (transformed
@@ -168,6 +179,19 @@ def _checked_preprocessing_fn(module_file: str):
         return outputs
 
     return preprocessing_fn
+
+
+def _pickle_user_module_by_value(module_file: str) -> None:
+    """Makes Beam pickle the user module's functions with their code. The module is imported
+    under a generated name (components.user_module), which a Beam worker in another process
+    (`--direct_running_mode=multi_processing`, a remote runner) cannot import: pickled by
+    reference, as cloudpickle pickles functions of importable modules, preprocessing_fn fails
+    to load there with ModuleNotFoundError."""
+    from apache_beam.internal.cloudpickle import cloudpickle
+
+    from components.user_module import load
+
+    cloudpickle.register_pickle_by_value(load(module_file))
 
 
 def _user_code_error(exc: BaseException) -> UserModuleError | None:
