@@ -19,7 +19,8 @@ every Beam worker it spawned: psutil, sampled every 0.1 s) and CPU use (cpu-seco
 tree / wall seconds: 2.0 = both cores busy all the time). ExampleGen's own growth is measured
 as bench/bench_example_gen_memory.py does it: after the imports and a warm-up ExampleGen run
 on 1,000 rows, growth = the step's peak tree RSS - the RSS just before the run. A plain-
-library reference for StatisticsGen, measured in the in-process child after the run:
+library reference for StatisticsGen, measured in the in-process child after the run (at the
+smallest scale unless --reference-rows says otherwise):
 tfdv.generate_statistics_from_tfrecord on the same examples (every split), same runner.
 
 Targets (issue 11, 2-core machines, at the largest scale given, normally 3.37M rows):
@@ -32,7 +33,7 @@ Each figure is printed with its target and "met" or "MISSED"; raw results (JSON)
 printed table are written to bench/out/data_half-<time>.{json,txt}.
 
     python bench/bench_data_half.py [--rows 337000 3370000] [--modes in_process multi_process]
-                                    [--layout single|daily] [--no-reference]
+                                    [--layout single|daily] [--reference-rows N ...]
     python bench/bench_data_half.py --rows 34000          # a quick check, about 2 minutes
 """
 from __future__ import annotations
@@ -265,6 +266,9 @@ def report(results: list[dict], rows: list[int], modes: list[str]) -> list[str]:
     say("targets (issue 11):")
     large, small = max(rows), min(rows)
     for mode in modes:
+        if (large, mode) not in by:
+            say(f"  {mode:>13} at {large:,} rows: not measured")
+            continue
         r = by[(large, mode)]
         half = _data_half(r)
         say(f"  {mode:>13} at {large:,} rows: data half {half['seconds']:.0f} s "
@@ -273,18 +277,19 @@ def report(results: list[dict], rows: list[int], modes: list[str]) -> list[str]:
         busy = half["cpu_seconds"] / half["seconds"]
         say(f"  {mode:>13} at {large:,} rows: cores busy {busy:.2f} "
             f"(target >= {BUSY_TARGET}): {verdict(busy >= BUSY_TARGET)}")
-        for n in sorted(rows):
+        measured = [n for n in sorted(rows) if (n, mode) in by]
+        for n in measured:
             t = by[(n, mode)]["steps"]["Transform"]["peak_rss"]
             say(f"  {mode:>13} at {n:,} rows: Transform peak {t / GIB:.2f} GiB "
                 f"(target <= 1.5 GiB): {verdict(t <= TRANSFORM_PEAK_TARGET)}")
-        if large != small:
+        if large != small and (small, mode) in by:
             a = by[(small, mode)]["steps"]["Transform"]["peak_rss"]
             b = by[(large, mode)]["steps"]["Transform"]["peak_rss"]
             growth = b / a - 1
             say(f"  {mode:>13}: Transform peak {small:,} -> {large:,} rows: "
                 f"{a / GIB:.2f} -> {b / GIB:.2f} GiB, {growth:+.0%} (target < "
                 f"{TRANSFORM_GROWTH_TARGET:.0%}): {verdict(growth < TRANSFORM_GROWTH_TARGET)}")
-        for n in sorted(rows):
+        for n in measured:
             s = by[(n, mode)]["steps"]["ExampleGen"]
             growth = s["peak_rss"] - s["rss_before"]
             say(f"  {mode:>13} at {n:,} rows: ExampleGen own growth {growth / MB:.1f} MB "
@@ -311,13 +316,22 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--layout", choices=("single", "daily"), default="single",
                         help="one span, or daily spans read as one artifact")
-    parser.add_argument("--no-reference", dest="reference", action="store_false",
-                        help="skip the tfdv.generate_statistics_from_tfrecord reference")
+    parser.add_argument("--reference-rows", type=int, nargs="*", default=None,
+                        help="scales to run the tfdv.generate_statistics_from_tfrecord "
+                             "reference at (default: the smallest; none: no reference)")
     parser.add_argument("--keep-homes", action="store_true")
+    parser.add_argument("--report", type=Path, help="print the report of a saved "
+                        "bench/out/data_half-<time>.json (e.g. of a run stopped half-way)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(Path(args.child).read_text()))))
+        return 0
+
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        print("\n".join(report(saved, sorted({r["rows"] for r in saved}),
+                               list(dict.fromkeys(r["mode"] for r in saved)))))
         return 0
 
     from make_scale_data import generate
@@ -326,6 +340,7 @@ def main() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     workdir = Path(tempfile.mkdtemp(prefix="bench_data_half_", dir=OUT))
     warmup = generate(workdir / "warmup", WARMUP_ROWS, days=1)
+    reference_rows = [min(args.rows)] if args.reference_rows is None else args.reference_rows
     results = []
     for n in sorted(args.rows):
         data = generate(OUT / f"scale-data-{n}", n)
@@ -334,12 +349,14 @@ def main() -> int:
                     "input": data[args.layout], "warmup_dir": warmup["single"]["input_base"],
                     "home": tempfile.mkdtemp(prefix=f"home-{n}-{mode}-", dir=workdir),
                     "module_file": str(MODULE_FILE),
-                    "reference": args.reference and mode == REFERENCE_MODE}
+                    "reference": n in reference_rows and mode == REFERENCE_MODE}
             print(f"running {mode} on {n:,} rows ({data['bytes'] / MB:.0f} MB, "
                   f"{args.layout}) ...", file=sys.stderr, flush=True)
             figures = run_child(spec, workdir)
             results.append({"rows": n, "mode": mode, "layout": args.layout,
                             "input_bytes": data["bytes"], **figures})
+            # Written after every run: a long benchmark stopped half-way keeps what it measured.
+            (OUT / f"data_half-{stamp}.json").write_text(json.dumps(results, indent=1))
             if not args.keep_homes:
                 import shutil
                 shutil.rmtree(spec["home"], ignore_errors=True)

@@ -10,6 +10,7 @@ import traceback
 
 from components.artifacts import Examples, Schema, TransformGraph
 from components.beam_options import pipeline_options
+from components import tft_deep_copy
 from components.base import Component, ExternalPath, Input, Output, Parameter, Step
 from components.user_module import UserModuleError, function
 
@@ -68,12 +69,12 @@ class Transform(Component):
         options = pipeline_options(step.beam_args, step.log)
         try:
             # Streaming, not materializing: a PCollection that a later stage reads after a
-            # side input is ready (the transform_fn, an earlier analyzer phase's result) is
-            # buffered whole by the runner (the FnApiRunner keeps it in memory). So the
+            # side input is ready (the transform_fn, an earlier analyzer phase's results)
+            # is buffered whole by the runner (the FnApiRunner keeps it in memory). So the
             # analysis and each split's transformation read the files themselves, and
-            # tf.Transform re-reads the input for each analyzer phase after the first
-            # (tft_beam.Context use_deep_copy_optimization, as tf.Transform's census example
-            # runs it).
+            # tf.Transform re-reads them for each analyzer phase after the first (its deep
+            # copy, see components/tft_deep_copy.py).
+            tft_deep_copy.enable()
             with beam.Pipeline(options=options) as pipeline, tft_beam.Context(
                     temp_dir=os.path.join(step.tmp_dir, "tft"),
                     use_deep_copy_optimization=True):
