@@ -279,9 +279,14 @@ def report(results: list[dict], rows: list[int], modes: list[str]) -> list[str]:
             f"(target >= {BUSY_TARGET}): {verdict(busy >= BUSY_TARGET)}")
         measured = [n for n in sorted(rows) if (n, mode) in by]
         for n in measured:
-            t = by[(n, mode)]["steps"]["Transform"]["peak_rss"]
+            step = by[(n, mode)]["steps"]["Transform"]
+            t = step["peak_rss"]
+            # In-process, the run process keeps what earlier steps allocated (StatisticsGen's
+            # arenas): the growth over the RSS at Transform's start is Transform's own share.
             say(f"  {mode:>13} at {n:,} rows: Transform peak {t / GIB:.2f} GiB "
-                f"(target <= 1.5 GiB): {verdict(t <= TRANSFORM_PEAK_TARGET)}")
+                f"(target <= 1.5 GiB): {verdict(t <= TRANSFORM_PEAK_TARGET)}; "
+                f"RSS at its start {step['rss_before'] / GIB:.2f} GiB, own growth "
+                f"{(t - step['rss_before']) / GIB:.2f} GiB (information)")
         if large != small and (small, mode) in by:
             a = by[(small, mode)]["steps"]["Transform"]["peak_rss"]
             b = by[(large, mode)]["steps"]["Transform"]["peak_rss"]
@@ -320,8 +325,9 @@ def main() -> int:
                         help="scales to run the tfdv.generate_statistics_from_tfrecord "
                              "reference at (default: the smallest; none: no reference)")
     parser.add_argument("--keep-homes", action="store_true")
-    parser.add_argument("--report", type=Path, help="print the report of a saved "
-                        "bench/out/data_half-<time>.json (e.g. of a run stopped half-way)")
+    parser.add_argument("--report", type=Path, nargs="+", help="print the report of saved "
+                        "bench/out/data_half-<time>.json files together (runs stopped "
+                        "half-way, scales run separately)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -329,7 +335,7 @@ def main() -> int:
         return 0
 
     if args.report:
-        saved = json.loads(args.report.read_text())
+        saved = [r for path in args.report for r in json.loads(path.read_text())]
         print("\n".join(report(saved, sorted({r["rows"] for r in saved}),
                                list(dict.fromkeys(r["mode"] for r in saved)))))
         return 0
