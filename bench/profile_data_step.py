@@ -2,8 +2,9 @@
 
 Runs the data half (bench/bench_data_half.py's pipeline) up to the step's inputs once in
 HOME (skipped when HOME already holds them), then the step alone (`only=[step]`, its inputs
-the newest upstream outputs) in this process under cProfile (the runner's step thread), sampling the process tree's
-RSS every 0.1 s. Prints the step's seconds, peak RSS, the RSS curve (one value per tenth
+the newest upstream outputs) in this process under cProfile (the runner's step thread),
+sampling the process tree's RSS every 0.1 s. For Transform, earlier analyzer caches in HOME
+are removed first, so the analysis runs cold as in the benchmark. Prints the step's seconds, peak RSS, the RSS curve (one value per tenth
 of the run) and the functions with the most cumulative time; writes the profile to
 bench/out/profile-<step>-<rows>.prof (read it with `python -m pstats`).
 
