@@ -9,6 +9,7 @@ import shutil
 import traceback
 
 from components.artifacts import Examples, Schema, TransformGraph
+from components import tft_deep_copy
 from components.beam_options import beam_pipeline
 from components.base import Component, ExternalPath, Input, Output, Parameter, Step
 from components.user_module import UserModuleError, function, pickle_by_value
@@ -65,10 +66,18 @@ class Transform(Component):
 
         adapter_config = source(step.splits_to_analyze[0]).TensorAdapterConfig()
         try:
+            # Streaming, not materializing: a PCollection that a later stage reads after a
+            # side input is ready (the transform_fn, an earlier analyzer phase's results)
+            # is buffered whole by the runner (the FnApiRunner keeps it in memory). So the
+            # analysis and each split's transformation read the files themselves, and
+            # tf.Transform re-reads them for each analyzer phase after the first (its deep
+            # copy, see components/tft_deep_copy.py).
+            tft_deep_copy.enable()
             with beam_pipeline(step) as pipeline, tft_beam.Context(
-                    temp_dir=os.path.join(step.tmp_dir, "tft")):
+                    temp_dir=os.path.join(step.tmp_dir, "tft"),
+                    use_deep_copy_optimization=True):
                 raw = {split: pipeline | f"Read[{split}]" >> source(split).BeamSource()
-                       for split in dict.fromkeys(splits + step.splits_to_analyze)}
+                       for split in step.splits_to_analyze}
                 input_cache = pipeline | "ReadCache" >> \
                     tft_beam.analyzer_cache.ReadAnalysisCacheFromFS(cache_dir, list(keys.values()))
                 transform_fn, output_cache = (
@@ -78,7 +87,9 @@ class Transform(Component):
                     pipeline, cache_dir, list(keys.values()))
                 _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(graph_dir)
                 for split in splits:
-                    transformed, _ = (((raw[split], adapter_config), transform_fn)
+                    to_transform = pipeline | f"ReadToTransform[{split}]" >> \
+                        source(split).BeamSource()
+                    transformed, _ = (((to_transform, adapter_config), transform_fn)
                                       | f"Transform[{split}]" >> tft_beam.TransformDataset(
                                           output_record_batches=True))
                     _ = (transformed

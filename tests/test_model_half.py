@@ -290,6 +290,30 @@ def test_preprocessing_fn_that_raises_fails_the_transform(lifecycle, tmp_path):
     assert _live(lifecycle["home"], TransformGraph) == graphs
 
 
+def test_transform_preprocessing_fn_loads_in_a_beam_worker_of_another_process(tmp_path):
+    """Multi-process Beam (--direct_running_mode=multi_processing) unpickles the
+    preprocessing_fn in worker processes, which cannot import the user module by its
+    generated name: Transform makes Beam pickle the module's functions by value."""
+    import subprocess
+    import sys
+
+    from apache_beam.internal import pickler
+
+    from components.transform import _checked_preprocessing_fn
+
+    module = tmp_path / "doubling_module.py"
+    module.write_text("FACTOR = 2\n\n\ndef preprocessing_fn(inputs):\n"
+                      "    return {'y': inputs['x'] * FACTOR}\n")
+    preprocessing_fn = _checked_preprocessing_fn(str(module))  # registers it by value
+    worker = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom apache_beam.internal import pickler\n"
+         "print(pickler.loads(sys.stdin.buffer.read())({'x': 21}))"],
+        input=pickler.dumps(preprocessing_fn), capture_output=True,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    assert worker.returncode == 0, worker.stderr.decode()[-2000:]
+    assert worker.stdout.decode().strip() == "{'y': 42}"
+
+
 @pytest.mark.parametrize("parameters, message", [
     ({"label_key": "beak_colour"}, "label_key 'beak_colour' is not a feature of the schema"),
     ({"metrics": ["ExampleCount", "SparseCategoricalAccuracy", "Accurracy"]},
