@@ -90,6 +90,37 @@ def closed_log_files(log_dir: str, model_name: str) -> list[str]:
     return [path for _, path in sorted(found)]
 
 
+STALE_OPEN_FILE_S = 3600.0  # an open log file untouched this long was left by a dead server
+
+
+def oldest_open_file(log_dir: str, model_name: str, now: float) -> tuple[float, str] | None:
+    """(opening time, path) of the model's oldest request-log file still being written (the
+    writer's hidden `.<name>`, serving/log_files.py), or None. A window must end there: the
+    requests in that file become readable only when it is closed and renamed, and a window
+    that ended later would never count them. Files untouched for STALE_OPEN_FILE_S (a server
+    that died without closing them) are not waited for."""
+    from serving.log_files import model_dir_name
+
+    root = os.path.join(log_dir, model_dir_name(model_name))
+    found = []
+    for version in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        directory = os.path.join(root, version)
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            if not name.startswith(".") or not name.endswith(SUFFIX):
+                continue
+            path = os.path.join(directory, name)
+            opened = file_opened_at(os.path.join(directory, name[1:]))
+            try:
+                fresh = now - os.path.getmtime(path) < STALE_OPEN_FILE_S
+            except OSError:  # closed and renamed meanwhile
+                continue
+            if opened is not None and fresh:
+                found.append((opened, path))
+    return min(found) if found else None
+
+
 def read_window(log_dir: str, model_name: str, start: float, end: float, schema,
                 log: logging.Logger) -> TrafficWindow:
     """The window's traffic (module docstring). schema: a tensorflow_metadata Schema."""

@@ -126,7 +126,9 @@ class TrafficMonitor(Component):
     Parameters: `model_name` (the model's directory in the request log); `log_dir` (default
     `<home>/request_logs`); `window_start` / `window_end`, ISO 8601 UTC times
     ("2026-11-30T12:00:00Z") or UNIX seconds; an empty start means "since the end of this
-    monitor's previous window" (or the beginning of the log), an empty end means now;
+    monitor's previous window" (or the beginning of the log), an empty end means now — but a
+    window never ends after the opening of a request-log file the server is still writing
+    (its requests are counted by the next window: traffic_logs.oldest_open_file);
     `thresholds` (feature -> threshold of its TFDV distance: L-infinity for a categorical
     feature, Jensen-Shannon for a numeric one), defaults `categorical_threshold` and
     `numeric_threshold`; `psi_thresholds` (feature -> PSI threshold), default `psi_threshold`;
@@ -171,7 +173,7 @@ class TrafficMonitor(Component):
         import tensorflow_data_validation as tfdv
 
         from components.tfmd_files import read_schema, read_statistics
-        from components.traffic_logs import read_window
+        from components.traffic_logs import oldest_open_file, read_window
 
         schema = read_schema(step.schema.file)
         previous = _previous_report(step)
@@ -180,11 +182,19 @@ class TrafficMonitor(Component):
         end = parse_time(step.window_end) if step.window_end else time.time()
         if end < start:
             raise ValueError(f"window ends ({_iso(end)}) before it starts ({_iso(start)})")
+        log_dir = step.log_dir or os.path.join(step.home, "request_logs")
+        still_open = oldest_open_file(log_dir, step.model_name, time.time())
+        if still_open is not None and still_open[0] < end:
+            # Its requests are readable only once it closes: the window stops where it began
+            # (the next window starts there), so no request is skipped.
+            end = max(start, still_open[0])
+            step.note(f"window ends at {_iso(end)}, where the oldest request-log file still "
+                      f"being written began ({still_open[1]}); its requests count in the next "
+                      f"window")
         for name in list(step.thresholds) + list(step.psi_thresholds):
             if name not in {f.name for f in schema.feature}:
                 raise ValueError(f"threshold for feature {name!r}, which the schema does not "
                                  f"have (features: {sorted(f.name for f in schema.feature)})")
-        log_dir = step.log_dir or os.path.join(step.home, "request_logs")
         window = read_window(log_dir, step.model_name, start, end, schema, step.log)
         span = (previous.span + 1) if previous is not None and previous.span is not None else 1
 

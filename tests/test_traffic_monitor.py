@@ -286,6 +286,30 @@ def test_truncated_log_file_is_skipped_with_a_warning_and_an_empty_window_says_s
     assert report.properties["verdict"] == "no traffic"
 
 
+def test_a_window_stops_where_a_log_file_still_being_written_began_and_the_next_counts_it(
+        trained_penguin, tmp_path):
+    """A window ending 'now' while the server still writes a log file (hidden until closed)
+    would skip that file's requests for good: the window ends where the file began."""
+    home = monitor_home(trained_penguin, tmp_path)
+    writer = LogWriter(str(home / "request_logs"), trained_penguin.version)
+    rows = penguin_rows()
+    write_window(writer, rows[:100], T0)
+    writer.now = T0 + 600
+    for i, row in enumerate(rows[100:150]):  # still open: `.requests-...` beside the closed one
+        writer.log(raw_request(row), when=T0 + 600 + i)
+
+    result, report, distances, text = run_monitor(trained_penguin, home, window_start=str(T0),
+                                                  window_end=str(T0 + 1800))
+    assert (report.window_end, distances["requests"]) == (T0 + 600, 100)
+    note = result.steps["TrafficMonitor"].reason
+    assert "where the oldest request-log file still being written began" in note, note
+    writer.close()
+    result, report, distances, text = run_monitor(trained_penguin, home,
+                                                  window_end=str(T0 + 1800))
+    assert (report.window_start, report.window_end, distances["requests"]) == \
+        (T0 + 600, T0 + 1800, 50)
+
+
 # -- delayed labels and the retraining alert ----------------------------------------------------
 ASSET_URI = "pipewright://penguin/retraining-alert"
 ROTATED = {"Adelie": "Gentoo", "Gentoo": "Chinstrap", "Chinstrap": "Adelie"}
