@@ -99,6 +99,21 @@ def test_compose_front_door_forwards_to_tf_serving_with_flags_our_server_accepts
     assert int(_flags(service).get("model_config_file_poll_wait_seconds", "0")) == 0
 
 
+def test_compose_clients_and_the_rollout_step_reach_the_front_door_not_tf_serving(service):
+    """Clients' usual ports (8500/8501 on the host) are the front door's; the Airflow
+    containers' Rollout step reads the front door's evidence (without
+    PIPEWRIGHT_MODEL_SERVER_REST a canary is promoted unobserved)."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    front = compose["services"]["pipewright-serving"]
+    published = {p.split(":")[1]: p.split(":")[2] for p in front["ports"]}
+    assert published == {"8500": "8500", "8501": "8501"}, front["ports"]
+    assert not {p.split(":")[1] for p in service["ports"]} & {"8500", "8501"}
+    options = config_lib.parse_args(front["command"])
+    env = compose["x-airflow"]["environment"]
+    assert env["PIPEWRIGHT_MODEL_SERVER_REST"] == \
+        f"http://pipewright-serving:{options.rest_api_port}"
+
+
 def test_upstream_flags():
     options = config_lib.parse_args(["--model_base_path=/x", "--upstream_grpc_address=serving:8500",
                                      "--upstream_load_timeout_seconds=30"])
