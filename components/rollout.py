@@ -12,8 +12,10 @@ from components.base import Component, Input, Output, Parameter, Step
 from components.rollout_controller import Decision, Settings, advance, history
 from components.rollout_evidence import PrometheusEvidence
 from components.rollout_labels import DelayedLabels
-from components.rollout_policy import (IMMEDIATE, PROMOTED, ROLLED_BACK, read_policy,
+from components.rollout_policy import (ABORTED, IMMEDIATE, PROMOTED, ROLLED_BACK, read_policy,
                                        write_policy)
+
+PENDING_POLL_S = 60.0  # a deferred task looks again at least this often (an abort, a promote)
 
 SERVER_ENV = "PIPEWRIGHT_MODEL_SERVER_REST"  # set by `make up` for Airflow's processes
 
@@ -62,8 +64,11 @@ class Rollout(Component):
         report.set(state="none", pushed_version=pushed.pushed_version or 0, evidence="none",
                    fallback="", server="")
         policy = read_policy(pushed.pushed_destination) if pushed.pushed else None
-        if not pushed.pushed or policy is None or (
-                pushed.pushed_version not in (policy.candidate_version, policy.stable_version)):
+        ended_here = policy is not None and policy.window.get("rolled_back_version") == \
+            pushed.pushed_version  # rolled back or aborted by hand while this step waited
+        if not pushed.pushed or policy is None or (not ended_here and pushed.pushed_version
+                                                   not in (policy.candidate_version,
+                                                           policy.stable_version)):
             why = ("nothing was pushed" if not pushed.pushed
                    else f"version {pushed.pushed_version} is not under a rollout")
             _write(report, why, [])
@@ -103,8 +108,9 @@ class Rollout(Component):
                             max_inconclusive=params.get("max_inconclusive", 3),
                             min_labels=params.get("min_labels", 10))
         labels = delayed_labels(params.get("labels", ""), params.get("log_dir", ""), home_root)
-        return advance(base, params["model_name"], PrometheusEvidence(url), settings,
-                       labels=labels).wait_s
+        wait_s = advance(base, params["model_name"], PrometheusEvidence(url), settings,
+                         labels=labels).wait_s
+        return None if wait_s is None else min(wait_s, PENDING_POLL_S)
 
     def _promote_unobserved(self, step: Step, policy) -> None:
         note = (f"no model server to observe (set server_url or ${SERVER_ENV}): version "
@@ -127,7 +133,7 @@ class Rollout(Component):
             state = PROMOTED
         report.set(state=state, reason=decision.reason or (policy.reason if policy else ""),
                    stable_version=policy.stable_version if policy else 0)
-        if state == ROLLED_BACK:
+        if state in (ROLLED_BACK, ABORTED):
             pushed.set(rolled_back=1)
             step.metadata.update_artifact(pushed)
         windows = history(pushed.pushed_destination, pushed.pushed_version)
@@ -157,8 +163,14 @@ def drive(base_path: str, model_name: str, evidence, settings: Settings, step: S
         if decision.wait_s is None:
             return decision
         deadline = time.monotonic() + decision.wait_s
+        look_again = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             step.check_not_interrupted()
+            if time.monotonic() >= look_again:  # a person may promote or abort meanwhile
+                look_again = time.monotonic() + 5.0
+                policy = read_policy(base_path)
+                if policy is None or not policy.in_progress:
+                    break
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 

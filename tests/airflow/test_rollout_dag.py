@@ -108,3 +108,65 @@ def test_rollout_task_defers_between_windows_and_promotes(airflow_db, tmp_path, 
     assert "Rollout: waiting 3 s (deferred: no worker slot is held)" in log, log[-3000:]
     assert "Trigger completed" in log  # the TimeDeltaTrigger ran, then the task resumed
     assert failures == [] and sent[0] > 100, failures[:5]
+
+
+def test_an_abort_during_a_bake_ends_the_step_at_once_recording_the_push_rolled_back(tmp_path):
+    """`pipewright rollout abort` while the Rollout step waits out a 10-minute window: the
+    step notices within seconds (it re-reads rollout.json), reports "aborted" and marks its
+    push rolled back (it used to wait the window out and end skipped: "not under a rollout")."""
+    import time
+
+    from components.rollout_policy import read_policy
+    from pipelines.local_runner import run_pipeline
+    from pipelines.rollout_cli import main as rollout_cli
+    from tests.serving.rollout_models import STABLE_THRESHOLD, write_classifier
+
+    home = tmp_path / "home"
+    base = home / "serving" / "clf"
+    write_classifier(base / "1", STABLE_THRESHOLD)
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+    server = ServerProcess(["--model_name=clf", f"--model_base_path={base}",
+                            "--file_system_poll_wait_seconds=1",
+                            f"--monitoring_config_file={monitoring}"], tmp_path, "clf-abort")
+    pipeline = rollout_pipeline()
+    pipeline.component("PushTwoClassifiers").parameters["bake_seconds"] = 600.0
+
+    def abort_once_baking():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            policy = read_policy(str(base)) if (base / "rollout.json").exists() else None
+            if policy is not None and policy.state == "baking":
+                rollout_cli(["abort", "clf", "--home", str(home)])
+                return
+            time.sleep(0.5)
+
+    server.start()
+    os.environ["PIPEWRIGHT_MODEL_SERVER_REST"] = server.rest
+    aborter = threading.Thread(target=abort_once_baking, daemon=True)
+    try:
+        aborter.start()
+        started = time.monotonic()
+        result = run_pipeline(pipeline, home=str(home), echo=lambda line: None)
+        took = time.monotonic() - started
+    finally:
+        os.environ.pop("PIPEWRIGHT_MODEL_SERVER_REST", None)
+        aborter.join(10)
+        server.stop()
+    assert result.ok, result.summary()
+    step = result.steps["Rollout"]
+    assert step.outcome == "ok" and took < 120, (step.outcome, step.reason, took)
+    report, pushed = step.outputs["rollout_report"], result.steps["PushTwoClassifiers"].outputs[
+        "pushed_model"]
+    assert report.state == "aborted" and "aborted by hand" in report.reason, report.reason
+    from pipelines.metadata import Metadata
+
+    stored = Metadata(str(home / "metadata.sqlite")).artifact(pushed.id)
+    assert stored.rolled_back == 1
+    # In Airflow the step runs again after its deferral, the abort already written: it
+    # reports it too (it ended skipped, "version 2 is not under a rollout").
+    again = run_pipeline(pipeline, home=str(home), only=["Rollout"], enable_cache=False,
+                         echo=lambda line: None)
+    step = again.steps["Rollout"]
+    assert step.outcome == "ok", (step.outcome, step.reason)
+    assert step.outputs["rollout_report"].state == "aborted"
