@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             print(promote(destination))
         else:
             print(abort(destination, Metadata(home.metadata_uri)))
+    except BrokenPipeError:
+        raise  # `| head`: the reader left (pipelines/cli.py main ends quietly)
     except (RolloutCommandError, RolloutConfigError, ValueError, OSError) as exc:
         print(f"pipewright rollout: {exc}", file=sys.stderr)
         return 1

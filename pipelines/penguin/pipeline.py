@@ -3,6 +3,7 @@ columns, missing values) to a blessed model in the serving directory."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from components.base import ExternalPath, Param
@@ -28,6 +29,12 @@ SCHEMA_FILE = ExternalPath(HERE.parents[1] / "schemas" / "penguin" / "schema.pbt
 PACKAGED_DATA = str(Path(importlib.util.find_spec("palmerpenguins").origin).parent / "data")
 
 
+def labels_dir(pipeline_name: str) -> str:
+    """`$PIPEWRIGHT_LABELS/<pipeline>` when PIPEWRIGHT_LABELS is set, else "" (no labels)."""
+    root = os.environ.get("PIPEWRIGHT_LABELS", "")
+    return os.path.join(root, pipeline_name) if root else ""
+
+
 def create_pipeline() -> Pipeline:
     data_root = Param("data_root", str, PACKAGED_DATA, "directory of the input CSV files")
     input_pattern = Param("input_pattern", str, "penguins.csv",
@@ -41,8 +48,11 @@ def create_pipeline() -> Pipeline:
                     choices=("immediate", "canary", "shadow", "blue_green"))
     bake_seconds = Param("bake_seconds", float, 600.0, "bake window per rollout step (s)",
                          minimum=1)
-    labels = Param("labels", str, "", "delayed labels (a CSV/TFRecord file or a directory) "
-                   "judged by the rollout's min_live_accuracy guard")
+    # The directory the monitoring DAG reads too ($PIPEWRIGHT_LABELS/<pipeline>), so nightly
+    # and asset-triggered runs judge delayed labels without anyone passing them.
+    labels = Param("labels", str, labels_dir("penguin"),
+                   "delayed labels (a CSV/TFRecord file or a directory) judged by the "
+                   "rollout's min_live_accuracy guard; default $PIPEWRIGHT_LABELS/penguin")
 
     example_gen = ExampleGen(input_base=data_root, input_pattern=input_pattern)
     schema_gen = ImportSchemaGen(schema_file=SCHEMA_FILE)
