@@ -309,6 +309,9 @@ def live_quality_lines(quality: dict | None) -> list[str]:
                 if quality["unjoined"] else "")]
     if not quality["versions"]:
         lines.append("  live accuracy: not measured - no label joined a logged prediction")
+    if sum(m["labeled"] for m in quality["versions"].values()) > quality["joined"]:
+        lines.append("  (a shadowed request was answered by two versions: its label counts "
+                     "once above and judges each version's answer below)")
     for version, measured in quality["versions"].items():
         verdict = ("BELOW THRESHOLD" if measured["below_threshold"] else "ok") \
             if measured["judged"] else f"not judged (< {quality['min_labels']} labels)"

@@ -29,6 +29,9 @@ def ready_file(landing_dir: str, pipeline_name: str) -> str:
     return os.path.join(landing_dir, f"{pipeline_name}.ready")
 
 
+HISTORY_FILE = "landed.jsonl"  # one JSON line per landing: pipeline, landed_at, note
+
+
 def signal_new_data(pipeline_name: str, home: str | None = None, note: str = "") -> str:
     """Writes the ready file for `pipeline_name`; returns its path. Raises LookupError for a
     pipeline that is not registered (no DAG watches for it)."""
@@ -41,8 +44,12 @@ def signal_new_data(pipeline_name: str, home: str | None = None, note: str = "")
     os.makedirs(landing, exist_ok=True)
     path = ready_file(landing, pipeline_name)
     tmp = f"{path}.tmp-{os.getpid()}"
+    record = {"pipeline": pipeline_name, "landed_at": time.time(), "note": note}
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"pipeline": pipeline_name, "landed_at": time.time(), "note": note}, fh)
+        json.dump(record, fh)
+    # The triggerer deletes the ready file within seconds; the landing history keeps the note.
+    with open(os.path.join(landing, HISTORY_FILE), "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -51,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pipewright land", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pipeline", help="the pipeline whose training DAG should run")
-    parser.add_argument("--note", default="", help="what landed (kept in the ready file)")
+    parser.add_argument("--note", default="",
+                        help=f"what landed (kept in <home>/landing/{HISTORY_FILE})")
     parser.add_argument("--home", help="pipeline home; default $PIPEWRIGHT_HOME or .pipewright/")
     args = parser.parse_args(argv)
     try:

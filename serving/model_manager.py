@@ -86,6 +86,7 @@ class ModelManager:
         self._serving: dict[str, dict[int, object]] = {}   # snapshot, replaced not mutated
         self._routes: dict[str, Routes] = {}                # snapshot, replaced not mutated
         self._lock = threading.RLock()                     # config changes, polls, loads
+        self._said: dict[str, str] = {}  # model -> the base-path warning last logged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.listeners: list[Callable[[], None]] = []
@@ -162,6 +163,14 @@ class ModelManager:
         if changed:
             self._publish()
 
+    def _say_once(self, name: str, message: str, *args) -> None:
+        """A base-path warning, logged when it starts to hold rather than at every poll
+        (TF Serving repeats it every poll; before the first push that is a line a second)."""
+        text = message % args
+        if self._said.get(name) != text:
+            self._said[name] = text
+            log.warning("%s (said once until it changes)", text)
+
     def _poll_locked(self, names: set[str]) -> bool:
         changed = False
         for name in sorted(names):
@@ -170,7 +179,8 @@ class ModelManager:
                 continue
             on_disk = _versions_on_disk(model.config.base_path)
             if on_disk is None:
-                log.warning("base path %s of model %s does not exist", model.config.base_path, name)
+                self._say_once(name, "base path %s of model %s does not exist",
+                               model.config.base_path, name)
                 continue
             changed |= self._read_rollout(name, model, on_disk)
             if model.rollout is not None:
@@ -178,8 +188,10 @@ class ModelManager:
             else:
                 aspired = _aspired_versions(model.config, on_disk)
             if not on_disk:
-                log.warning("No versions of servable %s found under base path %s", name,
-                            model.config.base_path)
+                self._say_once(name, "No versions of servable %s found under base path %s",
+                               name, model.config.base_path)
+            else:
+                self._said.pop(name, None)
             previously_aspired = {v for v, r in model.versions.items() if r.aspired}
             for version, record in model.versions.items():
                 record.aspired = version in aspired

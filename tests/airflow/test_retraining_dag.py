@@ -175,5 +175,8 @@ def test_new_data_landing_is_an_asset_event_the_training_dag_runs_on(tmp_path):
     event = asyncio.run(first_event())
     assert event.payload is True  # the event FileDeleteTrigger yields
     assert not (tmp_path / "landing" / "penguin.ready").exists()  # one landing, one event
+    [landed] = [json.loads(line) for line in
+                (tmp_path / "landing" / "landed.jsonl").read_text().splitlines()]
+    assert (landed["pipeline"], landed["note"]) == ("penguin", "span 2026-03-02")  # kept
     # The wordcount-like pipelines without a Pusher have the landing asset alone.
     assert main(["nosuch", "--home", str(tmp_path)]) == 1
