@@ -84,7 +84,8 @@ def _key_results(metadata: Metadata, run: dict) -> tuple[str, str, str, str]:
             elif kind == "PushedModel" and artifact.pushed:
                 pushed = f"v{artifact.pushed_version}"
             elif kind == "RolloutReport" and artifact.properties.get("state") in (
-                    "promoted", "rolled_back"):  # by name: the class may not be imported here
+                    "promoted", "rolled_back", "aborted"):  # by name: the class may not be
+                # imported here
                 rollout = artifact.properties["state"].replace("_", " ")
     if pushed != "-" and rollout:
         pushed = f"{pushed} {rollout}"

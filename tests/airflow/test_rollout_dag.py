@@ -110,7 +110,8 @@ def test_rollout_task_defers_between_windows_and_promotes(airflow_db, tmp_path, 
     assert failures == [] and sent[0] > 100, failures[:5]
 
 
-def test_an_abort_during_a_bake_ends_the_step_at_once_recording_the_push_rolled_back(tmp_path):
+def test_an_abort_during_a_bake_ends_the_step_at_once_recording_the_push_rolled_back(tmp_path,
+                                                                                      capsys):
     """`pipewright rollout abort` while the Rollout step waits out a 10-minute window: the
     step notices within seconds (it re-reads rollout.json), reports "aborted" and marks its
     push rolled back (it used to wait the window out and end skipped: "not under a rollout")."""
@@ -163,6 +164,11 @@ def test_an_abort_during_a_bake_ends_the_step_at_once_recording_the_push_rolled_
 
     stored = Metadata(str(home / "metadata.sqlite")).artifact(pushed.id)
     assert stored.rolled_back == 1
+    from pipelines.cli import main as pipewright
+
+    capsys.readouterr()
+    assert pipewright(["runs", "rollout_dag_test", "--home", str(home)]) == 0
+    assert "v2 aborted" in capsys.readouterr().out
     # In Airflow the step runs again after its deferral, the abort already written: it
     # reports it too (it ended skipped, "version 2 is not under a rollout").
     again = run_pipeline(pipeline, home=str(home), only=["Rollout"], enable_cache=False,
