@@ -273,7 +273,9 @@ class Services:
     def api(self, method: str, path: str, body: Any = None, *, auth: bool = True) -> Any:
         """One REST API call. GET and PATCH (idempotent) are retried, up to 4 times with a
         growing pause, on Airflow's HTTP 500 "Database error": on SQLite a write of the API
-        server's own audit log can meet the scheduler's lock (seen once in 20 runs)."""
+        server's own audit log can meet the scheduler's lock (seen once in 20 runs). A GET is
+        retried on any HTTP 500: Airflow 3.3.2's GET /api/v2/assets/events fails validating
+        an event whose created run is still queued (its start_date is None) until it starts."""
         headers = {"Content-Type": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token()}"
@@ -287,8 +289,8 @@ class Services:
                 return json.loads(text) if text else None
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode(errors="replace")[:1000]
-                if (exc.code == 500 and "Database error" in detail and attempt < 4
-                        and method in ("GET", "PATCH")):
+                if exc.code == 500 and attempt < 4 and (
+                        method == "GET" or (method == "PATCH" and "Database error" in detail)):
                     time.sleep(0.5 * 2 ** attempt)
                     continue
                 raise ServiceError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
