@@ -185,10 +185,33 @@ def intact_records(path: str, damage: list) -> Iterator[bytes]:
         try:
             yield next(records)
         except StopIteration:
-            return
+            break
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as exc:
             damage.append(exc)
             return
+    # A cut that falls where the writer flushed ends on a whole record: TensorFlow's reader
+    # then stops as at a normal end. Only the gzip trailer tells the two apart.
+    if not _gzip_complete(path):
+        damage.append(EOFError(f"{path}: the gzip stream ends before its end marker"))
+
+
+def _gzip_complete(path: str) -> bool:
+    """Whether the gzip file at `path` ends with its stream's end (deflate's final block and
+    the gzip trailer), i.e. was not cut short."""
+    import zlib
+
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                inflater.decompress(chunk, 0)
+                while inflater.unconsumed_tail:
+                    inflater.decompress(inflater.unconsumed_tail, 0)
+                if inflater.eof:
+                    return True
+    except (OSError, zlib.error):
+        return False
+    return inflater.eof
 
 
 def _examples_of(entry, types: dict, out_of_schema: Counter):
