@@ -124,18 +124,39 @@ class TreeSampler:
                 "cpu_seconds": after[2] - before[2]}
 
 
-def child(spec: dict) -> dict:
-    """Runs the data half once as spec says; returns its figures."""
-    import gc
-
-    import tensorflow  # noqa: F401 - the bulk of the imports, before any baseline
-
+def data_half_pipeline(source: dict, module_file: str, beam_args: list[str]):
+    """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform, as a new user
+    writes it; `source`: make_scale_data's {"input_base", "input_pattern"[,
+    "rolling_num_spans"]}."""
     from components.base import ExternalPath
     from components.example_gen import ExampleGen
     from components.example_validator import ExampleValidator
     from components.schema_gen import SchemaGen
     from components.statistics_gen import StatisticsGen
     from components.transform import Transform
+    from pipelines.pipeline import Pipeline
+
+    example_gen = ExampleGen(input_base=source["input_base"],
+                             input_pattern=source["input_pattern"],
+                             rolling_num_spans=source.get("rolling_num_spans"))
+    statistics_gen = StatisticsGen(examples=example_gen.outputs.examples)
+    schema_gen = SchemaGen(statistics=statistics_gen.outputs.statistics)
+    example_validator = ExampleValidator(statistics=statistics_gen.outputs.statistics,
+                                         schema=schema_gen.outputs.schema)
+    transform = Transform(examples=example_gen.outputs.examples,
+                          schema=schema_gen.outputs.schema,
+                          module_file=ExternalPath(module_file)).after(example_validator)
+    return Pipeline("data_half", [example_gen, statistics_gen, schema_gen, example_validator,
+                                  transform], beam_args=beam_args)
+
+
+def child(spec: dict) -> dict:
+    """Runs the data half once as spec says; returns its figures."""
+    import gc
+
+    import tensorflow  # noqa: F401 - the bulk of the imports, before any baseline
+
+    from components.example_gen import ExampleGen
     from pipelines.local_runner import run_pipeline
     from pipelines.pipeline import Pipeline
 
@@ -148,20 +169,7 @@ def child(spec: dict) -> dict:
         raise SystemExit(f"warm-up failed: {warm.failure}")
     gc.collect()
 
-    source = spec["input"]
-    example_gen = ExampleGen(input_base=source["input_base"],
-                             input_pattern=source["input_pattern"],
-                             rolling_num_spans=source.get("rolling_num_spans"))
-    statistics_gen = StatisticsGen(examples=example_gen.outputs.examples)
-    schema_gen = SchemaGen(statistics=statistics_gen.outputs.statistics)
-    example_validator = ExampleValidator(statistics=statistics_gen.outputs.statistics,
-                                         schema=schema_gen.outputs.schema)
-    transform = Transform(examples=example_gen.outputs.examples,
-                          schema=schema_gen.outputs.schema,
-                          module_file=ExternalPath(spec["module_file"])).after(example_validator)
-    pipeline = Pipeline("data_half", [example_gen, statistics_gen, schema_gen,
-                                      example_validator, transform],
-                        beam_args=spec["beam_args"])
+    pipeline = data_half_pipeline(spec["input"], spec["module_file"], spec["beam_args"])
 
     marks: list[tuple[float, str]] = []
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from bench_data_half import GIB, MODULE_FILE, OUT, STEPS, TreeSampler  # noqa: E402
+from bench_data_half import (GIB, MODULE_FILE, OUT, STEPS, TreeSampler,  # noqa: E402
+                             data_half_pipeline)
 
 
 def main() -> int:
@@ -40,28 +41,12 @@ def main() -> int:
 
     import tensorflow  # noqa: F401
 
-    from components.base import ExternalPath
-    from components.example_gen import ExampleGen
-    from components.example_validator import ExampleValidator
-    from components.schema_gen import SchemaGen
-    from components.statistics_gen import StatisticsGen
-    from components.transform import Transform
     from make_scale_data import generate
     from pipelines.local_runner import run_pipeline
-    from pipelines.pipeline import Pipeline
 
     data = generate(OUT / f"scale-data-{args.rows}", args.rows)["single"]
     home = args.home or OUT / f"profile-home-{args.rows}"
-    example_gen = ExampleGen(input_base=data["input_base"], input_pattern=data["input_pattern"])
-    statistics_gen = StatisticsGen(examples=example_gen.outputs.examples)
-    schema_gen = SchemaGen(statistics=statistics_gen.outputs.statistics)
-    example_validator = ExampleValidator(statistics=statistics_gen.outputs.statistics,
-                                         schema=schema_gen.outputs.schema)
-    transform = Transform(examples=example_gen.outputs.examples,
-                          schema=schema_gen.outputs.schema,
-                          module_file=ExternalPath(str(MODULE_FILE))).after(example_validator)
-    pipeline = Pipeline("data_half", [example_gen, statistics_gen, schema_gen,
-                                      example_validator, transform], beam_args=args.beam_arg)
+    pipeline = data_half_pipeline(data, str(MODULE_FILE), args.beam_arg)
     upstream = STEPS[:STEPS.index(args.step)]
     if upstream:
         prepared = run_pipeline(pipeline, home=str(home), until=[upstream[-1]],

@@ -50,6 +50,19 @@ def rollout_pipeline():
     return Pipeline("rollout_dag_test", [push, rollout])
 
 
+def stable_classifier_server(base, tmp_path, name: str) -> ServerProcess:
+    """A model server (not started) on `base`, holding the stable classifier as version 1,
+    polling every second, with Prometheus metrics (the Rollout step's evidence)."""
+    from tests.serving.rollout_models import STABLE_THRESHOLD, write_classifier
+
+    write_classifier(base / "1", STABLE_THRESHOLD)
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+    return ServerProcess(["--model_name=clf", f"--model_base_path={base}",
+                          "--file_system_poll_wait_seconds=1",
+                          f"--monitoring_config_file={monitoring}"], tmp_path, name)
+
+
 DAG_FILE = ("from pipelines.airflow_adapter import build_dag\n"
             "from tests.airflow.test_rollout_dag import rollout_pipeline\n\n"
             "rollout_dag_test = build_dag(rollout_pipeline(), schedule=None, retries=0)\n")
@@ -59,15 +72,10 @@ def test_rollout_task_defers_between_windows_and_promotes(airflow_db, tmp_path, 
     from components.rollout_controller import history
     from components.rollout_policy import read_policy
     from tests.airflow.conftest import DAGS_FOLDER, load_dag
-    from tests.serving.rollout_models import GRID, STABLE_THRESHOLD, write_classifier
+    from tests.serving.rollout_models import GRID
 
     base = tmp_path / "serving" / "clf"
-    write_classifier(base / "1", STABLE_THRESHOLD)
-    monitoring = tmp_path / "monitoring.config"
-    monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
-    server = ServerProcess(["--model_name=clf", f"--model_base_path={base}",
-                            "--file_system_poll_wait_seconds=1",
-                            f"--monitoring_config_file={monitoring}"], tmp_path, "clf-server")
+    server = stable_classifier_server(base, tmp_path, "clf-server")
     stop, failures, sent = threading.Event(), [], [0]
 
     def traffic():
@@ -120,16 +128,10 @@ def test_an_abort_during_a_bake_ends_the_step_at_once_recording_the_push_rolled_
     from components.rollout_policy import read_policy
     from pipelines.local_runner import run_pipeline
     from pipelines.rollout_cli import main as rollout_cli
-    from tests.serving.rollout_models import STABLE_THRESHOLD, write_classifier
 
     home = tmp_path / "home"
     base = home / "serving" / "clf"
-    write_classifier(base / "1", STABLE_THRESHOLD)
-    monitoring = tmp_path / "monitoring.config"
-    monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
-    server = ServerProcess(["--model_name=clf", f"--model_base_path={base}",
-                            "--file_system_poll_wait_seconds=1",
-                            f"--monitoring_config_file={monitoring}"], tmp_path, "clf-abort")
+    server = stable_classifier_server(base, tmp_path, "clf-abort")
     pipeline = rollout_pipeline()
     pipeline.component("PushTwoClassifiers").parameters["bake_seconds"] = 600.0
 
