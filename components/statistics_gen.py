@@ -13,9 +13,10 @@ from components.tfmd_files import read_schema, read_statistics, statistics_path
 class StatisticsGen(Component):
     """Computes TFDV statistics of each split of `examples` (except `exclude_splits`) in one
     Beam pipeline (components/beam_options.py: the FnApiRunner unless the pipeline's beam_args
-    name a runner), guided by the optional `schema` (e.g. which integer features are
-    categorical). Writes `Split-<name>/FeatureStats.pb` and `statistics.html`, a Facets view
-    of the statistics (the first split against the second, when there are two or more)."""
+    name a runner; examples read by TensorFlow's C++ reader, components/example_batches.py),
+    guided by the optional `schema` (e.g. which integer features are categorical). Writes
+    `Split-<name>/FeatureStats.pb` and `statistics.html`, a Facets view of the statistics
+    (the first split against the second, when there are two or more)."""
 
     imports_tensorflow = True
 
@@ -25,9 +26,9 @@ class StatisticsGen(Component):
     exclude_splits: Parameter[list[str]] = []
 
     def execute(self, step: Step) -> None:
-        import apache_beam as beam
         import tensorflow_data_validation as tfdv
-        from tfx_bsl.public import tfxio
+
+        from components.example_batches import ReadExampleBatches
 
         splits = included_splits(step.examples, step.exclude_splits, step.log)
         schema = read_schema(step.schema.file) if step.schema is not None else None
@@ -42,10 +43,8 @@ class StatisticsGen(Component):
             for split in splits:
                 # Decoded without the schema: a feature whose type contradicts the schema
                 # must reach ExampleValidator as an anomaly, not fail decoding here.
-                source = tfxio.TFExampleRecord(file_pattern=step.examples.file_pattern(split),
-                                               telemetry_descriptors=["pipewright"])
                 _ = (pipeline
-                     | f"Read[{split}]" >> source.BeamSource()
+                     | f"Read[{split}]" >> ReadExampleBatches(step.examples.file_pattern(split))
                      | f"Statistics[{split}]" >> tfdv.GenerateStatistics(options)
                      | f"Write[{split}]" >> tfdv.WriteStatisticsToBinaryFile(
                          statistics_path(step.statistics, split)))

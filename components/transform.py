@@ -11,6 +11,7 @@ import traceback
 from components.artifacts import Examples, Schema, TransformGraph
 from components import tft_deep_copy
 from components.beam_options import beam_pipeline
+from components.example_batches import ReadExampleBatches
 from components.base import Component, ExternalPath, Input, Output, Parameter, Step
 from components.user_module import UserModuleError, function, pickle_by_value
 
@@ -64,6 +65,9 @@ class Transform(Component):
             return tfxio.TFExampleRecord(file_pattern=step.examples.file_pattern(split),
                                          schema=schema, telemetry_descriptors=["pipewright"])
 
+        def read(split: str):  # the RecordBatches `source(split).BeamSource()` would give
+            return ReadExampleBatches(step.examples.file_pattern(split), schema)
+
         adapter_config = source(step.splits_to_analyze[0]).TensorAdapterConfig()
         try:
             # Streaming, not materializing: a PCollection that a later stage reads after a
@@ -76,7 +80,7 @@ class Transform(Component):
             with beam_pipeline(step) as pipeline, tft_beam.Context(
                     temp_dir=os.path.join(step.tmp_dir, "tft"),
                     use_deep_copy_optimization=True):
-                raw = {split: pipeline | f"Read[{split}]" >> source(split).BeamSource()
+                raw = {split: pipeline | f"Read[{split}]" >> read(split)
                        for split in step.splits_to_analyze}
                 input_cache = pipeline | "ReadCache" >> \
                     tft_beam.analyzer_cache.ReadAnalysisCacheFromFS(cache_dir, list(keys.values()))
@@ -87,8 +91,7 @@ class Transform(Component):
                     pipeline, cache_dir, list(keys.values()))
                 _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(graph_dir)
                 for split in splits:
-                    to_transform = pipeline | f"ReadToTransform[{split}]" >> \
-                        source(split).BeamSource()
+                    to_transform = pipeline | f"ReadToTransform[{split}]" >> read(split)
                     transformed, _ = (((to_transform, adapter_config), transform_fn)
                                       | f"Transform[{split}]" >> tft_beam.TransformDataset(
                                           output_record_batches=True))

@@ -1,0 +1,97 @@
+"""components/example_batches.py: TensorFlow's C++ TFRecord reader in place of Beam's Python one
+gives StatisticsGen and Transform the RecordBatches tfx_bsl's own source gives, and names a
+damaged file."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import pytest
+
+from components.example_batches import ReadExampleBatches, example_files
+
+
+def _example(i: int) -> bytes:
+    from tensorflow.core.example.example_pb2 import Example
+
+    example = Example()
+    features = example.features.feature
+    features["id"].int64_list.value.append(i)
+    if i % 3:  # a feature missing from some examples
+        features["weight"].float_list.value.append(i / 7)
+    features["colour"].bytes_list.value.append(b"red" if i % 2 else b"blue")
+    return example.SerializeToString()
+
+
+def _write_shards(directory, shards: list[range], compressed: list[bool]) -> str:
+    import tensorflow as tf
+
+    os.makedirs(directory, exist_ok=True)
+    for index, (rows, gz) in enumerate(zip(shards, compressed)):
+        options = tf.io.TFRecordOptions(compression_type="GZIP" if gz else "")
+        name = f"data-{index:05d}" + (".gz" if gz else ".tfrecord")  # Beam reads by suffix
+        with tf.io.TFRecordWriter(os.path.join(directory, name), options=options) as writer:
+            for i in rows:
+                writer.write(_example(i))
+    open(os.path.join(directory, "empty.gz"), "wb").close()  # matched, holds nothing
+    return os.path.join(directory, "*")
+
+
+_SEEN: list[dict] = []  # rows the in-process runner's DoFn saw (it runs in this process)
+
+
+def _remember(batch) -> None:
+    _SEEN.extend(batch.to_pylist())
+
+
+def _collect(read):
+    """Every row the source yields, as sorted (id, weight, colour) tuples."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    _SEEN.clear()
+    with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        _ = pipeline | read | beam.Map(_remember)
+    return sorted((r["id"], r.get("weight"), r["colour"]) for r in _SEEN)
+
+
+def _schema():
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    return text_format.Parse("""
+        feature { name: "id" type: INT }
+        feature { name: "weight" type: FLOAT }
+        feature { name: "colour" type: BYTES }""", schema_pb2.Schema())
+
+
+@pytest.mark.parametrize("with_schema", [False, True])
+def test_batches_hold_the_rows_tfx_bsls_source_reads(tmp_path, with_schema):
+    from tfx_bsl.public import tfxio
+
+    pattern = _write_shards(tmp_path / "split", [range(0, 2500), range(2500, 2600)],
+                            compressed=[True, False])
+    schema = _schema() if with_schema else None
+    ours = _collect(ReadExampleBatches(pattern, schema, batch_size=700))
+    theirs = _collect(tfxio.TFExampleRecord(file_pattern=os.path.join(tmp_path, "split",
+                                                                      "data-*"),
+                                            schema=schema).BeamSource())
+    assert len(ours) == 2600
+    assert ours == theirs
+    assert ours[1] == ([1], [pytest.approx(1 / 7)], [b"red"]) and ours[3][1] is None
+
+
+def test_no_matching_file_and_a_damaged_file_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no example files match .*nothing-here"):
+        ReadExampleBatches(str(tmp_path / "nothing-here" / "*"))
+
+    pattern = _write_shards(tmp_path / "split", [range(0, 3000)], compressed=[True])
+    path = example_files(pattern)[0]
+    with open(path, "rb") as fh:
+        data = gzip.decompress(fh.read())
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0xFF  # a flipped byte in the middle: a CRC mismatch
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(bytes(damaged)))
+    with pytest.raises(Exception, match=f"{path}: damaged TFRecord file"):
+        _collect(ReadExampleBatches(pattern))
