@@ -12,6 +12,7 @@ from components.artifacts import Examples, Schema, TransformGraph
 from components import tft_deep_copy
 from components.beam_options import beam_pipeline
 from components.example_batches import ReadExampleBatches
+from components.example_sink import WriteExampleBatches
 from components.base import Component, ExternalPath, Input, Output, Parameter, Step
 from components.user_module import UserModuleError, function, pickle_by_value
 
@@ -43,10 +44,8 @@ class Transform(Component):
     splits_to_transform: Parameter[list[str]] = []  # empty: every split of the examples
 
     def execute(self, step: Step) -> None:
-        import apache_beam as beam
         import tensorflow_transform.beam as tft_beam
         from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
-        from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
         from tfx_bsl.public import tfxio
 
         preprocessing_fn = _checked_preprocessing_fn(step.module_file)
@@ -95,15 +94,8 @@ class Transform(Component):
                     transformed, _ = (((to_transform, adapter_config), transform_fn)
                                       | f"Transform[{split}]" >> tft_beam.TransformDataset(
                                           output_record_batches=True))
-                    _ = (transformed
-                         | f"Encode[{split}]" >> beam.FlatMap(
-                             lambda batch_and_extras, encoder=RecordBatchToExamplesEncoder():
-                             encoder.encode(batch_and_extras[0]))
-                         | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                             os.path.join(step.transformed_examples.split_uri(split),
-                                          "transformed_examples"),
-                             file_name_suffix=".gz",
-                             compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+                    _ = transformed | f"Write[{split}]" >> WriteExampleBatches(
+                        step.transformed_examples.split_uri(split), "transformed_examples")
         except UserModuleError:
             raise
         except Exception as exc:

@@ -95,3 +95,40 @@ def test_no_matching_file_and_a_damaged_file_are_named(tmp_path):
         fh.write(gzip.compress(bytes(damaged)))
     with pytest.raises(Exception, match=f"{path}: damaged TFRecord file"):
         _collect(ReadExampleBatches(pattern))
+
+
+def test_written_batches_read_back_whole_and_a_retried_bundles_file_is_not_published(tmp_path):
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from components.example_sink import _TEMP_DIR, WriteExampleBatches
+
+    source = _write_shards(tmp_path / "in", [range(0, 1500), range(1500, 2300)],
+                           compressed=[True, True])
+    out = tmp_path / "out"
+    abandoned = out / _TEMP_DIR / "abandoned.gz"  # what a failed, retried bundle leaves
+    abandoned.parent.mkdir(parents=True)
+    abandoned.write_bytes(b"not a committed bundle")
+    with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        _ = (pipeline | ReadExampleBatches(source, batch_size=400)
+             | beam.Map(lambda batch: (batch, None))  # TransformDataset's (batch, extras)
+             | WriteExampleBatches(str(out), "transformed_examples"))
+    names = sorted(os.listdir(out))
+    assert names and all(n.startswith("transformed_examples-") and
+                         n.endswith(f"-of-{len(names):05d}.gz") for n in names), names
+    assert _collect(ReadExampleBatches(str(out / "*"))) == \
+        _collect(ReadExampleBatches(source))
+
+
+def test_no_rows_write_one_readable_file_of_no_records(tmp_path):
+    import apache_beam as beam
+    import tensorflow as tf
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from components.example_sink import WriteExampleBatches
+
+    with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        _ = (pipeline | beam.Create([]) | WriteExampleBatches(str(tmp_path), "examples"))
+    assert os.listdir(tmp_path) == ["examples-00000-of-00001.gz"]
+    path = str(tmp_path / "examples-00000-of-00001.gz")
+    assert list(tf.data.TFRecordDataset(path, compression_type="GZIP")) == []
