@@ -13,6 +13,7 @@ from typing import Any, Callable
 from components.base import Component
 from components.interruption import StepInterrupted
 from pipelines import interrupts
+from pipelines.freed_memory import release_freed_memory
 from pipelines.home import Home
 from pipelines.launcher import RunInfo, StepFailed, StepResult, launch
 from pipelines.metadata import Metadata
@@ -171,6 +172,7 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
                     result.failure = result.failure or str(failure)
                 result.steps[component.id] = step
                 echo(_step_line(step))
+                release_freed_memory()  # the next step's peak starts from what stays held
                 if step.outcome == "halted" and not halted:
                     halted = f"{component.id}: {step.reason}"
                     result.failure = result.failure or f"halted by {halted}"
