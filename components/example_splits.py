@@ -47,8 +47,24 @@ class SplitAssigner:
             feature = features.get(self.partition_feature)
             if feature is None or feature.WhichOneof("kind") is None or not getattr(
                     feature, feature.WhichOneof("kind")).value:
-                known = sorted(features.keys())
-                raise SplitError(f"{where}: partition feature {self.partition_feature!r} is "
-                                 f"missing (features present: {known})")
+                raise self._missing(where, sorted(features.keys()))
             key = feature.SerializeToString(deterministic=True)
         return self._bucket_split[_stable_hash(key) % len(self._bucket_split)]
+
+    def splits_of_batch(self, batch) -> list[str]:
+        """The split of every example of a csv_vectorized.EncodedBatch, as `split_of` gives
+        it for each; SplitError names the first row without the partition feature."""
+        if self.partition_feature is None:
+            keys = batch.canonical
+        else:
+            keys = batch.feature(self.partition_feature)
+            for row, key in enumerate(keys):
+                if key is None:
+                    raise self._missing(f"{batch.path} line {batch.first_line + row}",
+                                        batch.present(row))
+        buckets, count = self._bucket_split, len(self._bucket_split)
+        return [buckets[_stable_hash(key) % count] for key in keys]
+
+    def _missing(self, where: str, known: list[str]) -> SplitError:
+        return SplitError(f"{where}: partition feature {self.partition_feature!r} is "
+                          f"missing (features present: {known})")
