@@ -98,6 +98,7 @@ def _generated(directory: Path, rows: int, seed: int, line_end: str = "\n",
             pick("9223372036854775808", "-9223372036854775808", "1", "-77",
                  "123456789012345678901234567890", "null"),
             pick("1e5", "-2.5E-3", ".5", "3.", "1e39", "-1e39", "1e-50", " 4.25 ", "NaN",
+                 "1.00000005960464478",  # float64 then float32: 1.0, not 1.0000001
                  f"{rng.uniform(-1e6, 1e6):.7g}", f"{rng.uniform(0, 1):.17g}", "2"),
             pick("", "NA", "null"),
             pick("café", "naïve", "12abc", "x y", "N/A", "—"),
