@@ -34,7 +34,8 @@ from typing import Iterator
 from components import csv_reading
 from components.csv_reading import FLOAT, INT, STRING, ColumnReport, CsvLayout, FileScan
 
-BLOCK_BYTES = 1 << 19  # CSV bytes per block (~5k rows of 19 columns): ~20 MB working set
+BLOCK_BYTES = 1 << 19  # CSV bytes per block of the second pass: ~20 MB of encodings
+SCAN_BLOCK_BYTES = 1 << 20  # per block of the first pass (strings and kind codes only)
 _SCAN_BYTES = 4 << 20
 
 
@@ -56,6 +57,7 @@ _ODD_SPACE_CLASS = "[" + "".join(f"\\x{ord(c):02x}" for c in _REGEX_SPACE
 _INT_RE2 = f"^{_SPACE_CLASS}*[+-]?[0-9]+{_SPACE_CLASS}*$"
 _FLOAT_RE2 = f"^{_SPACE_CLASS}*[+-]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][+-]?[0-9]+)?{_SPACE_CLASS}*$"
 _SURE_INT_CHARS = 18  # at most 18 digits: |value| < 10**18 < 2**63, an int64 for sure
+_CACHED_VALUES = 4096  # distinct values of a column whose encodings are kept across blocks
 _MISSING, _INT_CODE, _FLOAT_CODE, _STRING_CODE = 0, 1, 2, 3
 _KIND_CODE = {INT: _INT_CODE, FLOAT: _FLOAT_CODE, STRING: _STRING_CODE}
 
@@ -91,8 +93,8 @@ def _refusal(data: bytes, first: bool) -> str | None:
     return None
 
 
-def _chunks(path: str, check: bool) -> Iterator[bytes]:
-    """The file's bytes in whole lines: its header line, then about BLOCK_BYTES at a time.
+def _chunks(path: str, check: bool, size: int) -> Iterator[bytes]:
+    """The file's bytes in whole lines: its header line, then about `size` bytes at a time.
     With `check`, raises NotVectorizable for bytes the strict reader must read (`_refusal`).
     A chunk ends at a line end, never inside a UTF-8 character, so it decodes on its own."""
     def checked(data: bytes, first: bool) -> bytes:
@@ -108,7 +110,7 @@ def _chunks(path: str, check: bool) -> Iterator[bytes]:
         yield checked(header, True)
         rest = b""
         while True:
-            chunk = fh.read(BLOCK_BYTES)
+            chunk = fh.read(size)
             if not chunk:
                 if rest:
                     yield checked(rest, False)
@@ -135,29 +137,35 @@ def _blocks(path: str, expected: tuple[list[str], str] | None, check: bool):
     """(header, then per block of rows: a RecordBatch with every column read as a string
     and nothing as null). Raises NotVectorizable as _chunks does, and for a header or row
     the strict reader reads differently or rejects (any pyarrow error)."""
+    chunks = _chunks(path, check, SCAN_BLOCK_BYTES)
+    header = _header(next(chunks), path, expected)
+    yield header
+    for data in chunks:
+        yield from _parse(data, header)
+
+
+def _parse(data: bytes, header: list[str]) -> list:
+    """Whole CSV lines (no header) as RecordBatches of strings, nothing read as null."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    chunks = _chunks(path, check)
-    header = _header(next(chunks), path, expected)
-    yield header
-    read_options = pcsv.ReadOptions(column_names=header, use_threads=False,
-                                    block_size=BLOCK_BYTES * 2)
-    parse_options = pcsv.ParseOptions(delimiter=",", quote_char=False, double_quote=False,
-                                      escape_char=False, newlines_in_values=False,
-                                      ignore_empty_lines=False)
-    convert_options = pcsv.ConvertOptions(
-        column_types={name: pa.string() for name in header}, strings_can_be_null=False,
-        quoted_strings_can_be_null=False, null_values=[], check_utf8=True)
-    for data in chunks:
-        try:
-            table = pcsv.read_csv(pa.BufferReader(data), read_options=read_options,
-                                  parse_options=parse_options,
-                                  convert_options=convert_options)
-        except pa.ArrowException as exc:
-            raise NotVectorizable(f"pyarrow could not read it ({str(exc).splitlines()[0]})"
-                                  ) from None
-        yield from table.to_batches()
+    try:
+        table = pcsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pcsv.ReadOptions(column_names=header, use_threads=False,
+                                          block_size=len(data) + 1),
+            parse_options=pcsv.ParseOptions(delimiter=",", quote_char=False,
+                                            double_quote=False, escape_char=False,
+                                            newlines_in_values=False,
+                                            ignore_empty_lines=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types={name: pa.string() for name in header},
+                strings_can_be_null=False, quoted_strings_can_be_null=False, null_values=[],
+                check_utf8=True))
+    except pa.ArrowException as exc:
+        raise NotVectorizable(f"pyarrow could not read it ({str(exc).splitlines()[0]})"
+                              ) from None
+    return table.to_batches()
 
 
 # -- first pass: the layout -----------------------------------------------------------------
@@ -194,6 +202,27 @@ def _kind_codes(values, missing) -> "object":
     return codes
 
 
+def _codes(column, missing, cache: list, index: int):
+    """(_kind_codes of the column's distinct values, each row's index into them), with the
+    distinct values of a column of at most _CACHED_VALUES kept across blocks in `cache`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    known = cache[index]
+    if known is not False:
+        if known is not None:
+            positions = pc.index_in(column, value_set=known[0])
+            if positions.null_count == 0:
+                return known[1], positions.to_numpy()
+        values = pc.unique(column if known is None else pa.concat_arrays([known[0], column]))
+        if len(values) <= _CACHED_VALUES:
+            cache[index] = (values, _kind_codes(values, missing))
+            return cache[index][1], pc.index_in(column, value_set=values).to_numpy()
+        cache[index] = False
+    encoded = pc.dictionary_encode(column)
+    return _kind_codes(encoded.dictionary, missing), encoded.indices.to_numpy()
+
+
 def _missing_array(missing: frozenset[str]):
     import pyarrow as pa
 
@@ -213,11 +242,10 @@ def scan_file(path: str, missing: frozenset[str],
     kinds: list[str | None] = [None] * len(header)
     reports = [ColumnReport(name) for name in header]
     rows = 0
+    cache: list = [None] * len(header)  # per column: (distinct values, codes); see _column
     for batch in blocks:
         for index, column in enumerate(batch.columns):
-            encoded = pc.dictionary_encode(column)
-            codes = _kind_codes(encoded.dictionary, missing_values)
-            positions = encoded.indices.to_numpy()
+            codes, positions = _codes(column, missing_values, cache, index)
             counts = np.bincount(codes, weights=np.bincount(positions,
                                                             minlength=len(codes)),
                                  minlength=4).astype(np.int64)
@@ -281,9 +309,8 @@ def _wrap(tag: bytes, payload):
     import pyarrow.compute as pc
 
     lengths = pc.binary_length(payload).fill_null(0).to_numpy(zero_copy_only=False)
-    return pc.binary_join_element_wise(pa.scalar(tag, pa.binary()),
-                                       _varints(lengths.astype(np.uint64)), payload,
-                                       pa.scalar(b"", pa.binary()))
+    return pc.binary_join_element_wise(_scalar(tag), _varints(lengths.astype(np.uint64)),
+                                       payload, _EMPTY())
 
 
 def _varint_bytes(value: int) -> bytes:
@@ -339,13 +366,9 @@ class EncodedBatch:
     first_line: int
     records: list[bytes]
     columns: list[str]
-    _canonical: object = None
+    canonical: list[bytes]
     # Per column: (Feature bytes per distinct value, null where missing; each row's index)
     _features: list = field(default_factory=list)
-
-    @property
-    def canonical(self) -> list[bytes]:
-        return _bytes_list(self._canonical)
 
     def feature(self, name: str) -> list[bytes | None]:
         """Per row, `example.features.feature[name].SerializeToString(deterministic=True)`,
@@ -377,6 +400,8 @@ class ExampleEncoder:
                                                pa.binary()))
         self._sorted = sorted(range(len(layout.columns)), key=lambda i: layout.columns[i])
         self._orders: dict[tuple[bool, ...], list[int]] = {}
+        # Per column: (distinct values, their _values) kept across blocks; False: too many
+        self._cache: list = [None] * len(layout.columns)
 
     def _written_order(self, present: tuple[bool, ...]) -> list[int]:
         """The columns (present ones) in the order upb serializes an Example holding them,
@@ -396,32 +421,67 @@ class ExampleEncoder:
             self._orders[present] = order
         return order
 
-    def _column(self, index: int, column):
-        """(Feature bytes, map entry bytes) per distinct value of one column, null where
-        missing, and each row's index into them: a column's values repeat, so each distinct
-        one is encoded once."""
+    def _values(self, index: int, values):
+        """(Feature bytes, map entry bytes, whether present) per value of `values` (distinct
+        strings of one column); null where the value is missing."""
         import pyarrow.compute as pc
 
-        encoded = pc.dictionary_encode(column)
-        values = encoded.dictionary
         here = ~pc.is_in(values, value_set=self._missing).to_numpy(zero_copy_only=False)
         feature = _feature_bytes(values, self.layout.types[self.layout.columns[index]], here)
         entry = pc.binary_join_element_wise(self._entry_heads[index], _wrap(b"\x12", feature),
                                             _EMPTY())
-        return feature, _wrap(b"\n", entry), encoded.indices, here
+        return feature, _wrap(b"\n", entry), here
+
+    def _column(self, index: int, column):
+        """`_values` of one column's distinct values, and each row's index into them: values
+        repeat, so each is encoded once. A column of at most _CACHED_VALUES distinct values
+        keeps them across blocks (one lookup per block); others encode each block's own."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        cache = self._cache[index]
+        if cache is not False:
+            if cache is not None:
+                positions = pc.index_in(column, value_set=cache[0])
+                if positions.null_count == 0:
+                    return (*cache[1:], positions)
+            values = pc.unique(column if cache is None else pa.concat_arrays([cache[0], column]))
+            if len(values) <= _CACHED_VALUES:
+                self._cache[index] = (values, *self._values(index, values))
+                return (*self._cache[index][1:], pc.index_in(column, value_set=values))
+            self._cache[index] = False
+        encoded = pc.dictionary_encode(column)
+        return (*self._values(index, encoded.dictionary), encoded.indices)
 
     def batches(self, path: str) -> Iterator[EncodedBatch]:
+        """The file's rows, a block at a time. The next block is encoded in a thread while
+        this one is consumed (pyarrow and numpy release the GIL): two blocks in flight."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        header = self.layout.columns
+        chunks = _chunks(path, check=False, size=BLOCK_BYTES)
+        _header(next(chunks), path, (header, "the first pass"))
+        line = 2  # of the chunk's first row: no blank line, no line break in a value
+        with ThreadPoolExecutor(1, thread_name_prefix="csv-encode") as pool:
+            pending: deque = deque()
+            for data in chunks:
+                pending.append(pool.submit(self._encode, path, line, data))
+                line += data.count(b"\n") + (not data.endswith(b"\n"))
+                if len(pending) > 1:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+
+    def _encode(self, path: str, line: int, data: bytes) -> list[EncodedBatch]:
         import numpy as np
         import pyarrow as pa
 
-        header = self.layout.columns
-        rows = 0
-        blocks = _blocks(path, (header, "the first pass"), check=False)
-        next(blocks)
-        for batch in blocks:
+        encoded = []
+        for batch in _parse(data, self.layout.columns):
             entries, features, missing = [], [], []
             for index, column in enumerate(batch.columns):
-                feature, entry, indices, here = self._column(index, column)
+                feature, entry, here, indices = self._column(index, column)
                 entries.append(entry.take(indices))
                 features.append((feature, indices))
                 missing.append(~here[indices.to_numpy()])
@@ -431,19 +491,22 @@ class ExampleEncoder:
                 order = self._written_order(patterns[0])
                 written = _example(_join([entries[i] for i in order], batch.num_rows))
             else:
-                parts, positions = [], []
-                for number, pattern in enumerate(patterns):
-                    rows_of = np.flatnonzero(inverse == number)
-                    taken = pa.array(rows_of)
-                    order = self._written_order(pattern)
-                    parts.append(_join([entries[i].take(taken) for i in order], len(rows_of)))
-                    positions.append(rows_of)
+                # Rows grouped by feature set (one take per column), joined per group in
+                # that set's order, then put back in row order.
+                grouped = np.argsort(inverse, kind="stable")
+                by_set = [entry.take(pa.array(grouped)) for entry in entries]
+                parts, start = [], 0
+                for number, count in enumerate(np.bincount(inverse).tolist()):
+                    order = self._written_order(patterns[number])
+                    parts.append(_join([by_set[i].slice(start, count) for i in order], count))
+                    start += count
                 back = np.empty(batch.num_rows, np.int64)
-                back[np.concatenate(positions)] = np.arange(batch.num_rows)
+                back[grouped] = np.arange(batch.num_rows)
                 written = _example(pa.concat_arrays(parts).take(pa.array(back)))
-            yield EncodedBatch(path, rows + 2, _bytes_list(written), header, canonical,
-                               features)
-            rows += batch.num_rows
+            encoded.append(EncodedBatch(path, line, _bytes_list(written), self.layout.columns,
+                                        _bytes_list(canonical), features))
+            line += batch.num_rows
+        return encoded
 
 
 def _patterns(missing: list) -> tuple[list[tuple[bool, ...]], object]:
@@ -482,10 +545,21 @@ def _bytes_list(array) -> list[bytes]:
     return [data[start:end] for start, end in zip(offsets, offsets[1:])]
 
 
-def _EMPTY():
-    import pyarrow as pa
+_SCALARS: dict[bytes | None, object] = {}
 
-    return pa.scalar(b"", pa.binary())
+
+def _scalar(value: bytes | None):
+    """A pyarrow binary scalar, made once (a block makes thousands of calls)."""
+    scalar = _SCALARS.get(value)
+    if scalar is None:
+        import pyarrow as pa
+
+        scalar = _SCALARS[value] = pa.scalar(value, pa.binary())
+    return scalar
+
+
+def _EMPTY():
+    return _scalar(b"")
 
 
 def _join(columns, rows: int):
@@ -505,7 +579,7 @@ def _example(features):
     import pyarrow.compute as pc
 
     empty = pc.equal(pc.binary_length(features), 0)
-    return pc.if_else(empty, pa.scalar(b"", pa.binary()), _wrap(b"\n", features))
+    return pc.if_else(empty, _EMPTY(), _wrap(b"\n", features))
 
 
 def _keys_of(example) -> list[str]:

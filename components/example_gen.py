@@ -130,10 +130,10 @@ class ExampleGen(Component):
                                             missing_value_tokens=step.missing_value_tokens,
                                             on_layout=log_layout, on_reader=log_reader):
                     if isinstance(source, EncodedBatch):
-                        for split, record in zip(assigner.splits_of_batch(source),
-                                                 source.records):
-                            writer.write(split, record)
-                        progress.tick(len(source.records))
+                        records = source.records
+                        for split, rows in assigner.rows_by_split(source).items():
+                            writer.write_many(split, [records[row] for row in rows])
+                        progress.tick(len(records))
                         continue
                     split = assigner.split_of(source.example, f"{source.path} {source.where}")
                     writer.write(split, source.example.SerializeToString())

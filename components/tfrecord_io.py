@@ -42,6 +42,24 @@ class SplitWriter:
         self._shard_size[split] += len(record)
         self.counts[split] += 1
 
+    def write_many(self, split: str, records: list[bytes]) -> None:
+        """`write(split, record)` for each record in order, without its per-call overhead."""
+        writer = self._writers.get(split)
+        if writer is None:
+            writer = self._open(split)
+        size, limit, write = self._shard_size[split], self._shard_bytes, writer.write
+        for record in records:
+            if size >= limit:
+                self._shard_size[split] = size
+                writer.close()
+                self._shard_index[split] += 1
+                writer = self._open(split)
+                size, write = 0, writer.write
+            write(record)
+            size += len(record)
+        self._shard_size[split] = size
+        self.counts[split] += len(records)
+
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()

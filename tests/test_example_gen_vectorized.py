@@ -127,6 +127,7 @@ def test_generated_rows_over_many_blocks_give_the_same_bytes(tmp_path, monkeypat
     # Small blocks: rows cross block boundaries, and every block has its own mix of missing
     # values (feature sets).
     monkeypatch.setattr(csv_vectorized, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(csv_vectorized, "SCAN_BLOCK_BYTES", 8192)
     base = tmp_path / "in"
     _generated(base, 1500, seed=1)
     _generated(base, 700, seed=2, line_end="\r\n")
@@ -155,6 +156,7 @@ def test_errors_raised_per_example_name_the_same_line(tmp_path, monkeypatch):
     """A missing partition feature far into a file (a later block) fails naming the same
     line both ways."""
     monkeypatch.setattr(csv_vectorized, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(csv_vectorized, "SCAN_BLOCK_BYTES", 8192)
     path = tmp_path / "in" / "p.csv"
     path.parent.mkdir()
     lines = ["id,key"] + [f"{i},k{i % 7}" for i in range(1, 3000)] + ["3000,NA", "3001,k1"]
