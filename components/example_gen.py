@@ -33,7 +33,11 @@ class ExampleGen(Component):
     - Examples go to `splits` by a stable hash in the given ratios (train 2 : eval 1 by
       default); with `partition_feature`, by the hash of that feature's value, so examples
       sharing a value share a split.
-    - The input is streamed one example at a time. Missing values stay missing: the
+    - The input is streamed one example at a time, or for CSV files the vectorized reader
+      can read exactly as the strict one (no quotes, blank lines, lone carriage returns or
+      byte-order mark; see components/csv_vectorized.py), a block of rows at a time, with
+      byte-for-byte the same examples and splits. The log names each file's reader; a file
+      read by the strict reader is noted with the reason. Missing values stay missing: the
       feature is absent from that example. In CSV an empty field and the
       `missing_value_tokens` (NA, NaN, nan, null, NULL, N/A by default; `[]` turns them
       off) are missing, so "NaN" in a number column does not make it a string column.
