@@ -33,6 +33,7 @@ from typing import Iterator
 
 from components import csv_reading
 from components.csv_reading import FLOAT, INT, STRING, ColumnReport, CsvLayout, FileScan
+from components.example_splits import stable_hashes
 
 BLOCK_BYTES = 1 << 19  # CSV bytes per block of the second pass: ~20 MB of encodings
 SCAN_BLOCK_BYTES = 1 << 20  # per block of the first pass (strings and kind codes only)
@@ -358,15 +359,16 @@ def _feature_bytes(column, kind: str, present):
 class EncodedBatch:
     """A block of one file's rows as serialized tf.Examples, in row order.
 
-    `records`: what the strict reader writes (`SerializeToString()`); `canonical`: the split
-    hash key (`SerializeToString(deterministic=True)`); row i is `path` line first_line + i.
+    `records`: what the strict reader writes (`SerializeToString()`); `hashes`: the split
+    hash (example_splits.stable_hashes) of `SerializeToString(deterministic=True)`, a numpy
+    uint64 per row, computed in the encoding thread; row i is `path` line first_line + i.
     """
 
     path: str
     first_line: int
     records: list[bytes]
     columns: list[str]
-    canonical: list[bytes]
+    hashes: object
     # Per column: (Feature bytes per distinct value, null where missing; each row's index)
     _features: list = field(default_factory=list)
 
@@ -504,7 +506,7 @@ class ExampleEncoder:
                 back[grouped] = np.arange(batch.num_rows)
                 written = _example(pa.concat_arrays(parts).take(pa.array(back)))
             encoded.append(EncodedBatch(path, line, _bytes_list(written), self.layout.columns,
-                                        _bytes_list(canonical), features))
+                                        stable_hashes(_bytes_list(canonical)), features))
             line += batch.num_rows
         return encoded
 

@@ -31,6 +31,14 @@ def _stable_hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+def stable_hashes(keys: list[bytes]):
+    """`_stable_hash` of every key, as a numpy uint64 array (the digests joined, read at once)."""
+    import numpy as np
+
+    digests = b"".join([hashlib.blake2b(key, digest_size=8).digest() for key in keys])
+    return np.frombuffer(digests, ">u8").astype(np.uint64)
+
+
 class SplitAssigner:
     def __init__(self, splits: dict[str, int], partition_feature: str | None = None):
         check_splits(splits)
@@ -58,16 +66,15 @@ class SplitAssigner:
         import numpy as np
 
         if self.partition_feature is None:
-            keys = batch.canonical
+            hashes = batch.hashes
         else:
             keys = batch.feature(self.partition_feature)
             for row, key in enumerate(keys):
                 if key is None:
                     raise self._missing(f"{batch.path} line {batch.first_line + row}",
                                         batch.present(row))
-        # _stable_hash for every key: the big-endian 8-byte digests, taken modulo at once.
-        digests = b"".join([hashlib.blake2b(key, digest_size=8).digest() for key in keys])
-        buckets = np.frombuffer(digests, ">u8") % np.uint64(len(self._bucket_split))
+            hashes = stable_hashes(keys)
+        buckets = hashes % np.uint64(len(self._bucket_split))
         names = list(dict.fromkeys(self._bucket_split))
         split_of_bucket = np.array([names.index(name) for name in self._bucket_split])
         splits = split_of_bucket[buckets.astype(np.int64)]
