@@ -79,9 +79,11 @@ def _generated(directory: Path, rows: int, seed: int, line_end: str = "\n",
     fields, negative and signed numbers, whitespace around numbers (\\t, \\v, \\f too), ints
     of 19+ characters (int64's limits, leading zeros), ints beyond int64 (a float column),
     floats in exponent form (float32 overflow and underflow), a column with no value at all,
-    rows with no value at all, non-ASCII words and a number column with a few words."""
+    rows with no value at all, non-ASCII words and names, and a number column with a few
+    words."""
     rng = random.Random(seed)
-    header = ["id", "group", "neg", "big", "huge", "expo", "empty", "word", "mixed", "spaced"]
+    # Upper case and non-ASCII names: the split key sorts them as protobuf does (by bytes).
+    header = ["id", "group", "neg", "big", "huge", "expo", "empty", "Wörd", "mixed", "Spaced"]
     lines = [",".join(header)]
     for i in range(rows):
         def pick(*values):
@@ -137,7 +139,7 @@ def test_generated_rows_over_many_blocks_give_the_same_bytes(tmp_path, monkeypat
     _assert_same_output(fast, strict, vectorized_files=2)
     lines = dict(line.split(": ", 1) for line in _column_lines(fast.steps["ExampleGen"]))
     assert lines["big"].startswith("int,") and lines["huge"].startswith("float,")
-    assert lines["expo"].startswith("float,") and lines["spaced"].startswith("int,")
+    assert lines["expo"].startswith("float,") and lines["Spaced"].startswith("int,")
     assert lines["empty"] == "string, 2200 missing of 2200 (no value at all: typed string)"
     assert "'oops' at " in lines["mixed"]
 
