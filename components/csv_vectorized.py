@@ -3,26 +3,29 @@ example bytes of the strict reader, a block of rows at a time.
 
 The strict reader (csv_reading, Python's csv module, one row and one tf.Example at a time)
 is the reference; this reader must give the same result or step aside. It reads a file only
-when that file cannot hold what makes the two differ (`refusal`): no quote character (quoting
-stays the strict reader's job), no blank line and no lone carriage return (so data row i is
-physical line i + 2, as the strict reader counts), no NUL byte, no byte-order mark, valid
-UTF-8 throughout. A header that is blank, repeats or differs from the first file's, a row
-with too many or too few fields (any pyarrow error), a file without rows, or a number written
-with non-ASCII characters also send the file back (`NotVectorizable`): the strict reader then
-reads it and raises its precise error, or reads it.
+when that file cannot hold what makes the two differ (`_refusal`, checked as the first pass
+reads): no quote character (quoting stays the strict reader's job), no blank line and no
+lone carriage return (so data row i is physical line i + 2, as the strict reader counts), no
+NUL byte, no byte-order mark, valid UTF-8 throughout. A header that is blank, repeats or
+differs from the first file's, a row with too many or too few fields (any pyarrow error), a
+file without rows, or a number written with non-ASCII characters or padded with \\x1c-\\x1f
+also send the file back (`NotVectorizable`): the strict reader then reads it and raises its
+precise error, or reads it.
 
 Types are classified as csv_reading._kind_of does, on each block's distinct values: the
 missing-value tokens by exact match, ints and floats by RE2 versions of `_INT`/`_FLOAT` whose
-whitespace is Python's ASCII `\\s`; a non-ASCII value or an int longer than 18 characters
-(which may exceed int64) is classified by `_kind_of` itself. Values convert as Python's int()
-and float() do (pyarrow's parsers are correctly rounded as Python's, then float64 -> float32
-as protobuf stores a float), and a tf.Example is serialized here, in numpy and pyarrow
-compute, with the features in the order protobuf's upb runtime writes them for that set of
-present features (`_written_order`, asked of upb once per set), so the records are
-byte-for-byte what `Example.SerializeToString()` gives; the split key is the same bytes with
-the features sorted by name (`SerializeToString(deterministic=True)`).
+whitespace is Python's ASCII `\\s`; a non-ASCII value, one holding \\x1c-\\x1f or an int
+longer than 18 characters (which may exceed int64) is classified by `_kind_of` itself. Values
+convert as Python's int() and float() do (pyarrow's parsers are correctly rounded as Python's,
+then float64 -> float32 as protobuf stores a float), and a tf.Example is serialized here, in
+numpy and pyarrow compute, with the features in the order protobuf's upb runtime writes them
+for that set of present features (`_written_order`, asked of upb once per set), so the
+records are byte-for-byte what `Example.SerializeToString()` gives; the split hash is taken
+of the same bytes with the features sorted by name (`SerializeToString(deterministic=True)`).
 
-Memory: one block (`BLOCK_BYTES` of CSV) and its encodings at a time.
+Memory: a block of CSV (`SCAN_BLOCK_BYTES` in the first pass, `BLOCK_BYTES` in the second)
+and its encodings at a time; the second pass encodes the next block in a thread while the
+caller writes this one.
 """
 from __future__ import annotations
 
@@ -37,7 +40,6 @@ from components.example_splits import stable_hashes
 
 BLOCK_BYTES = 1 << 19  # CSV bytes per block of the second pass: ~20 MB of encodings
 SCAN_BLOCK_BYTES = 1 << 20  # per block of the first pass (strings and kind codes only)
-_SCAN_BYTES = 4 << 20
 
 
 def _strips(char: str) -> bool:
