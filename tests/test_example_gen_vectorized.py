@@ -128,9 +128,11 @@ def test_penguins_read_both_ways_give_the_same_bytes(tmp_path, monkeypatch):
 
 def test_generated_rows_over_many_blocks_give_the_same_bytes(tmp_path, monkeypatch):
     # Small blocks: rows cross block boundaries, and every block has its own mix of missing
-    # values (feature sets).
+    # values (feature sets). Columns of more than 50 distinct values (id, big, expo) are
+    # encoded block by block, the others once across blocks.
     monkeypatch.setattr(csv_vectorized, "BLOCK_BYTES", 4096)
     monkeypatch.setattr(csv_vectorized, "SCAN_BLOCK_BYTES", 8192)
+    monkeypatch.setattr(csv_vectorized, "_CACHED_VALUES", 50)
     base = tmp_path / "in"
     _generated(base, 1500, seed=1)
     _generated(base, 700, seed=2, line_end="\r\n")
