@@ -1,4 +1,4 @@
-"""Writing split examples: gzip TFRecord shards under `Split-<name>/`, one record at a time."""
+"""Writing split examples: gzip TFRecord shards under `Split-<name>/`, record by record."""
 from __future__ import annotations
 
 import os
@@ -44,6 +44,8 @@ class SplitWriter:
 
     def write_many(self, split: str, records: list[bytes]) -> None:
         """`write(split, record)` for each record in order, without its per-call overhead."""
+        if not records:  # as write(): a shard file is opened by its first record
+            return
         writer = self._writers.get(split)
         if writer is None:
             writer = self._open(split)

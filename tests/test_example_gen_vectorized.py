@@ -239,3 +239,32 @@ def test_input_the_vectorized_reader_rejects_fails_with_the_strict_error(
     # The failed step still says which reader raised the error, and why that one.
     assert any("csv reader: strict (python csv) for 1 file(s)" in line
                for line in _log(fast.steps["ExampleGen"]))
+
+
+def test_writing_a_block_of_records_rolls_shards_as_writing_each_does(tmp_path):
+    from components.tfrecord_io import SplitWriter
+
+    class Examples:  # the one thing SplitWriter asks of an Examples artifact
+        def __init__(self, root: Path):
+            self.root = root
+
+        def split_uri(self, split: str) -> str:
+            return str(self.root / f"Split-{split}")
+
+    records = [bytes([65 + i % 26]) * (i % 37 + 1) for i in range(500)]
+    one, many = Examples(tmp_path / "one"), Examples(tmp_path / "many")
+    with SplitWriter(one, ["a", "b"], shard_bytes=1000) as writer:
+        for record in records:
+            writer.write("a", record)
+    with SplitWriter(many, ["a", "b"], shard_bytes=1000) as writer:
+        for start in range(0, len(records), 64):
+            writer.write_many("a", records[start:start + 64])
+            writer.write_many("b", [])
+        assert writer.counts == {"a": 500, "b": 0}
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(path.relative_to(root)): path.read_bytes()
+                for path in sorted(root.rglob("*.gz"))}
+
+    assert len(files(one.root)) > 5  # shards rolled over
+    assert files(many.root) == files(one.root)  # and no file for the empty split "b"
