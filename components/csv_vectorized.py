@@ -136,17 +136,6 @@ def _header(data: bytes, path: str, expected: tuple[list[str], str] | None) -> l
     return header
 
 
-def _blocks(path: str, expected: tuple[list[str], str] | None, check: bool):
-    """(header, then per block of rows: a RecordBatch with every column read as a string
-    and nothing as null). Raises NotVectorizable as _chunks does, and for a header or row
-    the strict reader reads differently or rejects (any pyarrow error)."""
-    chunks = _chunks(path, check, SCAN_BLOCK_BYTES)
-    header = _header(next(chunks), path, expected)
-    yield header
-    for data in chunks:
-        yield from _parse(data, header)
-
-
 def _parse(data: bytes, header: list[str]) -> list:
     """Whole CSV lines (no header) as RecordBatches of strings, nothing read as null."""
     import pyarrow as pa
@@ -235,40 +224,78 @@ def _missing_array(missing: frozenset[str]):
 def scan_file(path: str, missing: frozenset[str],
               expected: tuple[list[str], str] | None = None) -> FileScan:
     """csv_reading.scan_file's result for `path`, vectorized. Raises NotVectorizable when
-    the strict reader must read the file (see the module's docstring)."""
-    import numpy as np
-    import pyarrow.compute as pc
+    the strict reader must read the file (see the module's docstring).
 
-    blocks = _blocks(path, expected, check=True)
-    header = next(blocks)
+    Blocks are classified by two threads (pyarrow releases the GIL) and merged in order.
+    """
+    import threading
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = _chunks(path, check=True, size=SCAN_BLOCK_BYTES)
+    header = _header(next(chunks), path, expected)
     missing_values = _missing_array(missing)
+    local = threading.local()  # a cache per thread (see _codes): results do not depend on it
+
+    def scan(data: bytes) -> tuple[int, list]:
+        if not hasattr(local, "cache"):
+            local.cache = [None] * len(header)
+        return _scan_chunk(data, header, missing_values, local.cache)
+
     kinds: list[str | None] = [None] * len(header)
     reports = [ColumnReport(name) for name in header]
     rows = 0
-    cache: list = [None] * len(header)  # per column: (distinct values, codes); see _column
-    for batch in blocks:
-        for index, column in enumerate(batch.columns):
-            codes, positions = _codes(column, missing_values, cache, index)
-            counts = np.bincount(codes, weights=np.bincount(positions,
-                                                            minlength=len(codes)),
-                                 minlength=4).astype(np.int64)
+
+    def merge(result: tuple[int, list]) -> None:
+        nonlocal rows
+        chunk_rows, columns = result
+        for index, (counts, first) in enumerate(columns):
             report = reports[index]
-            report.missing += int(counts[_MISSING])
-            report.numbers += int(counts[_INT_CODE] + counts[_FLOAT_CODE])
-            report.others += int(counts[_STRING_CODE])
+            report.missing += counts[_MISSING]
+            report.numbers += counts[_INT_CODE] + counts[_FLOAT_CODE]
+            report.others += counts[_STRING_CODE]
             if counts[_STRING_CODE]:
                 kinds[index] = STRING
                 if report.first_other is None:
-                    row = int(np.argmax(codes[positions] == _STRING_CODE))
-                    report.first_other = (path, rows + row + 2, column[row].as_py())
+                    report.first_other = (path, rows + first[0] + 2, first[1])
             elif counts[_FLOAT_CODE] and kinds[index] != STRING:
                 kinds[index] = FLOAT
             elif counts[_INT_CODE] and kinds[index] is None:
                 kinds[index] = INT
-        rows += batch.num_rows
+        rows += chunk_rows
+
+    with ThreadPoolExecutor(2, thread_name_prefix="csv-scan") as pool:
+        pending: deque = deque()
+        for data in chunks:
+            pending.append(pool.submit(scan, data))
+            if len(pending) > 2:
+                merge(pending.popleft().result())
+        while pending:
+            merge(pending.popleft().result())
     if rows == 0:
         raise NotVectorizable("it has a header but no rows")
     return FileScan(path, header, rows, kinds, reports)
+
+
+def _scan_chunk(data: bytes, header: list[str], missing, cache: list) -> tuple[int, list]:
+    """(rows, per column: (values per kind code, (row, value) of the first string or None))
+    of whole CSV lines."""
+    import numpy as np
+
+    totals = [[0, 0, 0, 0] for _ in header]
+    firsts: list = [None] * len(header)
+    rows = 0
+    for batch in _parse(data, header):
+        for index, column in enumerate(batch.columns):
+            codes, positions = _codes(column, missing, cache, index)
+            counts = np.bincount(codes, weights=np.bincount(positions, minlength=len(codes)),
+                                 minlength=4).astype(np.int64).tolist()
+            totals[index] = [a + b for a, b in zip(totals[index], counts)]
+            if counts[_STRING_CODE] and firsts[index] is None:
+                row = int(np.argmax(codes[positions] == _STRING_CODE))
+                firsts[index] = (rows + row, column[row].as_py())
+        rows += batch.num_rows
+    return rows, list(zip(totals, firsts))
 
 
 # -- second pass: tf.Example bytes ----------------------------------------------------------
