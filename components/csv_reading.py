@@ -233,60 +233,97 @@ def missing_tokens_of(tokens) -> frozenset[str]:
     return frozenset({"", *tokens})
 
 
+@dataclass
+class FileScan:
+    """What the first pass found in one file: its header, its row count, and per column
+    (in header order) the widest kind of its values (None: no value) and its report."""
+
+    path: str
+    header: list[str]
+    rows: int
+    kinds: list[str | None]
+    reports: list[ColumnReport]
+
+
+def scan_file(path: str, missing: frozenset[str],
+              expected: tuple[list[str], str] | None = None) -> FileScan:
+    """The first pass over one file, strictly (see `_records`). `expected`: the header of
+    the first file and that file's path, which this file's header must equal.
+
+    Raises CsvInputError naming the file (and line) for an empty file, a header that is
+    blank, repeats a column or differs from `expected`, a file without rows, a row with too
+    many or too few fields, malformed quoting or bytes that are not UTF-8.
+    """
+    records = _records(path)
+    try:
+        header_line, _, header = next(records)
+    except StopIteration:
+        raise CsvInputError(f"{path} is empty: expected a header line and rows") from None
+    _check_header(path, header_line, header)
+    if expected is not None and header != expected[0]:
+        raise CsvInputError(f"{path} line {header_line}: header {header} does not match "
+                            f"the header {expected[0]} of {expected[1]}")
+    kinds: list[str | None] = [None] * len(header)
+    reports = [ColumnReport(name) for name in header]
+    rows = 0
+    for line, end, fields in records:
+        if len(fields) != len(header):
+            raise CsvInputError(f"{path} {_lines_of(line, end)}: expected {len(header)} "
+                                f"fields ({','.join(header)}), found {len(fields)}")
+        for index, value in enumerate(fields):
+            report = reports[index]
+            if value in missing:
+                report.missing += 1
+                continue
+            kind = _kind_of(value)
+            kinds[index] = _widen(kinds[index], kind)
+            if kind == STRING:
+                report.others += 1
+                if report.first_other is None:
+                    report.first_other = (path, line, value)
+            else:
+                report.numbers += 1
+        rows += 1
+    if rows == 0:
+        raise CsvInputError(f"{path} has a header but no rows")
+    return FileScan(path, header, rows, kinds, reports)
+
+
+def merge_scans(scans: list[FileScan], missing: frozenset[str]) -> CsvLayout:
+    """The layout of files read in `scans`' order (every header equal): a column's type is
+    the widest of its kinds, its counts add up, its first non-number is the first file's."""
+    columns = list(scans[0].header) if scans else []
+    types: dict[str, str | None] = {name: None for name in columns}
+    reports = {name: ColumnReport(name) for name in columns}
+    for scan in scans:
+        for name, kind, seen in zip(columns, scan.kinds, scan.reports):
+            if kind is not None:
+                types[name] = _widen(types[name], kind)
+            report = reports[name]
+            report.missing += seen.missing
+            report.numbers += seen.numbers
+            report.others += seen.others
+            if report.first_other is None:
+                report.first_other = seen.first_other
+    # A column with no value at all carries no type information; strings are the safe kind.
+    return CsvLayout(columns=columns,
+                     types={name: kind or STRING for name, kind in types.items()},
+                     rows=sum(scan.rows for scan in scans), reports=reports,
+                     missing_tokens=missing)
+
+
 def infer_layout(paths: list[str],
                  missing_value_tokens=DEFAULT_MISSING_VALUE_TOKENS) -> CsvLayout:
     """First pass: every file has the same header, every row as many fields; column types.
 
-    Raises CsvInputError naming the file (and line) for an empty file, a header that is
-    blank, repeats a column or differs from the first file's, a file without rows, a row
-    with too many or too few fields, malformed quoting or bytes that are not UTF-8.
+    Raises CsvInputError as `scan_file` does, for the first file with a problem.
     """
     missing = missing_tokens_of(missing_value_tokens)
-    columns: list[str] | None = None
-    first_path = ""
-    types: dict[str, str | None] = {}
-    reports: dict[str, ColumnReport] = {}
-    rows = 0
+    scans: list[FileScan] = []
     for path in paths:
-        records = _records(path)
-        try:
-            header_line, _, header = next(records)
-        except StopIteration:
-            raise CsvInputError(f"{path} is empty: expected a header line and rows") from None
-        _check_header(path, header_line, header)
-        if columns is None:
-            columns, first_path = header, path
-            types = {name: None for name in header}
-            reports = {name: ColumnReport(name) for name in header}
-        elif header != columns:
-            raise CsvInputError(f"{path} line {header_line}: header {header} does not match "
-                                f"the header {columns} of {first_path}")
-        file_rows = 0
-        for line, end, fields in records:
-            if len(fields) != len(columns):
-                raise CsvInputError(f"{path} {_lines_of(line, end)}: expected {len(columns)} "
-                                    f"fields ({','.join(columns)}), found {len(fields)}")
-            for name, value in zip(columns, fields):
-                report = reports[name]
-                if value in missing:
-                    report.missing += 1
-                    continue
-                kind = _kind_of(value)
-                types[name] = _widen(types[name], kind)
-                if kind == STRING:
-                    report.others += 1
-                    if report.first_other is None:
-                        report.first_other = (path, line, value)
-                else:
-                    report.numbers += 1
-            file_rows += 1
-        if file_rows == 0:
-            raise CsvInputError(f"{path} has a header but no rows")
-        rows += file_rows
-    # A column with no value at all carries no type information; strings are the safe kind.
-    return CsvLayout(columns=list(columns or []),
-                     types={name: kind or STRING for name, kind in types.items()}, rows=rows,
-                     reports=reports, missing_tokens=missing)
+        expected = (scans[0].header, scans[0].path) if scans else None
+        scans.append(scan_file(path, missing, expected))
+    return merge_scans(scans, missing)
 
 
 _CONVERT = {INT: int, FLOAT: float, STRING: lambda value: value.encode("utf-8")}

@@ -1,6 +1,7 @@
 """ExampleGen: input files in, split gzip TFRecords of tf.Example out."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from components.artifacts import Examples
@@ -32,7 +33,11 @@ class ExampleGen(Component):
     - Examples go to `splits` by a stable hash in the given ratios (train 2 : eval 1 by
       default); with `partition_feature`, by the hash of that feature's value, so examples
       sharing a value share a split.
-    - The input is streamed one example at a time. Missing values stay missing: the
+    - The input is streamed one example at a time, or for CSV files the vectorized reader
+      can read exactly as the strict one (no quotes, blank lines, lone carriage returns or
+      byte-order mark; see components/csv_vectorized.py), a block of rows at a time, with
+      byte-for-byte the same examples and splits. The log names each file's reader; a file
+      read by the strict reader is noted with the reason. Missing values stay missing: the
       feature is absent from that example. In CSV an empty field and the
       `missing_value_tokens` (NA, NaN, nan, null, NULL, N/A by default; `[]` turns them
       off) are missing, so "NaN" in a number column does not make it a string column.
@@ -77,6 +82,7 @@ class ExampleGen(Component):
         return f"spans={selection.spans} version={selection.version} {selection.fingerprint()}"
 
     def execute(self, step: Step) -> None:
+        from components.csv_vectorized import EncodedBatch
         from components.example_sources import read_examples
         from components.example_splits import SplitAssigner
         from components.tfrecord_io import SplitWriter
@@ -92,7 +98,26 @@ class ExampleGen(Component):
         if step.rolling_num_spans is not None:
             step.note(_window_note(selection, step.rolling_num_spans, is_date))
 
+        readers: dict[tuple[str, str | None], list[str]] = {}
+
+        def log_reader(path: str, reader: str, reason: str | None) -> None:
+            step.log.info("csv reader: %s for %s%s", reader, path,
+                          f": {reason}" if reason else "")
+            readers.setdefault((reader, reason), []).append(path)
+
+        def note_readers() -> None:
+            # The strict reader is the slow one: when it reads a file, the step says why.
+            for (reader, reason), paths in readers.items():
+                if reason is None:
+                    continue
+                shown = ", ".join(os.path.basename(path) for path in paths[:3])
+                more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+                step.note(f"csv reader: {reader} for {len(paths)} file(s) ({shown}{more}): "
+                          f"{reason}")
+            readers.clear()
+
         def log_layout(layout) -> None:
+            note_readers()
             step.log.info("CSV columns (name: type, missing count; missing-value tokens %s "
                           "and the empty field):", step.missing_value_tokens)
             for line in layout.type_lines():
@@ -104,12 +129,21 @@ class ExampleGen(Component):
         split_names = list(step.splits)
         progress = Progress(step.log, "rows")
         with SplitWriter(step.examples, split_names) as writer:
-            for source in read_examples(step.input_format, selection.files,
-                                        missing_value_tokens=step.missing_value_tokens,
-                                        on_layout=log_layout):
-                split = assigner.split_of(source.example, f"{source.path} {source.where}")
-                writer.write(split, source.example.SerializeToString())
-                progress.tick()
+            try:
+                for source in read_examples(step.input_format, selection.files,
+                                            missing_value_tokens=step.missing_value_tokens,
+                                            on_layout=log_layout, on_reader=log_reader):
+                    if isinstance(source, EncodedBatch):
+                        records = source.records
+                        for split, rows in assigner.rows_by_split(source).items():
+                            writer.write_many(split, [records[row] for row in rows])
+                        progress.tick(len(records))
+                        continue
+                    split = assigner.split_of(source.example, f"{source.path} {source.where}")
+                    writer.write(split, source.example.SerializeToString())
+                    progress.tick()
+            finally:
+                note_readers()  # also when a file fails: which reader raised the error
         empty = [name for name, count in writer.counts.items() if count == 0]
         if empty:
             raise ValueError(f"split(s) {empty} received no examples out of "

@@ -2,7 +2,10 @@
 
 Every reader yields one example at a time with where it came from ("line 12",
 "row 7", "record 3"; a CSV record whose quoted field spans lines is named by its first
-line), so memory does not grow with the input and errors can name the file and row.
+line), so memory does not grow with the input and errors can name the file and row. A CSV
+file the vectorized reader can read (csv_vectorized: no quotes, no blank lines, ...) comes
+as blocks of serialized examples instead (EncodedBatch, rows named by line the same way),
+byte-for-byte what the one-at-a-time reader makes of it.
 Missing values (an empty CSV field or a missing-value token such as "NA" or "NaN", see
 csv_reading; Parquet nulls) leave the feature out of the example: they stay missing,
 nothing is filled in.
@@ -12,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from components import csv_reading
+from components import csv_reading, csv_vectorized
 
 FORMATS = ("csv", "tfrecord", "parquet")
 _LIST_FIELD = {csv_reading.INT: "int64_list", csv_reading.FLOAT: "float_list",
@@ -34,15 +37,19 @@ class SourceExample:
 def read_examples(input_format: str, files: list[str], *,
                   missing_value_tokens=csv_reading.DEFAULT_MISSING_VALUE_TOKENS,
                   on_layout: Callable[[csv_reading.CsvLayout], None] | None = None,
-                  ) -> Iterator[SourceExample]:
-    """The examples of `files`, one at a time, in file order.
+                  on_reader: Callable[[str, str, str | None], None] | None = None,
+                  ) -> Iterator[SourceExample | csv_vectorized.EncodedBatch]:
+    """The examples of `files`, in file order: one SourceExample at a time, or (CSV files
+    the vectorized reader reads) an EncodedBatch of serialized examples at a time.
 
-    CSV only: `missing_value_tokens` are read as missing (besides the empty field), and
-    `on_layout` is called with the inferred CsvLayout (column types, missing counts)
-    before the first example. Raises ExampleInputError naming the file and row.
+    CSV only: `missing_value_tokens` are read as missing (besides the empty field),
+    `on_reader(path, reader, reason)` is called per file with the reader that reads it
+    (VECTORIZED or STRICT) and why not the vectorized one (None when it is), and `on_layout`
+    with the inferred CsvLayout (column types, missing counts) before the first example.
+    Raises ExampleInputError naming the file and row.
     """
     if input_format == "csv":
-        return _csv_examples(files, missing_value_tokens, on_layout)
+        return _csv_examples(files, missing_value_tokens, on_layout, on_reader)
     readers = {"tfrecord": _tfrecord_examples, "parquet": _parquet_examples}
     if input_format not in readers:
         raise ValueError(f"input_format must be one of {FORMATS}, got {input_format!r}")
@@ -50,17 +57,49 @@ def read_examples(input_format: str, files: list[str], *,
 
 
 # -- CSV ------------------------------------------------------------------------------------
+VECTORIZED_CSV = True  # False: every CSV file is read by the strict reader (tests, benches)
+VECTORIZED = "vectorized (pyarrow)"
+STRICT = "strict (python csv)"
+
+
 def _csv_examples(files: list[str], missing_value_tokens,
                   on_layout: Callable[[csv_reading.CsvLayout], None] | None,
-                  ) -> Iterator[SourceExample]:
+                  on_reader: Callable[[str, str, str | None], None] | None,
+                  ) -> Iterator[SourceExample | csv_vectorized.EncodedBatch]:
+    """Each file is read by the vectorized reader (csv_vectorized) when it gives the strict
+    reader's result, else by the strict reader (csv_reading), which raises the precise error;
+    `on_reader(path, reader, reason)` says which and why, before the first example."""
     from tensorflow.core.example.example_pb2 import Example
 
     try:
-        layout = csv_reading.infer_layout(files, missing_value_tokens)
+        missing = csv_reading.missing_tokens_of(missing_value_tokens)
+        scans: list[csv_reading.FileScan] = []
+        vectorized: list[bool] = []
+        for path in files:
+            expected = (scans[0].header, scans[0].path) if scans else None
+            reason, scan = "the vectorized reader is switched off", None
+            if VECTORIZED_CSV:
+                try:
+                    scan, reason = csv_vectorized.scan_file(path, missing, expected), None
+                except csv_vectorized.NotVectorizable as exc:
+                    reason = exc.reason
+            if on_reader is not None:
+                on_reader(path, VECTORIZED if scan is not None else STRICT, reason)
+            vectorized.append(scan is not None)
+            scans.append(scan or csv_reading.scan_file(path, missing, expected))
+        layout = csv_reading.merge_scans(scans, missing)
         if on_layout is not None:
             on_layout(layout)
         columns = [(name, _LIST_FIELD[layout.types[name]]) for name in layout.columns]
-        for path in files:
+        encoder = csv_vectorized.ExampleEncoder(layout) if any(vectorized) else None
+        for path, fast in zip(files, vectorized):
+            if fast:
+                try:
+                    yield from encoder.batches(path)
+                except csv_vectorized.NotVectorizable as exc:
+                    raise ExampleInputError(f"{path} changed while it was read: {exc.reason}"
+                                            ) from None
+                continue
             for line, values in csv_reading.typed_rows(path, layout):
                 example = Example()
                 features = example.features.feature

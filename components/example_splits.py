@@ -31,6 +31,14 @@ def _stable_hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+def stable_hashes(keys: list[bytes]):
+    """`_stable_hash` of every key, as a numpy uint64 array (the digests joined, read at once)."""
+    import numpy as np
+
+    digests = b"".join([hashlib.blake2b(key, digest_size=8).digest() for key in keys])
+    return np.frombuffer(digests, ">u8").astype(np.uint64)
+
+
 class SplitAssigner:
     def __init__(self, splits: dict[str, int], partition_feature: str | None = None):
         check_splits(splits)
@@ -47,8 +55,32 @@ class SplitAssigner:
             feature = features.get(self.partition_feature)
             if feature is None or feature.WhichOneof("kind") is None or not getattr(
                     feature, feature.WhichOneof("kind")).value:
-                known = sorted(features.keys())
-                raise SplitError(f"{where}: partition feature {self.partition_feature!r} is "
-                                 f"missing (features present: {known})")
+                raise self._missing(where, sorted(features.keys()))
             key = feature.SerializeToString(deterministic=True)
         return self._bucket_split[_stable_hash(key) % len(self._bucket_split)]
+
+    def rows_by_split(self, batch) -> dict[str, list[int]]:
+        """The rows of a csv_vectorized.EncodedBatch per split, in order: each row goes to
+        the split `split_of` gives its example. SplitError names the first row without the
+        partition feature."""
+        import numpy as np
+
+        if self.partition_feature is None:
+            hashes = batch.hashes
+        else:
+            keys = batch.feature(self.partition_feature)
+            for row, key in enumerate(keys):
+                if key is None:
+                    raise self._missing(f"{batch.path} line {batch.first_line + row}",
+                                        batch.present(row))
+            hashes = stable_hashes(keys)
+        buckets = hashes % np.uint64(len(self._bucket_split))
+        names = list(dict.fromkeys(self._bucket_split))
+        split_of_bucket = np.array([names.index(name) for name in self._bucket_split])
+        splits = split_of_bucket[buckets.astype(np.int64)]
+        return {name: np.flatnonzero(splits == index).tolist()
+                for index, name in enumerate(names)}
+
+    def _missing(self, where: str, known: list[str]) -> SplitError:
+        return SplitError(f"{where}: partition feature {self.partition_feature!r} is "
+                          f"missing (features present: {known})")
