@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import os
 
-# Uncompressed bytes per shard before starting the next one. Files are the unit of parallel
-# work of the Beam steps (components/example_batches.py): 32 MB makes ~30 shards of 2.2M
-# training examples, enough to keep every worker of a multi-process run busy to the end.
-SHARD_BYTES = 32 << 20
+SHARD_BYTES = 256 << 20  # uncompressed bytes per shard before starting the next one
 
 
 class SplitWriter:
