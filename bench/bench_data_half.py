@@ -9,6 +9,9 @@ bench/scale_preprocessing.py as the Transform module), run by the normal local r
                  the REFERENCE the multi-process run is compared with
   multi_process  beam_args ["--direct_running_mode=multi_processing",
                  "--direct_num_workers=2"]
+  sketch_stats   in-process, StatisticsGen with stats_options
+                 {"experimental_use_sketch_based_topk_uniques": True} (TFDV's sketches for
+                 string features' top values and unique counts instead of exact counts)
 
 The input is bench/make_scale_data.py's table (19 columns; 3.37 million rows = 100x, 337k =
 10x), in one span by default or, with --layout daily, in daily spans read as one artifact
@@ -55,7 +58,9 @@ OUT = BENCH / "out"
 MODULE_FILE = BENCH / "scale_preprocessing.py"
 STEPS = ("ExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform")
 MODES = {"in_process": [],
-         "multi_process": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]}
+         "multi_process": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+         "sketch_stats": []}
+MODE_STATS_OPTIONS = {"sketch_stats": {"experimental_use_sketch_based_topk_uniques": True}}
 REFERENCE_MODE = "in_process"
 GIB, MIB, MB = 1 << 30, 1 << 20, 1_000_000
 DATA_HALF_TARGET_S = 250.0
@@ -124,7 +129,8 @@ class TreeSampler:
                 "cpu_seconds": after[2] - before[2]}
 
 
-def data_half_pipeline(source: dict, module_file: str, beam_args: list[str]):
+def data_half_pipeline(source: dict, module_file: str, beam_args: list[str],
+                       stats_options: dict | None = None):
     """ExampleGen -> StatisticsGen -> SchemaGen -> ExampleValidator -> Transform, as a new user
     writes it; `source`: make_scale_data's {"input_base", "input_pattern"[,
     "rolling_num_spans"]}."""
@@ -139,7 +145,8 @@ def data_half_pipeline(source: dict, module_file: str, beam_args: list[str]):
     example_gen = ExampleGen(input_base=source["input_base"],
                              input_pattern=source["input_pattern"],
                              rolling_num_spans=source.get("rolling_num_spans"))
-    statistics_gen = StatisticsGen(examples=example_gen.outputs.examples)
+    statistics_gen = StatisticsGen(examples=example_gen.outputs.examples,
+                                   stats_options=stats_options or {})
     schema_gen = SchemaGen(statistics=statistics_gen.outputs.statistics)
     example_validator = ExampleValidator(statistics=statistics_gen.outputs.statistics,
                                          schema=schema_gen.outputs.schema)
@@ -169,7 +176,8 @@ def child(spec: dict) -> dict:
         raise SystemExit(f"warm-up failed: {warm.failure}")
     gc.collect()
 
-    pipeline = data_half_pipeline(spec["input"], spec["module_file"], spec["beam_args"])
+    pipeline = data_half_pipeline(spec["input"], spec["module_file"], spec["beam_args"],
+                                  spec.get("stats_options"))
 
     marks: list[tuple[float, str]] = []
 
@@ -360,6 +368,7 @@ def main() -> int:
         data = generate(OUT / f"scale-data-{n}", n)
         for mode in args.modes:
             spec = {"rows": n, "mode": mode, "stamp": stamp, "beam_args": MODES[mode],
+                    "stats_options": MODE_STATS_OPTIONS.get(mode, {}),
                     "input": data[args.layout], "warmup_dir": warmup["single"]["input_base"],
                     "home": tempfile.mkdtemp(prefix=f"home-{n}-{mode}-", dir=workdir),
                     "module_file": str(MODULE_FILE),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from components.artifacts import Examples, ExampleStatistics, Schema
 from components.beam_options import beam_pipeline
@@ -16,7 +17,19 @@ class StatisticsGen(Component):
     name a runner; examples read by TensorFlow's C++ reader, components/example_batches.py),
     guided by the optional `schema` (e.g. which integer features are categorical). Writes
     `Split-<name>/FeatureStats.pb` and `statistics.html`, a Facets view of the statistics
-    (the first split against the second, when there are two or more)."""
+    (the first split against the second, when there are two or more).
+
+    `stats_options` are keyword arguments of `tfdv.StatsOptions` (as TFX's StatisticsGen
+    takes a StatsOptions), e.g. `{"experimental_use_sketch_based_topk_uniques": True}`:
+    TFDV counts each string feature's distinct values exactly by default, which holds a
+    table of every value (memory and time grow with a near-unique column such as a
+    timestamp string); the sketches (Misra-Gries for top values, KMV for the unique count)
+    keep both bounded, exact for features of few values, approximate for the rest. On
+    bench/make_scale_data.py's 225k training rows, side by side: 3.3x faster, the same
+    statistics for every numeric feature and every string feature of up to 300 values,
+    `order_time`'s unique count +0.7 % and its top-value frequencies overstated. `schema`
+    comes from the input, not from here. Raises ValueError naming an argument StatsOptions
+    does not take."""
 
     imports_tensorflow = True
 
@@ -24,6 +37,7 @@ class StatisticsGen(Component):
     schema: OptionalInput[Schema]
     statistics: Output[ExampleStatistics]
     exclude_splits: Parameter[list[str]] = []
+    stats_options: Parameter[dict[str, Any]] = {}
 
     def execute(self, step: Step) -> None:
         import tensorflow_data_validation as tfdv
@@ -32,7 +46,7 @@ class StatisticsGen(Component):
 
         splits = included_splits(step.examples, step.exclude_splits, step.log)
         schema = read_schema(step.schema.file) if step.schema is not None else None
-        options = tfdv.StatsOptions(schema=schema) if schema is not None else tfdv.StatsOptions()
+        options = _stats_options(step.stats_options, schema)
         for split in splits:
             if not _has_files(step.examples.file_pattern(split)):
                 raise FileNotFoundError(f"{step.examples!r} has no example files for split "
@@ -60,6 +74,25 @@ class StatisticsGen(Component):
             lhs_name=splits[0], rhs_name=splits[1] if len(splits) > 1 else "rhs_statistics")
         with open(step.statistics.path("statistics.html"), "w", encoding="utf-8") as fh:
             fh.write(html)
+
+
+def _stats_options(arguments: dict[str, Any], schema):
+    """tfdv.StatsOptions(schema=schema, **arguments); ValueError naming what it refuses."""
+    import inspect
+
+    import tensorflow_data_validation as tfdv
+
+    accepted = set(inspect.signature(tfdv.StatsOptions.__init__).parameters) - {"self"}
+    unknown = sorted(set(arguments) - accepted)
+    if unknown or "schema" in arguments:
+        raise ValueError(f"StatisticsGen stats_options: {unknown or ['schema']} "
+                         + ("is not an argument of tfdv.StatsOptions"
+                            if unknown else "comes from the schema input")
+                         + f"; it takes {sorted(accepted - {'schema'})}")
+    try:
+        return tfdv.StatsOptions(schema=schema, **arguments)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"StatisticsGen stats_options {arguments}: {exc}") from None
 
 
 def _has_files(pattern: str) -> bool:

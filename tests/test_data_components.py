@@ -249,6 +249,25 @@ def test_statistics_gen_runs_beam_with_the_pipeline_beam_args(penguin_run, tmp_p
     assert "NoSuchRunner" in result.failure
 
 
+def test_stats_options_reach_tfdv_and_a_wrong_one_is_named(penguin_run, tmp_path):
+    workdir, home, _ = penguin_run
+    gen = ExampleGen(input_base=str(workdir / "input"))
+    sketch = StatisticsGen(examples=gen.outputs.examples, stats_options={
+        "experimental_use_sketch_based_topk_uniques": True, "num_top_values": 2})
+    result = run_pipeline(Pipeline("sketch", [gen, sketch]), home=tmp_path / "a")
+    assert result.ok, result.failure
+    stats = read_statistics(result.steps["StatisticsGen"].outputs["statistics"], "train")
+    island = next(f for f in stats.datasets[0].features if f.path.step == ["island"])
+    assert island.string_stats.unique == 3  # three islands: the sketch is exact on few values
+    assert len(island.string_stats.top_values) == 2  # num_top_values reached TFDV
+
+    wrong = StatisticsGen(examples=gen.outputs.examples, stats_options={"num_top_valu": 2})
+    result = run_pipeline(Pipeline("wrong", [gen, wrong]), home=tmp_path / "b")
+    assert result.steps["StatisticsGen"].status == "failed"
+    assert "stats_options: ['num_top_valu'] is not an argument of tfdv.StatsOptions" in \
+        result.failure
+
+
 def test_show_summarizes_statistics_schema_and_anomalies(penguin_run, capsys):
     from pipelines import cli
 
