@@ -21,7 +21,8 @@ then float64 -> float32 as protobuf stores a float), and a tf.Example is seriali
 numpy and pyarrow compute, with the features in the order protobuf's upb runtime writes them
 for that set of present features (`_written_order`, asked of upb once per set), so the
 records are byte-for-byte what `Example.SerializeToString()` gives; the split hash is taken
-of the same bytes with the features sorted by name (`SerializeToString(deterministic=True)`).
+of the same bytes with the features in the order `SerializeToString(deterministic=True)`
+writes them (also asked of upb: its sort is not Python's, "c10" comes before "c1").
 
 Memory: a block of CSV (`SCAN_BLOCK_BYTES` in the first pass, `BLOCK_BYTES` in the second)
 and its encodings at a time; the second pass encodes the next block in a thread while the
@@ -429,10 +430,23 @@ class ExampleEncoder:
             key = name.encode("utf-8")
             self._entry_heads.append(pa.scalar(b"\n" + _varint_bytes(len(key)) + key,
                                                pa.binary()))
-        self._sorted = sorted(range(len(layout.columns)), key=lambda i: layout.columns[i])
+        self._sorted = self._deterministic_order()
         self._orders: dict[tuple[bool, ...], list[int]] = {}
         # Per column: (distinct values, their _values) kept across blocks; False: too many
         self._cache: list = [None] * len(layout.columns)
+
+    def _deterministic_order(self) -> list[int]:
+        """The columns in the order `SerializeToString(deterministic=True)` writes them, asked
+        of upb: it sorts map keys by their bytes but puts a key before its own prefixes ("c10"
+        before "c1"), unlike Python's sorted(). The order of any subset of the columns is
+        this order restricted to it, as a sort's is."""
+        from tensorflow.core.example.example_pb2 import Example
+
+        example = Example()
+        for name in self.layout.columns:
+            example.features.feature[name].int64_list.value.append(0)
+        return [self.layout.columns.index(name)
+                for name in _keys_of(example, deterministic=True)]
 
     def _written_order(self, present: tuple[bool, ...]) -> list[int]:
         """The columns (present ones) in the order upb serializes an Example holding them,
@@ -613,11 +627,11 @@ def _example(features):
     return pc.if_else(empty, _EMPTY(), _wrap(b"\n", features))
 
 
-def _keys_of(example) -> list[str]:
-    """The feature names in the order `example.SerializeToString()` writes them."""
+def _keys_of(example, deterministic: bool = False) -> list[str]:
+    """The feature names in the order `example.SerializeToString(deterministic)` writes them."""
     from google.protobuf.internal.decoder import _DecodeVarint
 
-    data = example.SerializeToString()
+    data = example.SerializeToString(deterministic=deterministic)
     keys, position = [], 0
     if not data:
         return keys

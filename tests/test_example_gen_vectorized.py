@@ -157,6 +157,19 @@ def test_generated_rows_over_many_blocks_give_the_same_bytes(tmp_path, monkeypat
     _assert_same_output(fast, strict, vectorized_files=1)
 
 
+def test_a_column_name_that_prefixes_another_gives_the_same_splits(tmp_path, monkeypatch):
+    """The split hash is of `SerializeToString(deterministic=True)`, whose upb sort puts a
+    key before its own prefixes ("age_group" before "age", "c10" before "c1"), unlike
+    Python's sorted(): the vectorized reader must hash the same bytes."""
+    path = tmp_path / "in" / "p.csv"
+    path.parent.mkdir()
+    lines = ["age,age_group,c1,c10,c2"] + [f"{i % 90},g{i % 4},{i},{i % 7}.5,x{i % 3}"
+                                            for i in range(200)]
+    path.write_text("\n".join(lines) + "\n")
+    fast, strict = _both(tmp_path, monkeypatch, input_base=str(path.parent))
+    _assert_same_output(fast, strict, vectorized_files=1)
+
+
 def test_errors_raised_per_example_name_the_same_line(tmp_path, monkeypatch):
     """A missing partition feature far into a file (a later block) fails naming the same
     line both ways."""
