@@ -82,11 +82,22 @@ class CsvLayout:
 
 
 def _kind_of(value: str) -> str:
-    if _INT.fullmatch(value) and abs(int(value)) <= _INT64_MAX:
-        return INT
-    if _FLOAT.fullmatch(value):
+    """INT, FLOAT or STRING. A value the patterns match but int() and float() reject is a
+    string: `\\s` also matches \\x1c-\\x1f, which int() and float() do not strip ("\\x1c7")."""
+    if _INT.fullmatch(value):
+        number = _number(int, value)
+        if number is not None and abs(number) <= _INT64_MAX:
+            return INT
+    if _FLOAT.fullmatch(value) and _number(float, value) is not None:
         return FLOAT
     return STRING
+
+
+def _number(convert, value: str) -> int | float | None:
+    try:
+        return convert(value)
+    except ValueError:
+        return None
 
 
 _WIDER = {(INT, FLOAT): FLOAT, (FLOAT, INT): FLOAT}

@@ -8,9 +8,8 @@ reads): no quote character (quoting stays the strict reader's job), no blank lin
 lone carriage return (so data row i is physical line i + 2, as the strict reader counts), no
 NUL byte, no byte-order mark, valid UTF-8 throughout. A header that is blank, repeats or
 differs from the first file's, a row with too many or too few fields (any pyarrow error), a
-file without rows, or a number written with non-ASCII characters or padded with \\x1c-\\x1f
-also send the file back (`NotVectorizable`): the strict reader then reads it and raises its
-precise error, or reads it.
+file without rows, or a number written with non-ASCII characters also send the file back
+(`NotVectorizable`): the strict reader then reads it and raises its precise error, or reads it.
 
 Types are classified as csv_reading._kind_of does, on each block's distinct values: the
 missing-value tokens by exact match, ints and floats by RE2 versions of `_INT`/`_FLOAT` whose
@@ -51,8 +50,8 @@ def _strips(char: str) -> bool:
 
 
 # Python's `\s` on ASCII, which csv_reading's _INT/_FLOAT allow around a number, and which
-# int() and float() strip; the rest of `\s` (\x1c-\x1f) they do not strip, so a number
-# padded with them is classified by _kind_of, and not read here (`_kind_codes`).
+# int() and float() strip; the rest of `\s` (\x1c-\x1f) they do not strip, so a value
+# holding them is classified by _kind_of (`_kind_codes`): a string, as int() rejects it.
 _REGEX_SPACE = [c for c in map(chr, range(128)) if re.fullmatch(r"\s", c)]
 _SPACE = "".join(c for c in _REGEX_SPACE if _strips(c))
 _SPACE_CLASS = "[" + "".join(f"\\x{ord(c):02x}" for c in _SPACE) + "]"
@@ -181,16 +180,10 @@ def _kind_codes(values, missing) -> "object":
     odd = flags(pc.match_substring_regex(values, _ODD_SPACE_CLASS))
     for index in np.flatnonzero(~is_missing & (~ascii_ | odd | (is_int & long))):
         value = values[int(index)].as_py()
-        try:
-            kind = csv_reading._kind_of(value)
-        except ValueError:  # int() rejects a \x1c-\x1f padding _INT accepts
-            kind = INT
+        kind = csv_reading._kind_of(value)
         if kind != STRING and not value.isascii():
             raise NotVectorizable(f"it holds a number written with non-ASCII characters "
                                   f"({value!r})")
-        if kind != STRING and re.search(_ODD_SPACE_CLASS, value):
-            raise NotVectorizable(f"it holds a number padded with a separator character "
-                                  f"({value!r}), which int() and float() reject")
         codes[index] = _KIND_CODE[kind]
     return codes
 
