@@ -147,15 +147,33 @@ def _records(path: str) -> Iterator[tuple[int, int, list[str]]]:
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a bad byte
 
 
+# The first bytes of a compressed file, named when such a file fails as CSV. bzip2's "BZh"
+# could start a CSV header: its level digit and first block's magic must follow.
+_COMPRESSED = re.compile(rb"(\x1f\x8b)|(BZh[1-9]1AY&SY)|(\xfd7zXZ\x00)|(\x28\xb5\x2f\xfd)"
+                         rb"|(PK\x03\x04)")
+_COMPRESSION_NAMES = ("gzip", "bzip2", "xz", "zstd", "zip")
+
+
+def compression_of(data: bytes) -> str | None:
+    """The compression ("gzip", "bzip2", "xz", "zstd", "zip") whose magic bytes `data` (a
+    file's first bytes) begins with; None for none of them."""
+    match = _COMPRESSED.match(data)
+    return _COMPRESSION_NAMES[match.lastindex - 1] if match else None
+
+
 def _lines(fh, path: str, raw: list[str]) -> Iterator[str]:
     for number, line in enumerate(fh, 1):
         if not line.isascii():
             bad = _UNDECODABLE.search(line)
             if bad:
+                compressed = number == 1 and compression_of(
+                    line.encode("utf-8", "surrogateescape"))
                 raise CsvInputError(
                     f"{path} line {number}: cannot be read as UTF-8 CSV (byte "
                     f"0x{ord(bad.group()) - 0xDC00:02x} at character {bad.start() + 1} is "
-                    f"not UTF-8)")
+                    f"not UTF-8)" + (f"; the file is {compressed}-compressed: decompress it "
+                                     f"for ExampleGen, which reads plain CSV"
+                                     if compressed else ""))
         raw.append(line)
         yield line
 

@@ -6,10 +6,11 @@ is the reference; this reader must give the same result or step aside. It reads 
 when that file cannot hold what makes the two differ (`_refusal`, checked as the first pass
 reads): no quote character (quoting stays the strict reader's job), no blank line and no
 lone carriage return (so data row i is physical line i + 2, as the strict reader counts), no
-NUL byte, no byte-order mark, valid UTF-8 throughout. A header that is blank, repeats or
-differs from the first file's, a row with too many or too few fields (any pyarrow error), a
-file without rows, or a number written with non-ASCII characters also send the file back
-(`NotVectorizable`): the strict reader then reads it and raises its precise error, or reads it.
+NUL byte, no byte-order mark, not compressed (gzip, ...: named), valid UTF-8 throughout. A
+header that is blank, repeats or differs from the first file's, a row with too many or too
+few fields (any pyarrow error), a file without rows, or a number written with non-ASCII
+characters also send the file back (`NotVectorizable`): the strict reader then reads it and
+raises its precise error, or reads it.
 
 Types are classified as csv_reading._kind_of does, on each block's distinct values: the
 missing-value tokens by exact match, ints and floats by RE2 versions of `_INT`/`_FLOAT` whose
@@ -77,6 +78,8 @@ class NotVectorizable(Exception):
 def _refusal(data: bytes, first: bool) -> str | None:
     """Why the strict reader must read a file holding these bytes (whole lines, the file's
     first ones when `first`), None when this reader gives the same result."""
+    if first and csv_reading.compression_of(data):
+        return f"it is {csv_reading.compression_of(data)}-compressed"
     if first and data.startswith(codecs.BOM_UTF8):
         return "it starts with a byte-order mark"
     if b'"' in data:

@@ -266,6 +266,25 @@ def test_input_the_vectorized_reader_rejects_fails_with_the_strict_error(
                for line in _log(fast.steps["ExampleGen"]))
 
 
+def test_a_gzip_compressed_csv_file_fails_saying_so(tmp_path, monkeypatch):
+    """A .csv file that is gzip-compressed: both readers fail naming the file and its
+    compression (not only a byte that is not UTF-8), and the step names the reason the
+    vectorized reader did not read it (not "a quote character", a byte gzip happened to
+    write)."""
+    import gzip
+
+    base = tmp_path / "in"
+    _write_bytes(base / "a.csv", b"id,x\n1,2\n3,4\n")
+    packed = _write_bytes(base / "b.csv", gzip.compress(b'id,x\n5,6\n7,"8"\n' * 20, mtime=0))
+    fast, strict = _both(tmp_path, monkeypatch, input_base=str(base))
+    assert not fast.ok and not strict.ok
+    assert _failure(fast) == _failure(strict)
+    assert (f"{packed} line 1: cannot be read as UTF-8 CSV (byte 0x8b at character 2 is not "
+            f"UTF-8); the file is gzip-compressed: decompress it") in fast.failure, fast.failure
+    assert any(f"csv reader: strict (python csv) for {packed}: it is gzip-compressed" in line
+               for line in _log(fast.steps["ExampleGen"]))
+
+
 def test_writing_a_block_of_records_rolls_shards_as_writing_each_does(tmp_path):
     from components.tfrecord_io import SplitWriter
 
