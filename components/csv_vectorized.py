@@ -8,8 +8,8 @@ reads): no quote character (quoting stays the strict reader's job), no blank lin
 lone carriage return (so data row i is physical line i + 2, as the strict reader counts), no
 NUL byte, no byte-order mark, not compressed (gzip, ...: named), valid UTF-8 throughout. A
 header that is blank, repeats or differs from the first file's, a row with too many or too
-few fields (any pyarrow error), a file without rows, or a number written with non-ASCII
-characters also send the file back (`NotVectorizable`): the strict reader then reads it and
+few fields (any pyarrow error), a file without rows, a number written with non-ASCII
+characters or a field longer than csv's field_size_limit also send the file back (`NotVectorizable`): the strict reader then reads it and
 raises its precise error, or reads it.
 
 Types are classified as csv_reading._kind_of does, on each block's distinct values: the
@@ -130,10 +130,24 @@ def _chunks(path: str, check: bool, size: int) -> Iterator[bytes]:
             yield checked(data[:cut], False)
 
 
+def _field_limit() -> int:
+    """Python csv's limit on a field's characters: the strict reader fails on a longer one."""
+    import csv
+
+    return csv.field_size_limit()
+
+
+def _long_field(limit: int) -> NotVectorizable:
+    return NotVectorizable(f"it holds a field longer than {limit} characters, csv's "
+                           f"field_size_limit")
+
+
 def _header(data: bytes, path: str, expected: tuple[list[str], str] | None) -> list[str]:
     header = data.rstrip(b"\n").rstrip(b"\r").decode("utf-8").split(",")
     if any(not name.strip() for name in header) or len(set(header)) != len(header):
         raise NotVectorizable("its header has a blank or repeated column name")
+    if max(map(len, header)) > _field_limit():
+        raise _long_field(_field_limit())
     if expected is not None and header != expected[0]:
         raise NotVectorizable(f"its header differs from the header of {expected[1]}")
     return header
@@ -173,6 +187,8 @@ def _kind_codes(values, missing) -> "object":
     def flags(array) -> np.ndarray:
         return array.to_numpy(zero_copy_only=False)
 
+    if len(values) and pc.max(pc.utf8_length(values)).as_py() > _field_limit():
+        raise _long_field(_field_limit())
     is_missing = flags(pc.is_in(values, value_set=missing))
     is_int = flags(pc.match_substring_regex(values, _INT_RE2))
     is_float = flags(pc.match_substring_regex(values, _FLOAT_RE2))

@@ -5,6 +5,7 @@ errors; a file the vectorized reader must not read goes to the strict reader, an
 says so."""
 from __future__ import annotations
 
+import csv
 import random
 import re
 import shutil
@@ -238,7 +239,8 @@ def test_a_file_the_vectorized_reader_must_not_read_goes_to_the_strict_reader(
 
 
 @pytest.mark.parametrize("case", ["surplus-field", "missing-field", "header-only",
-                                  "blank-header-name", "not-utf8", "other-header"])
+                                  "blank-header-name", "not-utf8", "other-header",
+                                  "over-long-field"])
 def test_input_the_vectorized_reader_rejects_fails_with_the_strict_error(
         tmp_path, monkeypatch, case):
     header, rows = penguin_rows()
@@ -252,6 +254,8 @@ def test_input_the_vectorized_reader_rejects_fails_with_the_strict_error(
         rows = []
     elif case == "blank-header-name":
         header = header[:-1] + [""]
+    elif case == "over-long-field":  # the strict reader's csv fails on it: so must this one
+        rows[20][1] = "x" * (csv.field_size_limit() + 1)
     write_csv(base / "a.csv", header, rows)
     if case == "not-utf8":
         _write_bytes(base / "a.csv", (base / "a.csv").read_bytes() + b"31,caf\xe9\r\n")
