@@ -6,7 +6,7 @@ is the reference; this reader must give the same result or step aside. It reads 
 when that file cannot hold what makes the two differ (`_refusal`, checked as the first pass
 reads): no quote character (quoting stays the strict reader's job), no blank line and no
 lone carriage return (so data row i is physical line i + 2, as the strict reader counts), no
-NUL byte, no byte-order mark, not compressed (gzip, ...: named), valid UTF-8 throughout. A
+NUL byte, no byte-order mark (anywhere), not compressed (gzip, ...: named), valid UTF-8 throughout. A
 header that is blank, repeats or differs from the first file's, a row with too many or too
 few fields (any pyarrow error), a file without rows, a number written with non-ASCII
 characters or a field longer than csv's field_size_limit also send the file back (`NotVectorizable`): the strict reader then reads it and
@@ -86,6 +86,8 @@ def _refusal(data: bytes, first: bool) -> str | None:
         return "it holds a quote character (\")"
     if b"\x00" in data:
         return "it holds a NUL byte"
+    if codecs.BOM_UTF8 in data:  # pyarrow drops one that starts a block: a value would change
+        return "it holds a byte-order mark (U+FEFF) after its start"
     if (b"\n\n" in data or b"\n\r\n" in data or data.startswith(b"\n")
             or data.startswith(b"\r\n")):
         return "it holds a blank line"
