@@ -6,11 +6,12 @@ is the reference; this reader must give the same result or step aside. It reads 
 when that file cannot hold what makes the two differ (`_refusal`, checked as the first pass
 reads): no quote character (quoting stays the strict reader's job), no blank line and no
 lone carriage return (so data row i is physical line i + 2, as the strict reader counts), no
-NUL byte, no byte-order mark (anywhere), not compressed (gzip, ...: named), valid UTF-8 throughout. A
-header that is blank, repeats or differs from the first file's, a row with too many or too
-few fields (any pyarrow error), a file without rows, a number written with non-ASCII
-characters or a field longer than csv's field_size_limit also send the file back (`NotVectorizable`): the strict reader then reads it and
-raises its precise error, or reads it.
+NUL byte, no byte-order mark (anywhere: pyarrow drops one starting a block), not compressed
+(gzip, ...: named), valid UTF-8 throughout. A header that is blank, repeats or differs from
+the first file's, a row with too many or too few fields (any pyarrow error), a file without
+rows, a number written with non-ASCII characters or a field longer than csv's
+field_size_limit also send the file back (`NotVectorizable`): the strict reader then reads
+it and raises its precise error, or reads it.
 
 Types are classified as csv_reading._kind_of does, on each block's distinct values: the
 missing-value tokens by exact match, ints and floats by RE2 versions of `_INT`/`_FLOAT` whose
