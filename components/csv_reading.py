@@ -82,11 +82,22 @@ class CsvLayout:
 
 
 def _kind_of(value: str) -> str:
-    if _INT.fullmatch(value) and abs(int(value)) <= _INT64_MAX:
-        return INT
-    if _FLOAT.fullmatch(value):
+    """INT, FLOAT or STRING. A value the patterns match but int() and float() reject is a
+    string: `\\s` also matches \\x1c-\\x1f, which int() and float() do not strip ("\\x1c7")."""
+    if _INT.fullmatch(value):
+        number = _number(int, value)
+        if number is not None and abs(number) <= _INT64_MAX:
+            return INT
+    if _FLOAT.fullmatch(value) and _number(float, value) is not None:
         return FLOAT
     return STRING
+
+
+def _number(convert, value: str) -> int | float | None:
+    try:
+        return convert(value)
+    except ValueError:
+        return None
 
 
 _WIDER = {(INT, FLOAT): FLOAT, (FLOAT, INT): FLOAT}
@@ -136,15 +147,33 @@ def _records(path: str) -> Iterator[tuple[int, int, list[str]]]:
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a bad byte
 
 
+# The first bytes of a compressed file, named when such a file fails as CSV. bzip2's "BZh"
+# could start a CSV header: its level digit and first block's magic must follow.
+_COMPRESSED = re.compile(rb"(\x1f\x8b)|(BZh[1-9]1AY&SY)|(\xfd7zXZ\x00)|(\x28\xb5\x2f\xfd)"
+                         rb"|(PK\x03\x04)")
+_COMPRESSION_NAMES = ("gzip", "bzip2", "xz", "zstd", "zip")
+
+
+def compression_of(data: bytes) -> str | None:
+    """The compression ("gzip", "bzip2", "xz", "zstd", "zip") whose magic bytes `data` (a
+    file's first bytes) begins with; None for none of them."""
+    match = _COMPRESSED.match(data)
+    return _COMPRESSION_NAMES[match.lastindex - 1] if match else None
+
+
 def _lines(fh, path: str, raw: list[str]) -> Iterator[str]:
     for number, line in enumerate(fh, 1):
         if not line.isascii():
             bad = _UNDECODABLE.search(line)
             if bad:
+                compressed = number == 1 and compression_of(
+                    line.encode("utf-8", "surrogateescape"))
                 raise CsvInputError(
                     f"{path} line {number}: cannot be read as UTF-8 CSV (byte "
                     f"0x{ord(bad.group()) - 0xDC00:02x} at character {bad.start() + 1} is "
-                    f"not UTF-8)")
+                    f"not UTF-8)" + (f"; the file is {compressed}-compressed: decompress it "
+                                     f"for ExampleGen, which reads plain CSV"
+                                     if compressed else ""))
         raw.append(line)
         yield line
 

@@ -6,11 +6,12 @@ is the reference; this reader must give the same result or step aside. It reads 
 when that file cannot hold what makes the two differ (`_refusal`, checked as the first pass
 reads): no quote character (quoting stays the strict reader's job), no blank line and no
 lone carriage return (so data row i is physical line i + 2, as the strict reader counts), no
-NUL byte, no byte-order mark, valid UTF-8 throughout. A header that is blank, repeats or
-differs from the first file's, a row with too many or too few fields (any pyarrow error), a
-file without rows, or a number written with non-ASCII characters or padded with \\x1c-\\x1f
-also send the file back (`NotVectorizable`): the strict reader then reads it and raises its
-precise error, or reads it.
+NUL byte, no byte-order mark (anywhere: pyarrow drops one starting a block), not compressed
+(gzip, ...: named), valid UTF-8 throughout. A header that is blank, repeats or differs from
+the first file's, a row with too many or too few fields (any pyarrow error), a file without
+rows, a number written with non-ASCII characters or a field longer than csv's
+field_size_limit also send the file back (`NotVectorizable`): the strict reader then reads
+it and raises its precise error, or reads it.
 
 Types are classified as csv_reading._kind_of does, on each block's distinct values: the
 missing-value tokens by exact match, ints and floats by RE2 versions of `_INT`/`_FLOAT` whose
@@ -21,7 +22,8 @@ then float64 -> float32 as protobuf stores a float), and a tf.Example is seriali
 numpy and pyarrow compute, with the features in the order protobuf's upb runtime writes them
 for that set of present features (`_written_order`, asked of upb once per set), so the
 records are byte-for-byte what `Example.SerializeToString()` gives; the split hash is taken
-of the same bytes with the features sorted by name (`SerializeToString(deterministic=True)`).
+of the same bytes with the features in the order `SerializeToString(deterministic=True)`
+writes them (also asked of upb: its sort is not Python's, "c10" comes before "c1").
 
 Memory: a block of CSV (`SCAN_BLOCK_BYTES` in the first pass, `BLOCK_BYTES` in the second)
 and its encodings at a time; the second pass encodes the next block in a thread while the
@@ -50,8 +52,8 @@ def _strips(char: str) -> bool:
 
 
 # Python's `\s` on ASCII, which csv_reading's _INT/_FLOAT allow around a number, and which
-# int() and float() strip; the rest of `\s` (\x1c-\x1f) they do not strip, so a number
-# padded with them is classified by _kind_of, and not read here (`_kind_codes`).
+# int() and float() strip; the rest of `\s` (\x1c-\x1f) they do not strip, so a value
+# holding them is classified by _kind_of (`_kind_codes`): a string, as int() rejects it.
 _REGEX_SPACE = [c for c in map(chr, range(128)) if re.fullmatch(r"\s", c)]
 _SPACE = "".join(c for c in _REGEX_SPACE if _strips(c))
 _SPACE_CLASS = "[" + "".join(f"\\x{ord(c):02x}" for c in _SPACE) + "]"
@@ -77,12 +79,16 @@ class NotVectorizable(Exception):
 def _refusal(data: bytes, first: bool) -> str | None:
     """Why the strict reader must read a file holding these bytes (whole lines, the file's
     first ones when `first`), None when this reader gives the same result."""
+    if first and csv_reading.compression_of(data):
+        return f"it is {csv_reading.compression_of(data)}-compressed"
     if first and data.startswith(codecs.BOM_UTF8):
         return "it starts with a byte-order mark"
     if b'"' in data:
         return "it holds a quote character (\")"
     if b"\x00" in data:
         return "it holds a NUL byte"
+    if codecs.BOM_UTF8 in data:  # pyarrow drops one that starts a block: a value would change
+        return "it holds a byte-order mark (U+FEFF) after its start"
     if (b"\n\n" in data or b"\n\r\n" in data or data.startswith(b"\n")
             or data.startswith(b"\r\n")):
         return "it holds a blank line"
@@ -127,10 +133,24 @@ def _chunks(path: str, check: bool, size: int) -> Iterator[bytes]:
             yield checked(data[:cut], False)
 
 
+def _field_limit() -> int:
+    """Python csv's limit on a field's characters: the strict reader fails on a longer one."""
+    import csv
+
+    return csv.field_size_limit()
+
+
+def _long_field(limit: int) -> NotVectorizable:
+    return NotVectorizable(f"it holds a field longer than {limit} characters, csv's "
+                           f"field_size_limit")
+
+
 def _header(data: bytes, path: str, expected: tuple[list[str], str] | None) -> list[str]:
     header = data.rstrip(b"\n").rstrip(b"\r").decode("utf-8").split(",")
     if any(not name.strip() for name in header) or len(set(header)) != len(header):
         raise NotVectorizable("its header has a blank or repeated column name")
+    if max(map(len, header)) > _field_limit():
+        raise _long_field(_field_limit())
     if expected is not None and header != expected[0]:
         raise NotVectorizable(f"its header differs from the header of {expected[1]}")
     return header
@@ -170,6 +190,8 @@ def _kind_codes(values, missing) -> "object":
     def flags(array) -> np.ndarray:
         return array.to_numpy(zero_copy_only=False)
 
+    if len(values) and pc.max(pc.utf8_length(values)).as_py() > _field_limit():
+        raise _long_field(_field_limit())
     is_missing = flags(pc.is_in(values, value_set=missing))
     is_int = flags(pc.match_substring_regex(values, _INT_RE2))
     is_float = flags(pc.match_substring_regex(values, _FLOAT_RE2))
@@ -180,16 +202,10 @@ def _kind_codes(values, missing) -> "object":
     odd = flags(pc.match_substring_regex(values, _ODD_SPACE_CLASS))
     for index in np.flatnonzero(~is_missing & (~ascii_ | odd | (is_int & long))):
         value = values[int(index)].as_py()
-        try:
-            kind = csv_reading._kind_of(value)
-        except ValueError:  # int() rejects a \x1c-\x1f padding _INT accepts
-            kind = INT
+        kind = csv_reading._kind_of(value)
         if kind != STRING and not value.isascii():
             raise NotVectorizable(f"it holds a number written with non-ASCII characters "
                                   f"({value!r})")
-        if kind != STRING and re.search(_ODD_SPACE_CLASS, value):
-            raise NotVectorizable(f"it holds a number padded with a separator character "
-                                  f"({value!r}), which int() and float() reject")
         codes[index] = _KIND_CODE[kind]
     return codes
 
@@ -429,10 +445,23 @@ class ExampleEncoder:
             key = name.encode("utf-8")
             self._entry_heads.append(pa.scalar(b"\n" + _varint_bytes(len(key)) + key,
                                                pa.binary()))
-        self._sorted = sorted(range(len(layout.columns)), key=lambda i: layout.columns[i])
+        self._sorted = self._deterministic_order()
         self._orders: dict[tuple[bool, ...], list[int]] = {}
         # Per column: (distinct values, their _values) kept across blocks; False: too many
         self._cache: list = [None] * len(layout.columns)
+
+    def _deterministic_order(self) -> list[int]:
+        """The columns in the order `SerializeToString(deterministic=True)` writes them, asked
+        of upb: it sorts map keys by their bytes but puts a key before its own prefixes ("c10"
+        before "c1"), unlike Python's sorted(). The order of any subset of the columns is
+        this order restricted to it, as a sort's is."""
+        from tensorflow.core.example.example_pb2 import Example
+
+        example = Example()
+        for name in self.layout.columns:
+            example.features.feature[name].int64_list.value.append(0)
+        return [self.layout.columns.index(name)
+                for name in _keys_of(example, deterministic=True)]
 
     def _written_order(self, present: tuple[bool, ...]) -> list[int]:
         """The columns (present ones) in the order upb serializes an Example holding them,
@@ -613,11 +642,11 @@ def _example(features):
     return pc.if_else(empty, _EMPTY(), _wrap(b"\n", features))
 
 
-def _keys_of(example) -> list[str]:
-    """The feature names in the order `example.SerializeToString()` writes them."""
+def _keys_of(example, deterministic: bool = False) -> list[str]:
+    """The feature names in the order `example.SerializeToString(deterministic)` writes them."""
     from google.protobuf.internal.decoder import _DecodeVarint
 
-    data = example.SerializeToString()
+    data = example.SerializeToString(deterministic=deterministic)
     keys, position = [], 0
     if not data:
         return keys
