@@ -32,21 +32,24 @@ def WriteExampleBatches(directory: str, prefix: str):
     temp_dir = os.path.join(directory, _TEMP_DIR)
 
     class _WriteBundle(beam.DoFn):
+        def setup(self):
+            import tensorflow as tf
+            from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
+
+            self._tf = tf
+            self._encoder = RecordBatchToExamplesEncoder()
+
         def start_bundle(self):
             self._writer = None
             self._path = None
 
         def process(self, element):
-            import tensorflow as tf
-            from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
-
             batch = element[0] if isinstance(element, tuple) else element
             if self._writer is None:
                 os.makedirs(temp_dir, exist_ok=True)
                 self._path = os.path.join(temp_dir, uuid.uuid4().hex + ".gz")
-                self._writer = tf.io.TFRecordWriter(
-                    self._path, options=tf.io.TFRecordOptions(compression_type="GZIP"))
-                self._encoder = RecordBatchToExamplesEncoder()
+                self._writer = self._tf.io.TFRecordWriter(
+                    self._path, options=self._tf.io.TFRecordOptions(compression_type="GZIP"))
             for record in self._encoder.encode(batch):
                 self._writer.write(record)
 

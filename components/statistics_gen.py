@@ -1,11 +1,11 @@
 """StatisticsGen: TFDV statistics for every split of the examples."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from components.artifacts import Examples, ExampleStatistics, Schema
 from components.beam_options import beam_pipeline
+from components.example_batches import ReadExampleBatches, example_files
 from components.base import Component, Input, OptionalInput, Output, Parameter, Step
 from components.split_names import included_splits
 from components.tfmd_files import read_schema, read_statistics, statistics_path
@@ -42,13 +42,12 @@ class StatisticsGen(Component):
     def execute(self, step: Step) -> None:
         import tensorflow_data_validation as tfdv
 
-        from components.example_batches import ReadExampleBatches
 
         splits = included_splits(step.examples, step.exclude_splits, step.log)
         schema = read_schema(step.schema.file) if step.schema is not None else None
         options = _stats_options(step.stats_options, schema)
         for split in splits:
-            if not _has_files(step.examples.file_pattern(split)):
+            if not example_files(step.examples.file_pattern(split)):
                 raise FileNotFoundError(f"{step.examples!r} has no example files for split "
                                         f"{split!r} ({step.examples.file_pattern(split)})")
         step.log.info("computing statistics of splits %s with beam args %s", splits,
@@ -94,7 +93,3 @@ def _stats_options(arguments: dict[str, Any], schema):
     except (TypeError, ValueError) as exc:
         raise ValueError(f"StatisticsGen stats_options {arguments}: {exc}") from None
 
-
-def _has_files(pattern: str) -> bool:
-    import glob
-    return any(os.path.getsize(path) > 0 for path in glob.glob(pattern))
