@@ -32,8 +32,12 @@ down:
 	@if [ -x $(VENV)/bin/python ]; then $(VENV)/bin/python -m pipelines.services down; \
 	else echo "nothing to stop: no environment in $(VENV)"; fi
 
+# The suite on TEST_WORKERS pytest-xdist worker processes (one per core here). A test file
+# runs whole on one worker, in order: scenario files (test_services' nights) build on their
+# earlier tests. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 test: env
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 bench: env
 	for b in bench/bench_*.py bench/serving_bench.py; do $(VENV)/bin/python $$b || exit 1; done

@@ -2,6 +2,7 @@
 PostgreSQL, Redis) share: installing the package, and stopping the process they own."""
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -15,8 +16,24 @@ def apt_install(package: str, installed: Callable[[], bool], error: type[Excepti
     """`apt-get install` of `package` (no recommended packages; waits for another apt's
     lock); returns the seconds it took. Needs root. Raises `error` naming the command and
     the tail of its output when it fails or times out, or when `installed()` is still false
-    afterwards (`what` names the binaries in that message)."""
+    afterwards (`what` names the binaries in that message).
+
+    Installs by processes of this machine (the test suite's parallel workers) take turns
+    on APT_TURN_LOCK (flock), so two never run apt-get at once, and one that finds the
+    package installed by the one before it returns without running it."""
     started = time.monotonic()
+    with open(APT_TURN_LOCK, "a") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        if installed():
+            return time.monotonic() - started
+        return _apt_install(package, installed, error, what, timeout_s, started)
+
+
+APT_TURN_LOCK = "/tmp/pipewright-apt-install.lock"
+
+
+def _apt_install(package: str, installed: Callable[[], bool], error: type[Exception],
+                 what: str, timeout_s: float, started: float) -> float:
     lock = "-o DPkg::Lock::Timeout=600"  # other developers may be installing packages too
     command = (f"apt-get {lock} update -q && apt-get {lock} install -y -q "
                f"--no-install-recommends {package}")
