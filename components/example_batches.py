@@ -25,6 +25,8 @@ from __future__ import annotations
 import glob
 import os
 
+from components.background import prefetched
+
 DEFAULT_BATCH_SIZE = 1000  # rows per RecordBatch; tfx_bsl's BatchRecords grows to this too
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -39,7 +41,14 @@ def read_record_batches(path: str, serialized_schema: bytes | None,
                         batch_size: int = DEFAULT_BATCH_SIZE):
     """Yields pa.RecordBatch of up to `batch_size` rows decoded from the TFRecord file
     `path` (gzip or not, told by its first bytes) with `serialized_schema` (a serialized
-    tensorflow_metadata Schema; None: types inferred per batch, as tfx_bsl does)."""
+    tensorflow_metadata Schema; None: types inferred per batch, as tfx_bsl does). Reading
+    and decoding run a batch or two ahead in a background thread (components.background):
+    both release the GIL, so they overlap the work on the batch before."""
+    yield from prefetched(_decoded_batches(path, serialized_schema, batch_size),
+                          name="read-examples")
+
+
+def _decoded_batches(path: str, serialized_schema: bytes | None, batch_size: int):
     import tensorflow as tf
     from tfx_bsl.coders import example_coder
 

@@ -4,7 +4,9 @@ Beam's `WriteToTFRecord` takes one element per record and frames each in Python 
 CRC, gzip): for Transform that was every transformed example passing Beam's per-element
 machinery twice (the encoding FlatMap's output, the sink's input). `WriteExampleBatches`
 takes the RecordBatches themselves, encodes each with tfx_bsl's `RecordBatchToExamplesEncoder`
-(C++) and writes the records with TensorFlow's `TFRecordWriter` (C++).
+(C++) and writes the records with TensorFlow's `TFRecordWriter` (C++), both in a background
+thread (components.background: they release the GIL, so they overlap the transforming of the
+next batch).
 
 Like Beam's file sinks (apache_beam/io/iobase.py `WriteImpl`) it is safe under a runner that
 retries bundles: a bundle writes a temporary file named by a fresh id and only the bundles the
@@ -17,6 +19,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+
+from components.background import BackgroundCalls
 
 _TEMP_DIR = ".temp-beam-write"
 
@@ -42,6 +46,7 @@ def WriteExampleBatches(directory: str, prefix: str):
         def start_bundle(self):
             self._writer = None
             self._path = None
+            self._calls = None
 
         def process(self, element):
             batch = element[0] if isinstance(element, tuple) else element
@@ -50,13 +55,22 @@ def WriteExampleBatches(directory: str, prefix: str):
                 self._path = os.path.join(temp_dir, uuid.uuid4().hex + ".gz")
                 self._writer = self._tf.io.TFRecordWriter(
                     self._path, options=self._tf.io.TFRecordOptions(compression_type="GZIP"))
+                self._calls = BackgroundCalls(self._write, name="write-examples")
+            self._calls.submit(batch)
+
+        def _write(self, batch):  # in the background thread: encoding and gzip free the GIL
             for record in self._encoder.encode(batch):
                 self._writer.write(record)
 
         def finish_bundle(self):
             if self._writer is not None:
+                self._calls.close()
                 self._writer.close()
                 yield GlobalWindows.windowed_value(self._path)
+
+        def teardown(self):  # a bundle that failed: its thread ends, its temp file stays unlisted
+            if getattr(self, "_calls", None) is not None:
+                self._calls.abandon()
 
     def finalize(paths):
         os.makedirs(directory, exist_ok=True)
