@@ -34,10 +34,13 @@ down:
 
 # The suite on TEST_WORKERS pytest-xdist worker processes (one per core here). A test file
 # runs whole on one worker, in order: scenario files (test_services' nights) build on their
-# earlier tests. TEST_WORKERS=0 runs it in this one process.
+# earlier tests. Files are handed out in collection order (tests/airflow, the longest, first),
+# not xdist's default of the files with the most tests first, which left the long Airflow
+# files for the end. TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 2
 test: env
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--durations=25
 
 bench: env
 	for b in bench/bench_*.py bench/serving_bench.py; do $(VENV)/bin/python $$b || exit 1; done
