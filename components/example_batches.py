@@ -19,7 +19,10 @@ fused with it there.
 
 Errors: no file matching the pattern raises FileNotFoundError naming it; a damaged file fails
 the pipeline with TensorFlow's DataLossError, re-raised as IOError naming the file, and so
-does a file cut short, which TensorFlow's reader may end quietly (`_check_read_whole`).
+does a file cut short, which TensorFlow's reader may end quietly (`_check_read_whole`); records
+the decoder cannot read (not tf.Examples, a type the schema contradicts) raise ValueError naming
+the file and the records, the decoder's error (tfx_bsl's wording, which
+components.transform_errors reads) after it.
 """
 from __future__ import annotations
 
@@ -68,7 +71,12 @@ def _decoded_batches(path: str, serialized_schema: bytes | None, batch_size: int
             batch = records.tolist()
             count += len(batch)
             consumed += _FRAMING * len(batch) + sum(map(len, batch))
-            yield decoder.DecodeBatch(batch)
+            try:
+                decoded = decoder.DecodeBatch(batch)
+            except Exception as exc:  # tfx_bsl names neither the file nor the record
+                raise ValueError(f"{path}: records {count - len(batch) + 1}-{count} (from 1) "
+                                 f"are not tf.Examples the decoder reads: {exc}") from exc
+            yield decoded
     except tf.errors.DataLossError as exc:
         raise IOError(f"{path}: damaged TFRecord file ({exc.message})") from None
     _check_read_whole(path, compression == "GZIP", count, consumed)

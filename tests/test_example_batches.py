@@ -189,3 +189,18 @@ def test_gzip_members_one_after_another_are_read_whole(tmp_path):
         fh.write(open(second, "rb").read())
     os.remove(second)
     assert len(_collect(ReadExampleBatches(pattern))) == 1200
+
+
+def test_records_that_are_not_examples_name_the_file_and_the_records(tmp_path):
+    """Sound TFRecord framing around payloads that are not tf.Examples (another program's
+    records): tfx_bsl's decoder says only "Unable to parse example"."""
+    import tensorflow as tf
+
+    pattern = _write_shards(tmp_path / "split", [range(0, 50)], compressed=[True])
+    path = str(tmp_path / "split" / "other.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for _ in range(30):
+            writer.write(b"\xff\xff\xff not a serialized tf.Example")
+    with pytest.raises(Exception, match=f"{path}: records 1-30 \\(from 1\\) are not "
+                                        f"tf.Examples the decoder reads: .*Unable to parse"):
+        _collect(ReadExampleBatches(pattern))
