@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 
 from components.background import prefetched
+from components.interruption import check_not_interrupted
 
 DEFAULT_BATCH_SIZE = 1000  # rows per RecordBatch; tfx_bsl's BatchRecords grows to this too
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -49,9 +51,17 @@ def read_record_batches(path: str, serialized_schema: bytes | None,
     `path` (gzip or not, told by its first bytes) with `serialized_schema` (a serialized
     tensorflow_metadata Schema; None: types inferred per batch, as tfx_bsl does). Reading
     and decoding run a batch or two ahead in a background thread (components.background):
-    both release the GIL, so they overlap the work on the batch before."""
-    yield from prefetched(_decoded_batches(path, serialized_schema, batch_size),
-                          name="read-examples")
+    both release the GIL, so they overlap the work on the batch before.
+
+    A termination signal this process records (pipelines.interrupts) once the reading
+    began stops it before the next batch with StepInterrupted: the step's outputs will be
+    discarded anyway (components.interruption), so an interrupted run ends within a batch
+    instead of reading every file to the end first."""
+    started = time.monotonic()
+    for batch in prefetched(_decoded_batches(path, serialized_schema, batch_size),
+                            name="read-examples"):
+        check_not_interrupted(started, f"reading {path}")
+        yield batch
 
 
 def _decoded_batches(path: str, serialized_schema: bytes | None, batch_size: int):

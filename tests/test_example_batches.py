@@ -204,3 +204,41 @@ def test_records_that_are_not_examples_name_the_file_and_the_records(tmp_path):
     with pytest.raises(Exception, match=f"{path}: records 1-30 \\(from 1\\) are not "
                                         f"tf.Examples the decoder reads: .*Unable to parse"):
         _collect(ReadExampleBatches(pattern))
+
+
+_BATCHES_SEEN: list[int] = []
+
+
+def _signal_at_the_second_batch(batch) -> None:
+    import signal
+
+    from components import interruption
+
+    _BATCHES_SEEN.append(batch.num_rows)
+    if len(_BATCHES_SEEN) == 2:  # as pipelines.interrupts records a SIGTERM to the runner
+        interruption.record_signal(signal.SIGTERM)
+
+
+def test_a_termination_signal_stops_the_reading_at_the_next_batch(tmp_path):
+    """The local runner records the first SIGTERM/SIGINT and lets the running step end,
+    then discards its outputs: reading to the end of every file first made a Ctrl-C'd
+    Transform or StatisticsGen run on for minutes at scale."""
+    import threading
+
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from components import interruption
+
+    pattern = _write_shards(tmp_path / "split", [range(0, 3000)], compressed=[True])
+    _BATCHES_SEEN.clear()
+    try:
+        with pytest.raises(Exception, match="SIGTERM arrived while the step ran; reading "
+                                            ".*data-00000.gz is not done"):
+            with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+                _ = (pipeline | ReadExampleBatches(pattern, batch_size=100)
+                     | beam.Map(_signal_at_the_second_batch))
+    finally:
+        interruption._received.clear()
+    assert _BATCHES_SEEN == [100, 100]
+    assert [t for t in threading.enumerate() if t.name == "read-examples"] == []
