@@ -19,12 +19,19 @@ _END = object()
 _POLL_S = 0.1
 
 
+def _check_depth(depth: int) -> None:
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1 item, got {depth}")
+
+
 def prefetched(items: Iterator[T], depth: int = 2, name: str = "prefetch") -> Iterator[T]:
     """Yields what `items` yields, in order, computed up to `depth` items ahead in a daemon
     thread. An exception raised by `items` is raised here, after the items before it.
     Closing this generator early (the caller stopped, failed or was interrupted) stops the
     thread before its next item and closes `items` there; the close returns when the
-    thread has ended (at most one item's time)."""
+    thread has ended (at most one item's time). Raises ValueError for a `depth` below 1
+    (queue.Queue takes 0 for no bound: the whole source read ahead into memory)."""
+    _check_depth(depth)
     slots: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -70,10 +77,12 @@ class BackgroundCalls:
     thread, with at most `depth` items waiting. The first exception a call raises is raised
     by the next `submit` or by `close`; the items after it are not passed to `function`.
     `close()` waits for every call and ends the thread; `abandon()` ends it without waiting
-    for the waiting items (after a failure elsewhere)."""
+    for the waiting items (after a failure elsewhere). Raises ValueError for a `depth`
+    below 1."""
 
     def __init__(self, function: Callable[[Any], None], depth: int = 2,
                  name: str = "background-calls"):
+        _check_depth(depth)
         self._function = function
         self._items: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None

@@ -106,3 +106,25 @@ def test_abandoned_background_calls_end_without_the_waiting_items():
     assert not abandoning.is_alive(), "abandon() waits for the waiting items"
     assert done == [0]
     assert _threads("t-abandon") == []
+
+
+@pytest.mark.parametrize("depth", [0, -1])
+def test_a_depth_below_one_is_refused_not_read_ahead_without_bound(depth):
+    """queue.Queue(maxsize=0) has no bound: prefetched would have read its whole source
+    into memory ahead of the caller."""
+    produced = []
+
+    def items():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    with pytest.raises(ValueError, match=f"depth must be at least 1 item, got {depth}"):
+        batches = prefetched(items(), depth=depth, name="t-depth")
+        next(batches)
+        time.sleep(0.2)
+        batches.close()
+    assert produced == []
+    with pytest.raises(ValueError, match=f"depth must be at least 1 item, got {depth}"):
+        BackgroundCalls(lambda item: None, depth=depth, name="t-depth-calls")
+    assert _threads("t-depth") == [] and _threads("t-depth-calls") == []

@@ -11,16 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from components.artifacts import Examples, Schema, TransformGraph
+from components.artifacts import Examples, ExampleStatistics, Schema, TransformGraph
 from components.example_gen import ExampleGen
 from components.schema_gen import ImportSchemaGen
+from components.statistics_gen import StatisticsGen
 from components.transform import Transform
 from components.tfmd_files import read_anomalies
 from pipelines.local_runner import run_pipeline
 from pipelines.metadata import Metadata
 from pipelines.pipeline import Pipeline
-from tests.data_pipelines import (CURATED_SCHEMA, artifact_dirs, data_half, example_gen_pipeline,
-                                  penguin_rows, write_csv)
+from tests.data_pipelines import (CURATED_SCHEMA, artifact_dirs, copy_penguins, data_half,
+                                  example_gen_pipeline, penguin_rows, write_csv)
+from tests.test_example_batches import cut_inside_a_record_header
 
 PIPEWRIGHT = str(Path(sys.executable).parent / "pipewright")
 PENGUIN_MODULE = Path(__file__).resolve().parents[1] / "pipelines" / "penguin" / "penguin_module.py"
@@ -240,6 +242,30 @@ def test_corrupt_tfrecord_names_the_file_and_record(tmp_path):
     (tmp_path / "in" / "data.tfrecord").write_bytes(b"this is not a TFRecord file at all")
     error = _example_gen_fails(tmp_path, input_base=str(tmp_path / "in"), input_format="tfrecord")
     assert f"{tmp_path / 'in' / 'data.tfrecord'} record 1" in error
+
+
+@pytest.mark.parametrize("consumer", ["StatisticsGen", "Transform"])
+def test_examples_cut_short_fail_the_step_naming_the_file(tmp_path, consumer):
+    """ExampleGen's train shard cut short after it was published (a disk that filled, a
+    partial copy), where TensorFlow's reader would take the cut for the file's end: the
+    step reading it fails naming the file and publishes nothing, instead of computing
+    statistics or a transform on part of the rows."""
+    gen = ExampleGen(input_base=str(copy_penguins(tmp_path / "in").parent))
+    if consumer == "StatisticsGen":
+        step, output_type = StatisticsGen(examples=gen.outputs.examples), ExampleStatistics
+    else:
+        schema = ImportSchemaGen(schema_file=str(CURATED_SCHEMA))
+        step = Transform(examples=gen.outputs.examples, schema=schema.outputs.schema,
+                         module_file=str(PENGUIN_MODULE), splits_to_transform=["train"])
+        output_type = TransformGraph
+    pipeline = Pipeline("cut_short", [gen, step] + ([] if consumer == "StatisticsGen"
+                                                     else [schema]))
+    first = run_pipeline(pipeline, home=tmp_path / "home", until=["ExampleGen"])
+    assert first.ok, first.failure
+    [shard] = Path(first.steps["ExampleGen"].outputs["examples"].split_uri("train")).glob("*")
+    cut_inside_a_record_header(str(shard))
+    error = _fails_without_publishing(tmp_path, pipeline, consumer, output_type)
+    assert f"{shard}: damaged TFRecord file (truncated: " in error
 
 
 def test_missing_partition_feature_names_the_row(tmp_path):

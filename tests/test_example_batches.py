@@ -132,3 +132,113 @@ def test_no_rows_write_one_readable_file_of_no_records(tmp_path):
     assert os.listdir(tmp_path) == ["examples-00000-of-00001.gz"]
     path = str(tmp_path / "examples-00000-of-00001.gz")
     assert list(tf.data.TFRecordDataset(path, compression_type="GZIP")) == []
+
+
+def _record_starts(raw: bytes) -> list[int]:
+    """The offset of every record of the uncompressed TFRecord bytes `raw`."""
+    starts, offset = [], 0
+    while offset < len(raw):
+        starts.append(offset)
+        offset += 16 + int.from_bytes(raw[offset:offset + 8], "little")
+    return starts
+
+
+def cut_inside_a_record_header(path: str) -> int:
+    """Cuts the TFRecord file `path` (gzip or not) short, the way a copy or a write that
+    stopped does, so that what remains ends inside a record's 12-byte header (gzip: or
+    at a record's start, the stream's end missing): where TensorFlow's reader takes the
+    cut for the end of the file. Returns the whole records left before the cut."""
+    import zlib
+
+    data = open(path, "rb").read()
+    gzipped = data[:2] == b"\x1f\x8b"
+    raw = gzip.decompress(data) if gzipped else data
+    starts = _record_starts(raw)
+    for cut in range(len(data) - 9, 0, -1):
+        left = zlib.decompressobj(31).decompress(data[:cut]) if gzipped else data[:cut]
+        inside = [i for i, start in enumerate(starts)
+                  if start + (0 if gzipped else 1) <= len(left) < start + 12]
+        if inside:
+            with open(path, "wb") as fh:
+                fh.write(data[:cut])
+            return inside[0]
+    raise AssertionError(f"no cut of {path} ends inside a record header")
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["gzip", "uncompressed"])
+def test_a_file_cut_short_is_named_not_read_as_fewer_rows(tmp_path, compressed):
+    """TensorFlow's reader ends quietly when a file ends inside a record's header (or a
+    gzip stream is cut short there): the rows before the cut came out as the whole file."""
+    pattern = _write_shards(tmp_path / "split", [range(0, 3000), range(3000, 3100)],
+                            compressed=[compressed, True])
+    path = example_files(pattern)[0]
+    left = cut_inside_a_record_header(path)
+    assert 2000 < left < 3000, left
+    with pytest.raises(Exception, match=f"{path}: damaged TFRecord file \\(truncated: "
+                                        f"{left} whole records"):
+        _collect(ReadExampleBatches(pattern))
+
+
+def test_gzip_members_one_after_another_are_read_whole(tmp_path):
+    """Concatenated gzip members (`cat a.gz b.gz`) are one valid file: the check for a cut
+    must not take the first member's size for the file's."""
+    pattern = _write_shards(tmp_path / "split", [range(0, 500), range(500, 1200)],
+                            compressed=[True, True])
+    first, second = example_files(pattern)[:2]
+    with open(first, "ab") as fh:
+        fh.write(open(second, "rb").read())
+    os.remove(second)
+    assert len(_collect(ReadExampleBatches(pattern))) == 1200
+
+
+def test_records_that_are_not_examples_name_the_file_and_the_records(tmp_path):
+    """Sound TFRecord framing around payloads that are not tf.Examples (another program's
+    records): tfx_bsl's decoder says only "Unable to parse example"."""
+    import tensorflow as tf
+
+    pattern = _write_shards(tmp_path / "split", [range(0, 50)], compressed=[True])
+    path = str(tmp_path / "split" / "other.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for _ in range(30):
+            writer.write(b"\xff\xff\xff not a serialized tf.Example")
+    with pytest.raises(Exception, match=f"{path}: records 1-30 \\(from 1\\) are not "
+                                        f"tf.Examples the decoder reads: .*Unable to parse"):
+        _collect(ReadExampleBatches(pattern))
+
+
+_BATCHES_SEEN: list[int] = []
+
+
+def _signal_at_the_second_batch(batch) -> None:
+    import signal
+
+    from components import interruption
+
+    _BATCHES_SEEN.append(batch.num_rows)
+    if len(_BATCHES_SEEN) == 2:  # as pipelines.interrupts records a SIGTERM to the runner
+        interruption.record_signal(signal.SIGTERM)
+
+
+def test_a_termination_signal_stops_the_reading_at_the_next_batch(tmp_path):
+    """The local runner records the first SIGTERM/SIGINT and lets the running step end,
+    then discards its outputs: reading to the end of every file first made a Ctrl-C'd
+    Transform or StatisticsGen run on for minutes at scale."""
+    import threading
+
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from components import interruption
+
+    pattern = _write_shards(tmp_path / "split", [range(0, 3000)], compressed=[True])
+    _BATCHES_SEEN.clear()
+    try:
+        with pytest.raises(Exception, match="SIGTERM arrived while the step ran; reading "
+                                            ".*data-00000.gz is not done"):
+            with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+                _ = (pipeline | ReadExampleBatches(pattern, batch_size=100)
+                     | beam.Map(_signal_at_the_second_batch))
+    finally:
+        interruption._received.clear()
+    assert _BATCHES_SEEN == [100, 100]
+    assert [t for t in threading.enumerate() if t.name == "read-examples"] == []
