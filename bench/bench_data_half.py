@@ -37,7 +37,7 @@ printed table are written to bench/out/data_half-<time>.{json,txt}.
 
     python bench/bench_data_half.py [--rows 337000 3370000] [--modes in_process multi_process]
                                     [--layout single|daily] [--reference-rows N ...]
-    python bench/bench_data_half.py --rows 34000          # a quick check, about 2 minutes
+    python bench/bench_data_half.py --rows 34000 --modes in_process   # a quick check, ~2 min
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """StatisticsGen: TFDV statistics for every split of the examples."""
 from __future__ import annotations
 
+import glob
 from typing import Any
 
 from components.artifacts import Examples, ExampleStatistics, Schema
@@ -56,9 +57,7 @@ class StatisticsGen(Component):
         schema = read_schema(step.schema.file) if step.schema is not None else None
         options = _stats_options(step.stats_options, schema)
         for split in splits:
-            if not example_files(step.examples.file_pattern(split)):
-                raise FileNotFoundError(f"{step.examples!r} has no example files for split "
-                                        f"{split!r} ({step.examples.file_pattern(split)})")
+            _check_has_example_files(step.examples, split)
         step.log.info("computing statistics of splits %s with beam args %s", splits,
                       step.beam_args)
         with beam_pipeline(step) as pipeline:
@@ -84,6 +83,18 @@ class StatisticsGen(Component):
             lhs_name=splits[0], rhs_name=splits[1] if len(splits) > 1 else "rhs_statistics")
         with open(step.statistics.path("statistics.html"), "w", encoding="utf-8") as fh:
             fh.write(html)
+
+
+def _check_has_example_files(examples: Examples, split: str) -> None:
+    """Raises FileNotFoundError naming the split's files when none holds a byte (a 0-byte
+    file holds no records), or its pattern when no file matches."""
+    pattern = examples.file_pattern(split)
+    if example_files(pattern):
+        return
+    empty = sorted(glob.glob(pattern))
+    raise FileNotFoundError(f"examples {examples.uri} have no examples for split {split!r}: "
+                            + (f"its files are empty (0 bytes): {empty}" if empty
+                               else f"no file matches {pattern}"))
 
 
 def _stats_options(arguments: dict[str, Any], schema):

@@ -268,6 +268,19 @@ def test_examples_cut_short_fail_the_step_naming_the_file(tmp_path, consumer):
     assert f"{shard}: damaged TFRecord file (truncated: " in error
 
 
+def test_a_split_of_empty_files_is_named_as_empty_not_as_missing(tmp_path):
+    """An ExampleGen shard emptied after publication (0 bytes): StatisticsGen's error says
+    the split's files are empty and names them, not that none exists."""
+    gen = ExampleGen(input_base=str(copy_penguins(tmp_path / "in").parent))
+    pipeline = Pipeline("emptied", [gen, StatisticsGen(examples=gen.outputs.examples)])
+    first = run_pipeline(pipeline, home=tmp_path / "home", until=["ExampleGen"])
+    assert first.ok, first.failure
+    [shard] = Path(first.steps["ExampleGen"].outputs["examples"].split_uri("eval")).glob("*")
+    shard.write_bytes(b"")
+    error = _fails_without_publishing(tmp_path, pipeline, "StatisticsGen", ExampleStatistics)
+    assert f"no examples for split 'eval': its files are empty (0 bytes): ['{shard}']" in error
+
+
 def test_missing_partition_feature_names_the_row(tmp_path):
     header, rows = penguin_rows()
     write_csv(tmp_path / "in" / "p.csv", header, rows[:40])
