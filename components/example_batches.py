@@ -45,6 +45,16 @@ def example_files(file_pattern: str) -> list[str]:
     return sorted(path for path in glob.glob(file_pattern) if os.path.getsize(path) > 0)
 
 
+def why_no_example_files(file_pattern: str) -> str:
+    """Why `example_files(file_pattern)` is empty: its files are all 0 bytes (naming them),
+    or none matches; "" when there are example files."""
+    if example_files(file_pattern):
+        return ""
+    empty = sorted(glob.glob(file_pattern))
+    return (f"its files are empty (0 bytes): {empty}" if empty
+            else f"no file matches {file_pattern}")
+
+
 def read_record_batches(path: str, serialized_schema: bytes | None,
                         batch_size: int = DEFAULT_BATCH_SIZE):
     """Yields pa.RecordBatch of up to `batch_size` rows decoded from the TFRecord file
@@ -146,7 +156,8 @@ def ReadExampleBatches(file_pattern: str, schema=None, batch_size: int = DEFAULT
 
     files = example_files(file_pattern)
     if not files:
-        raise FileNotFoundError(f"no example files match {file_pattern}")
+        raise FileNotFoundError(f"no example files match {file_pattern}: "
+                                f"{why_no_example_files(file_pattern)}")
     serialized = schema.SerializeToString() if schema is not None else None
 
     @beam.ptransform_fn

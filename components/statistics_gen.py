@@ -1,12 +1,11 @@
 """StatisticsGen: TFDV statistics for every split of the examples."""
 from __future__ import annotations
 
-import glob
 from typing import Any
 
 from components.artifacts import Examples, ExampleStatistics, Schema
 from components.beam_options import beam_pipeline
-from components.example_batches import ReadExampleBatches, example_files
+from components.example_batches import ReadExampleBatches, why_no_example_files
 from components.base import Component, Input, OptionalInput, Output, Parameter, Step
 from components.split_names import included_splits
 from components.tfmd_files import read_schema, read_statistics, statistics_path
@@ -37,8 +36,7 @@ class StatisticsGen(Component):
     statistics for every numeric feature and every string feature of up to 300 values,
     `order_time`'s unique count +0.7 % and its top-value frequencies overstated.
     `desired_batch_size` is also the number of rows read per batch (default
-    READ_BATCH_SIZE). `schema`
-    comes from the input, not from here. Raises ValueError naming an argument StatsOptions
+    READ_BATCH_SIZE). `schema` comes from the input, not from here. Raises ValueError naming an argument StatsOptions
     does not take."""
 
     imports_tensorflow = True
@@ -51,7 +49,6 @@ class StatisticsGen(Component):
 
     def execute(self, step: Step) -> None:
         import tensorflow_data_validation as tfdv
-
 
         splits = included_splits(step.examples, step.exclude_splits, step.log)
         schema = read_schema(step.schema.file) if step.schema is not None else None
@@ -86,15 +83,12 @@ class StatisticsGen(Component):
 
 
 def _check_has_example_files(examples: Examples, split: str) -> None:
-    """Raises FileNotFoundError naming the split's files when none holds a byte (a 0-byte
-    file holds no records), or its pattern when no file matches."""
-    pattern = examples.file_pattern(split)
-    if example_files(pattern):
-        return
-    empty = sorted(glob.glob(pattern))
-    raise FileNotFoundError(f"examples {examples.uri} have no examples for split {split!r}: "
-                            + (f"its files are empty (0 bytes): {empty}" if empty
-                               else f"no file matches {pattern}"))
+    """Raises FileNotFoundError naming the split's files when all are 0 bytes (no records),
+    or its pattern when no file matches."""
+    why = why_no_example_files(examples.file_pattern(split))
+    if why:
+        raise FileNotFoundError(f"examples {examples.uri} have no examples for split "
+                                f"{split!r}: {why}")
 
 
 def _stats_options(arguments: dict[str, Any], schema):
