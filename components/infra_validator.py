@@ -63,7 +63,11 @@ class InfraValidator(Component):
     answer, the server exiting by itself); the step succeeds either way and the Pusher
     refuses an unblessed model. A server stopped from outside the step (SIGTERM, SIGKILL,
     e.g. `make down`) is no verdict: the step fails with StepInterrupted, publishes nothing
-    and is not cached, so the next run validates again. The server is stopped by PID
+    and is not cached, so the next run validates again. So is a server that does not even
+    begin loading within its start-up deadline (STARTUP_DEADLINE_S, 600 s; pipewright
+    serve's TensorFlow import is slow on a loaded machine): ServerStartTimeout. The load
+    deadline counts from the server's "Loading servable version" line, as TFX's
+    `max_loading_time_seconds` judges the load and not the start-up. The server is stopped by PID
     whatever happens; its log is kept in the blessing as server.log.
 
     With `write_warmup`, the canary request also becomes a warmup record: the server must
@@ -81,7 +85,9 @@ class InfraValidator(Component):
     example_split: Parameter[str] = "eval"
     num_examples: Parameter[int] = 10
     signature_name: Parameter[str] = "serving_default"
-    load_deadline_s: Parameter[float] = 120.0  # from process start: includes server startup
+    # From when the server begins loading the version (not its own start-up): see
+    # SandboxServer.wait_until_available.
+    load_deadline_s: Parameter[float] = 120.0
     serving_binary: Parameter[str] = "auto"
     # "" (default): a missing serving_binary fails the step; else the kind to use instead.
     fallback_serving_binary: Parameter[str] = ""

@@ -42,10 +42,23 @@ TF_SERVING_BINARY = "tensorflow_model_server"
 AVAILABLE, END = 30, 50  # tensorflow.serving.ModelVersionStatus.State
 POLL_INTERVAL_S = 0.5
 STOP_GRACE_S = 20
+# What TF Serving logs when a version starts loading (tensorflow_serving/core/
+# loader_harness.cc, LoaderHarness::Load); `pipewright serve` logs the same line.
+LOADING_MARK = b"Loading servable version {name: "
+# How long a server may take to reach that line: its own start-up (process start, Python and
+# TensorFlow imports for pipewright serve, container start for docker), which says nothing
+# about the model. It is much longer than a load on a quiet machine (10-20 s) because on a
+# loaded 2-core machine pipewright serve's imports alone have taken 110 s.
+STARTUP_DEADLINE_S = 600.0
 
 
 class ModelNotAvailable(Exception):
     """The server never served the model: it failed to load, timed out, or the server died."""
+
+
+class ServerStartTimeout(Exception):
+    """The server did not begin loading the model within its start-up deadline: a fault of
+    the machine or the server, not evidence about the model, so the step fails (no verdict)."""
 
 
 def docker_engine_problem() -> str:
@@ -154,6 +167,7 @@ class SandboxServer:
         self.rest_port = free_port()
         self.process: subprocess.Popen | None = None
         self.pid: int | None = None
+        self._log_start = 0  # where this server's output begins in the (appended) log
         self._container = f"pipewright-infra-{uuid.uuid4().hex[:12]}"
 
     @property
@@ -193,13 +207,24 @@ class SandboxServer:
                    TF_USE_LEGACY_KERAS="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         with open(self.log_path, "ab") as log:
+            self._log_start = log.tell()
             self.process = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env,
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self.pid = self.process.pid
 
-    def wait_until_available(self, deadline_s: float, version: int | None = None) -> int:
+    def wait_until_available(self, deadline_s: float, version: int | None = None,
+                             startup_deadline_s: float | None = None) -> int:
         """Polls GetModelStatus until `version` (default: any version) is AVAILABLE;
-        returns the version."""
+        returns the version.
+
+        `deadline_s` (seconds) counts from when the server begins loading (its "Loading
+        servable version" log line, LOADING_MARK), or from this call when it already has:
+        like TFX's `max_loading_time_seconds`, it judges the model's load, not the server's
+        start-up. The start-up has `startup_deadline_s` (default STARTUP_DEADLINE_S).
+
+        Raises ModelNotAvailable (a verdict: the load failed, missed `deadline_s`, or the
+        server exited by itself), ServerStartTimeout (no verdict: the server never began
+        loading within `startup_deadline_s`), StepInterrupted (stopped from outside)."""
         import grpc
         from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
@@ -207,7 +232,10 @@ class SandboxServer:
         request.model_spec.name = self.model_name
         if version is not None:
             request.model_spec.version.value = version
-        deadline = time.monotonic() + deadline_s
+        if startup_deadline_s is None:
+            startup_deadline_s = STARTUP_DEADLINE_S
+        startup_deadline = time.monotonic() + startup_deadline_s
+        load_deadline = None
         last_seen = "no answer from the server yet"
         # Retry connecting often: by default gRPC backs off for seconds after a refusal.
         options = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
@@ -220,6 +248,8 @@ class SandboxServer:
                     self.check_not_stopped_from_outside()
                     raise ModelNotAvailable(f"the server exited with code {exit_code} before the "
                                             f"model was AVAILABLE; its log ends:\n{self.log_tail()}")
+                if load_deadline is None and self.began_loading():
+                    load_deadline = time.monotonic() + deadline_s
                 try:
                     response = stub.GetModelStatus(request, timeout=5)
                 except grpc.RpcError as error:
@@ -239,10 +269,28 @@ class SandboxServer:
                                 f"{status.status.error_message}")
                     last_seen = "states " + ", ".join(
                         f"version {s.version}: {s.state}" for s in response.model_version_status)
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if load_deadline is not None and now >= load_deadline:
                     raise ModelNotAvailable(f"the model was not AVAILABLE within {deadline_s:g} s "
-                                            f"(last: {last_seen})")
+                                            f"of the server beginning to load it (last: "
+                                            f"{last_seen})")
+                if load_deadline is None and now >= startup_deadline:
+                    raise ServerStartTimeout(
+                        f"{self.what} did not begin loading the model within "
+                        f"{startup_deadline_s:g} s of its start (no {LOADING_MARK.decode()!r}... "
+                        f"line in {self.log_path}): the machine or the server is too slow to "
+                        f"start, which says nothing about the model, so no verdict is "
+                        f"published; its log ends:\n{self.log_tail()}")
                 time.sleep(POLL_INTERVAL_S)
+
+    def began_loading(self) -> bool:
+        """Whether this server's log holds TF Serving's "Loading servable version" line."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                return LOADING_MARK in log.read()
+        except FileNotFoundError:
+            return False
 
     @property
     def what(self) -> str:

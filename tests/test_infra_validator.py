@@ -24,6 +24,7 @@ from components.example_gen import ExampleGen
 from components.infra_validator import InfraValidator
 from components.interruption import StepInterrupted
 from components.pusher import Pusher
+from components import serving_sandbox
 from components.serving_sandbox import (ModelNotAvailable, SandboxServer, choose_server,
                                         docker_engine_available)
 from pipelines.home import Home
@@ -338,6 +339,42 @@ def test_server_stopped_from_outside_is_no_verdict_and_the_next_run_validates_ag
     blessing = rerun.steps["InfraValidator"].outputs["blessing"]
     assert blessing.blessed == 1, blessing.reason
     assert len(metadata.artifacts_of_type(InfraBlessing)) == blessings + 1
+
+
+def test_a_slow_server_start_up_is_no_verdict_and_does_not_count_against_the_load_deadline(
+        penguin_copy, monkeypatch):
+    """On a loaded machine pipewright serve's TensorFlow import has taken 110 s: the load
+    deadline counts from the server's "Loading servable version" line (TFX's
+    max_loading_time_seconds judges the load), and a server that never gets that far fails
+    the step with nothing published, as a stop from outside does."""
+    metadata = metadata_of(penguin_copy)
+    blessings = len(metadata.artifacts_of_type(InfraBlessing))
+    monkeypatch.setattr(serving_sandbox, "STARTUP_DEADLINE_S", 1.0)  # TF imports take longer
+    run = run_quietly(penguin_model_with(num_examples=3), penguin_copy)
+
+    step = run.steps["InfraValidator"]
+    assert not run.ok and step.status == "failed"
+    assert re.search(r"ServerStartTimeout: the sandbox model server \(pipewright, pid \d+\) did "
+                     r"not begin loading the model within 1 s of its start", run.failure)
+    assert "no verdict is published" in run.failure
+    assert execution(metadata, step.execution_id).state == "failed"
+    assert metadata.outputs_of_execution(step.execution_id) == {}
+    assert len(metadata.artifacts_of_type(InfraBlessing)) == blessings
+    assert not sandbox_servers()
+
+    monkeypatch.undo()
+    start_up_s, load_deadline_s = 15, 12  # the start-up alone outlasts the load deadline
+    command = SandboxServer.command
+    monkeypatch.setattr(SandboxServer, "command", lambda server: [
+        "sh", "-c", f'sleep {start_up_s} && exec "$@"', "sh", *command(server)])
+    run = run_quietly(penguin_model_with(num_examples=3, load_deadline_s=load_deadline_s),
+                      penguin_copy)
+    assert run.ok, run.summary()
+    blessing = run.steps["InfraValidator"].outputs["blessing"]
+    assert blessing.blessed == 1, blessing.reason
+    available_after = float(re.search(r"AVAILABLE after ([\d.]+) s",
+                                      open(blessing.path("report.txt")).read()).group(1))
+    assert available_after > load_deadline_s
 
 
 def test_pipewright_serve_stopped_by_sigterm_while_serving_is_no_verdict(trained_penguin,

@@ -45,7 +45,8 @@ def trigger(services: Services, dag_id: str, conf: dict) -> str:
 
 def wait_for_run(services: Services, dag_id: str, run_id: str,
                  timeout_s: float) -> tuple[dict, dict[str, str], str]:
-    """The finished run, its task states, and the logs of its failed tasks (if any)."""
+    """The finished run, its task states, and the logs of its tasks that did not succeed
+    (failed, skipped: a skipped step's log says why), if any."""
     path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}"
     deadline = time.monotonic() + timeout_s
     while True:
@@ -55,8 +56,8 @@ def wait_for_run(services: Services, dag_id: str, run_id: str,
         time.sleep(3)
     instances = services.api("GET", path + "/taskInstances")["task_instances"]
     states = {ti["task_id"]: ti["state"] for ti in instances}
-    failed_logs = ""
-    for task_id in [t for t, s in states.items() if s == "failed"]:
+    other_logs = ""
+    for task_id in [t for t, s in states.items() if s != "success"]:
         log = services.api("GET", f"{path}/taskInstances/{task_id}/logs/1")
-        failed_logs += f"--- {task_id}\n{json.dumps(log)[-3000:]}\n"
-    return run, states, failed_logs
+        other_logs += f"--- {task_id}\n{json.dumps(log)[-3000:]}\n"
+    return run, states, other_logs

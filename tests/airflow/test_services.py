@@ -44,10 +44,13 @@ SCREENSHOT = REPO_ROOT / "bench" / "out" / "airflow_grid_penguin.png"
 CHROMIUM = "/usr/bin/chromium"
 
 
-def finished(services: Services, run_id: str) -> tuple[dict, dict[str, str]]:
-    run, states, failed_logs = wait_for_run(services, "penguin", run_id, RUN_TIMEOUT_S)
+def finished(services: Services, run_id: str,
+             every_task_succeeds: bool = False) -> tuple[dict, dict[str, str]]:
+    run, states, other_logs = wait_for_run(services, "penguin", run_id, RUN_TIMEOUT_S)
     assert run["state"] == "success", \
-        f"penguin run {run_id} is {run['state']}: {states}\n{failed_logs}"
+        f"penguin run {run_id} is {run['state']}: {states}\n{other_logs}"
+    if every_task_succeeds:
+        assert set(states.values()) == {"success"}, f"{states}\n{other_logs}"
     return run, states
 
 
@@ -148,9 +151,8 @@ def assert_probabilities(scores: list[float]) -> None:
 def test_night_1_rest_trigger_with_conf_pushes_version_1_served_over_rest_and_grpc(
         system, night_1):
     conf, run_id = night_1
-    run, states = finished(system, run_id)
+    run, states = finished(system, run_id, every_task_succeeds=True)
     assert run["conf"] == conf
-    assert set(states.values()) == {"success"}, states
     assert versions(system) == ["1"]
 
     wait_for_version(system, 1)
@@ -230,8 +232,8 @@ def test_night_2_new_span_trains_again_and_the_server_moves_to_version_2(system)
     # rollout=immediate: a canary's bake needs live traffic (tests/test_rollout_live.py).
     run, states = finished(system, trigger(system, "penguin", {"data_root": str(incoming),
                                                               "input_pattern": SPAN_PATTERN,
-                                                              "rollout": "immediate"}))
-    assert set(states.values()) == {"success"}, states
+                                                              "rollout": "immediate"}),
+                           every_task_succeeds=True)
     assert versions(system) == ["1", "2"]
 
     metadata = Metadata(system.home.metadata_uri)
