@@ -234,7 +234,9 @@ def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home
                                   f"they are discarded — run it again")
         reason = "; ".join(filter(None, [step.outcome_reason, *step.notes]))
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        staged = {key: artifact.uri for key, artifact in outputs.items()}
         published = _move_into_place(outputs, home, run.pipeline_name, component.id, execution_id)
+        reason = _with_published_paths(reason, staged, published)
         metadata.publish_execution(execution_id, pipeline_name=run.pipeline_name,
                                    run=run.context, outputs=published, outcome=step.outcome,
                                    outcome_reason=reason,
@@ -321,6 +323,16 @@ def _move_into_place(outputs: dict[str, Artifact], home: Home, pipeline: str,
         os.rename(artifact.uri, final)  # atomic on one file system
         artifact.uri = final
     return outputs
+
+
+def _with_published_paths(text: str, staged: dict[str, str],
+                          published: dict[str, Artifact]) -> str:
+    """`text` (a step's notes) with each output's staging path replaced by where it was
+    published: a note such as the Trainer's `tensorboard --logdir <model_run>` must point at
+    a directory that exists after the step (staging is removed)."""
+    for key, uri in sorted(staged.items(), key=lambda item: -len(item[1])):
+        text = text.replace(uri, published[key].uri)
+    return text
 
 
 def _discard(outputs: dict[str, Artifact], staging: str) -> None:

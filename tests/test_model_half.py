@@ -112,6 +112,8 @@ def test_trainer_writes_tensorboard_logs_and_transform_its_analyzer_cache(traine
     model_run = trained_penguin.run.steps["Trainer"].outputs["model_run"]
     assert glob.glob(os.path.join(model_run.uri, "train", "events.out.tfevents.*"))
     assert glob.glob(os.path.join(model_run.uri, "validation", "events.out.tfevents.*"))
+    # The console's TensorBoard command names the published logs, not the removed staging.
+    assert f"tensorboard --logdir {model_run.uri}" in trained_penguin.run.steps["Trainer"].reason
     graph = trained_penguin.run.steps["Transform"].outputs["transform_graph"]
     assert os.path.isdir(graph.path("transform_fn"))
     caches = os.listdir(graph.path(graph.analyzer_cache))
