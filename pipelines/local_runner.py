@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import datetime as dt
+import shutil
 import sys
 import time
 import uuid
@@ -101,7 +102,11 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
     interrupts.watch(record_only=True)
     metadata = Metadata(home.metadata_uri)
     for dead in metadata.abandon_dead_executions(pipeline.name):
-        echo(f"recorded execution {dead.id} ({dead.component_id}) as failed: its process died")
+        shutil.rmtree(home.staging_dir(dead.id), ignore_errors=True)
+        echo(f"recorded execution {dead.id} ({dead.component_id}) as failed: its process died "
+             f"(its staging directory is removed)")
+    for dead_run in metadata.abandon_dead_runs(pipeline.name):
+        echo(f"recorded run {dead_run} as failed: its process died")
     reuse = plan_reuse(pipeline, selected, metadata, only) if only else []
     run_id = run_id or new_run_id()
     context = metadata.run_context(pipeline.name, run_id, parameters=values)

@@ -37,6 +37,7 @@ RUN_PROPERTIES = {
     "pipeline_name": pb.STRING, "run_id": pb.STRING, "started_at": pb.DOUBLE,
     "parameters": pb.STRING, "orchestrator": pb.STRING, "airflow_run_id": pb.STRING,
     "state": pb.STRING, "triggered_by": pb.STRING,
+    "pid": pb.INT, "host": pb.STRING,  # the local runner's process: a dead one ends its run
 }
 _KINDS = {int: pb.INT, float: pb.DOUBLE, str: pb.STRING, list: pb.STRING}
 STATE_NAMES = {pb.Execution.RUNNING: "running", pb.Execution.COMPLETE: "complete",
@@ -451,6 +452,9 @@ class Metadata:
         context.properties["orchestrator"].string_value = orchestrator
         context.properties["airflow_run_id"].string_value = airflow_run_id
         context.properties["state"].string_value = "running"
+        if orchestrator == "local":
+            context.properties["pid"].int_value = os.getpid()
+            context.properties["host"].string_value = socket.gethostname()
         if triggered_by:
             context.properties["triggered_by"].string_value = json.dumps(triggered_by,
                                                                         sort_keys=True)
@@ -468,13 +472,29 @@ class Metadata:
         context.properties["state"].string_value = state
         self._retry(lambda: self._store.put_contexts([context]))
 
+    def abandon_dead_runs(self, pipeline_name: str) -> list[str]:
+        """Marks failed the local runs of this host still "running" whose runner process is
+        gone (a second Ctrl-C ends it at once); returns their run ids."""
+        abandoned = []
+        for context in self._retry(lambda: self._store.get_contexts_by_type(RUN_CONTEXT)):
+            props = {k: _value(v) for k, v in context.properties.items()}
+            if props.get("pipeline_name") == pipeline_name and _runner_died(props):
+                self.finish_run(context, "failed")
+                abandoned.append(props["run_id"])
+        return abandoned
+
     def runs(self, pipeline_name: str | None = None) -> list[dict[str, Any]]:
+        """One dict per run (its context's properties, `context_id`, and `steps`: execution
+        count per state), oldest first. A local run still recorded "running" whose runner
+        process is gone is reported "failed" (recorded so by the next run of its pipeline)."""
         contexts = self._retry(lambda: self._store.get_contexts_by_type(RUN_CONTEXT))
         rows = []
         for context in contexts:
             props = {k: _value(v) for k, v in context.properties.items()}
             if pipeline_name and props.get("pipeline_name") != pipeline_name:
                 continue
+            if _runner_died(props):
+                props["state"] = "failed"
             executions = self.executions_in_run(context)
             props["context_id"] = context.id
             props["steps"] = {state: sum(1 for e in executions if e.state == state)
@@ -652,6 +672,13 @@ class Metadata:
     def execution_type_name(self, execution_id: int) -> str:
         proto = self._execution(execution_id)
         return self._retry(lambda: self._store.get_execution_types_by_id([proto.type_id]))[0].name
+
+
+def _runner_died(run: dict[str, Any]) -> bool:
+    """A local run recorded "running" whose runner process on this host is gone."""
+    return (run.get("state") == "running" and run.get("orchestrator") == "local"
+            and run.get("host") == socket.gethostname() and bool(run.get("pid"))
+            and not _process_alive(run["pid"]))
 
 
 def _process_alive(pid: int) -> bool:

@@ -170,16 +170,24 @@ def test_step_killed_midway_leaves_nothing_published_and_next_run_recovers(tmp_p
         if proc.poll() is None:
             proc.kill()
     assert _published(tmp_path, "Scale") == []
+    metadata = Metadata(Home.resolve(tmp_path).metadata_uri)
+    [killed] = metadata.runs("numbers")
+    assert killed["state"] == "failed"  # its runner is gone: not "running" forever
+    assert list((tmp_path / "staging").iterdir())
 
     rerun = subprocess.run(PIPEWRIGHT + ["run", PIPELINE_FILE, "--home", str(tmp_path)], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert "(Scale) as failed: its process died" in rerun.stderr
+    assert f"recorded run {killed['run_id']} as failed: its process died" in rerun.stderr
     assert "MakeNumbers            cached" in rerun.stderr
     assert len(_published(tmp_path, "Scale")) == 1
+    assert not any((tmp_path / "staging").iterdir())  # the killed step's staging is removed
     metadata = Metadata(Home.resolve(tmp_path).metadata_uri)
-    states = [r["steps"] for r in metadata.runs("numbers")]
-    assert states[0] == {"complete": 1, "failed": 1}
+    [first, second] = [r for r in metadata.runs("numbers")]
+    assert first["steps"] == {"complete": 1, "failed": 1}
+    assert (first["state"], second["state"]) == ("failed", "succeeded")
+    assert metadata.abandon_dead_runs("numbers") == []  # recorded: nothing left to abandon
 
 
 # -- lineage and CLI ------------------------------------------------------------------------------
