@@ -31,7 +31,7 @@ import os
 import time
 
 from components.background import prefetched
-from components.interruption import check_not_interrupted
+from components.interruption import check_not_interrupted, earliest_running_step
 
 DEFAULT_BATCH_SIZE = 1000  # rows per RecordBatch; tfx_bsl's BatchRecords grows to this too
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -63,11 +63,12 @@ def read_record_batches(path: str, serialized_schema: bytes | None,
     and decoding run a batch or two ahead in a background thread (components.background):
     both release the GIL, so they overlap the work on the batch before.
 
-    A termination signal this process records (pipelines.interrupts) once the reading
-    began stops it before the next batch with StepInterrupted: the step's outputs will be
-    discarded anyway (components.interruption), so an interrupted run ends within a batch
-    instead of reading every file to the end first."""
-    started = time.monotonic()
+    A termination signal this process records (pipelines.interrupts) since the step began
+    (or, outside a launched step, since the reading began) stops it before the next batch
+    with StepInterrupted: the step's outputs will be discarded anyway
+    (components.interruption), so an interrupted run ends within a batch instead of
+    reading every file to the end first."""
+    started = earliest_running_step(default=time.monotonic())
     for batch in prefetched(_decoded_batches(path, serialized_schema, batch_size),
                             name="read-examples"):
         check_not_interrupted(started, f"reading {path}")

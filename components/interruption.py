@@ -12,6 +12,9 @@ SIGABRT raised by its own code) has finished: that outcome is evidence about the
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import signal
 import time
 
@@ -48,6 +51,31 @@ def check_child_exit(returncode: int | None, what: str) -> None:
 # handlers pipelines.interrupts installs, read by the launcher before it publishes and by
 # components whose effects leave their staging directory (the Pusher) before they act.
 _received: list[tuple[float, int]] = []
+
+
+# time.monotonic() at which each step now running in this process began (the launcher's
+# `running_step`): code deep inside a step (a Beam DoFn reading examples) has no Step, yet
+# must see a signal that arrived before it began, e.g. during the step's TensorFlow import.
+_running_starts: list[float] = []
+_running_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def running_step(started: float):
+    """Marks a step begun at `started` (time.monotonic()) as running while inside."""
+    with _running_lock:
+        _running_starts.append(started)
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running_starts.remove(started)
+
+
+def earliest_running_step(default: float) -> float:
+    """When the earliest step still running in this process began; `default` if none."""
+    with _running_lock:
+        return min(_running_starts, default=default)
 
 
 def record_signal(number: int) -> None:

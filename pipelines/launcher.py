@@ -22,7 +22,7 @@ from typing import Any
 
 from components.artifacts import Artifact
 from components.base import Component, Resolver, Step
-from components.interruption import StepInterrupted
+from components.interruption import StepInterrupted, running_step
 from pipelines import interrupts
 from pipelines.home import Home
 from pipelines.metadata import Metadata
@@ -216,9 +216,10 @@ def launch(component: Component, *, run: RunInfo, metadata: Metadata, home: Home
     try:
         logger.info("executing %s (execution %d)", component.id, execution_id)
         watched = _file_states(component.source_files(params))
-        if component.imports_tensorflow:
-            import_tensorflow_quietly(log_path)
-        component.execute(step)
+        with running_step(started):
+            if component.imports_tensorflow:
+                import_tensorflow_quietly(log_path)
+            component.execute(step)
         signal_name = interrupts.since(started)
         if signal_name:
             raise StepInterrupted(f"{signal_name} arrived while the step ran; its outputs "

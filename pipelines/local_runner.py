@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures as futures
 import datetime as dt
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pipelines.launcher import RunInfo, StepFailed, StepResult, launch
 from pipelines.metadata import Metadata
 from pipelines.partial_run import OUTSIDE, plan_reuse, record_reuse, select_steps
 from pipelines.pipeline import Pipeline
+from pipelines.quiet_import import to_console
 
 
 @dataclass
@@ -68,8 +68,7 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
                  rerun: list[str] | tuple[str, ...] = (), max_parallel: int = 2,
                  run_id: str | None = None, until: list[str] | tuple[str, ...] = (),
                  only: list[str] | tuple[str, ...] = (),
-                 echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr,
-                                                                  flush=True)) -> RunResult:
+                 echo: Callable[[str], None] = to_console) -> RunResult:
     """Runs every step of `pipeline` in dependency order through the launcher, at most
     `max_parallel` at once. `enable_cache=False` executes every step; `rerun` names steps
     whose cached executions are not reused this time (their downstream steps then see new

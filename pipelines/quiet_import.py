@@ -6,8 +6,10 @@ Unable to register cuDNN factory: Attempting to register factory for plugin cuDN
 has already been registered" (and cuFFT, cuBLAS). TF_CPP_MIN_LOG_LEVEL=2 does not hide them
 (they are ERROR level); 3 would hide real errors too. So the first import of TensorFlow in a
 process happens here, with descriptor 2 pointed at the step's log file for its duration.
-Python's own stderr writes in that window (another thread's console line) go there too; the
-window is the import alone, a few seconds once per process.
+Python's own stderr writes in that window go there too, except the lines written with
+`to_console` (the local runner's console lines, such as the notice that a Ctrl-C was
+received): they reach the console through the descriptor saved for the import. The window is
+the import alone, once per process, and 15-40 s on a loaded machine.
 """
 from __future__ import annotations
 
@@ -16,6 +18,18 @@ import sys
 import threading
 
 _lock = threading.Lock()
+_console = {"fd": None}  # the console's descriptor 2, saved while the import holds fd 2
+_console_lock = threading.Lock()
+
+
+def to_console(line: str) -> None:
+    """Writes `line` to stderr, and to the console even while TensorFlow's import has
+    descriptor 2 pointed at a step's log."""
+    with _console_lock:
+        if _console["fd"] is None:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            os.write(_console["fd"], (line + "\n").encode())
 
 
 def import_tensorflow_quietly(log_path: str) -> None:
@@ -31,9 +45,13 @@ def import_tensorflow_quietly(log_path: str) -> None:
             with open(log_path, "ab") as log:
                 log.write(b"--- TensorFlow's start-up output (native stderr) ---\n")
                 log.flush()
-                os.dup2(log.fileno(), 2)
+                with _console_lock:
+                    os.dup2(log.fileno(), 2)
+                    _console["fd"] = saved
                 import tensorflow  # noqa: F401
         finally:
             sys.stderr.flush()
-            os.dup2(saved, 2)
+            with _console_lock:
+                os.dup2(saved, 2)
+                _console["fd"] = None
             os.close(saved)

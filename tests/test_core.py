@@ -357,6 +357,30 @@ def test_tensorflow_start_up_noise_goes_to_the_step_log_not_the_console(tmp_path
     assert "Unable to register cuDNN factory" in text  # the noise was there, and went here
 
 
+def test_a_ctrl_c_during_tensorflow_s_import_is_acknowledged_on_the_console(tmp_path):
+    """The import points descriptor 2 at the step's log for its duration; the runner's
+    notice that it received the signal still reaches the console (new-user trial)."""
+    path = tmp_path / "tf_pipeline.py"
+    path.write_text(TF_PIPELINE)
+    home = tmp_path / "home"
+    runner = subprocess.Popen(PIPEWRIGHT + ["run", str(path), "--home", str(home)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("TensorFlow's start-up output" in log.read_text()
+                      for log in home.rglob("TensorFlowVersion.log")):
+            assert runner.poll() is None and time.monotonic() < deadline, "no import seen"
+            time.sleep(0.05)
+        runner.send_signal(signal.SIGINT)
+        _, stderr = runner.communicate(timeout=180)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode != 0
+    assert "interrupted by SIGINT: no new step starts" in stderr, stderr
+    assert "TensorFlowVersion      FAILED" in stderr, stderr
+
+
 def test_reading_commands_piped_into_head_end_quietly(tmp_path):
     run_pipeline(core_pipelines.create_pipeline(), home=tmp_path,
                  params={"count": 20000}, echo=lambda line: None)

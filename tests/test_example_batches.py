@@ -242,3 +242,29 @@ def test_a_termination_signal_stops_the_reading_at_the_next_batch(tmp_path):
         interruption._received.clear()
     assert _BATCHES_SEEN == [100, 100]
     assert [t for t in threading.enumerate() if t.name == "read-examples"] == []
+
+
+def test_a_signal_before_the_reading_began_stops_it_at_the_first_batch(tmp_path):
+    """A Ctrl-C during the step's TensorFlow import, before any file is open: the reader
+    sees it (signals since the step began count), instead of reading everything first."""
+    import signal
+    import time
+
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from components import interruption
+
+    pattern = _write_shards(tmp_path / "split", [range(0, 300)], compressed=[True])
+    _BATCHES_SEEN.clear()
+    try:
+        with interruption.running_step(time.monotonic()):  # as the launcher marks a step
+            interruption.record_signal(signal.SIGINT)
+            with pytest.raises(Exception, match="SIGINT arrived while the step ran"):
+                with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+                    _ = (pipeline | ReadExampleBatches(pattern, batch_size=100)
+                         | beam.Map(_BATCHES_SEEN.append))
+    finally:
+        interruption._received.clear()
+    assert _BATCHES_SEEN == []
+    assert interruption.earliest_running_step(default=-1.0) == -1.0
