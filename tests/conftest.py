@@ -12,6 +12,44 @@ import pytest
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # TFT and TFMA need Keras 2
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Test files that must run on one known pytest-xdist worker: test_services.py's system is
+# started, and its night 1 triggered, at that worker's session start (tests/airflow/
+# conftest.py); any other worker doing so ran the whole system and a penguin DAG run for
+# nothing, on a 2-core machine the suite shares.
+PINNED_FILES = {"tests/airflow/test_services.py": "gw0"}
+
+
+def pinned_worker(path: str) -> str | None:
+    """The xdist worker id `path` (relative to the repo) runs on, or None: any."""
+    return PINNED_FILES.get(path)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` (make test) with PINNED_FILES kept to their worker: a worker takes
+    the first file in the queue not pinned to another worker, and stops when only such
+    files are left. A pinned worker that does not exist (fewer workers, or it was
+    replaced after a crash) pins nothing."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class PinnedFileScheduling(LoadFileScheduling):
+        def _assign_work_unit(self, node) -> None:
+            workers = {n.gateway.id for n in self.nodes}
+            mine = [scope for scope in self.workqueue
+                    if PINNED_FILES.get(scope) in (None, node.gateway.id)
+                    or PINNED_FILES[scope] not in workers]
+            if not mine:
+                node.shutdown()  # what is left is pinned to other workers
+                return
+            work_unit = self.workqueue.pop(mine[0])
+            self.assigned_work.setdefault(node, {})[mine[0]] = work_unit
+            collection = self.registered_collections[node]
+            node.send_runtest_some([collection.index(nodeid)
+                                    for nodeid, done in work_unit.items() if not done])
+
+    return PinnedFileScheduling(config, log)
+
 
 @dataclass(frozen=True)
 class TrainedPenguin:

@@ -127,6 +127,14 @@ def night_1(system):
 def start_night_1_first(request):
     """With the system tests selected, night 1 is triggered before the first test: Airflow
     runs it while the in-process tests run (the DAG is mostly a chain of single-core steps,
-    so a run leaves a core idle), which saves about two minutes of the session."""
-    if any(Path(str(item.fspath)).name == "test_services.py" for item in request.session.items):
+    so a run leaves a core idle), which saves about two minutes of the session. Under
+    pytest-xdist only on the worker test_services.py is pinned to (tests/conftest.py):
+    every worker collects every test."""
+    from tests.conftest import pinned_worker
+
+    services_file = "tests/airflow/test_services.py"
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is not None and worker != pinned_worker(services_file):
+        return
+    if any(item.nodeid.startswith(services_file + "::") for item in request.session.items):
         request.getfixturevalue("night_1")
