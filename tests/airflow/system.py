@@ -57,7 +57,13 @@ def wait_for_run(services: Services, dag_id: str, run_id: str,
     instances = services.api("GET", path + "/taskInstances")["task_instances"]
     states = {ti["task_id"]: ti["state"] for ti in instances}
     other_logs = ""
-    for task_id in [t for t, s in states.items() if s != "success"]:
-        log = services.api("GET", f"{path}/taskInstances/{task_id}/logs/1")
-        other_logs += f"--- {task_id}\n{json.dumps(log)[-3000:]}\n"
+    for ti in instances:
+        if ti["state"] == "success":
+            continue
+        if not ti.get("try_number"):  # never ran (e.g. skipped by its trigger rule): no log
+            other_logs += f"--- {ti['task_id']}: {ti['state']}, never ran\n"
+            continue
+        log = services.api("GET", f"{path}/taskInstances/{ti['task_id']}/logs/"
+                                  f"{ti['try_number']}")
+        other_logs += f"--- {ti['task_id']}: {ti['state']}\n{json.dumps(log)[-3000:]}\n"
     return run, states, other_logs

@@ -104,8 +104,8 @@ def wait_for_closed_logs(home: Path, count: int, timeout_s: float = 30) -> None:
 
 def finished(services: Services, dag_id: str, run_id: str,
              timeout_s: float = 300) -> tuple[dict, dict[str, str]]:
-    run, states, failed_logs = wait_for_run(services, dag_id, run_id, timeout_s)
-    assert run["state"] == "success", f"{dag_id} {run_id}: {run['state']} {states}\n{failed_logs}"
+    run, states, other_logs = wait_for_run(services, dag_id, run_id, timeout_s)
+    assert run["state"] == "success", f"{dag_id} {run_id}: {run['state']} {states}\n{other_logs}"
     return run, states
 
 
