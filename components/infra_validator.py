@@ -65,7 +65,10 @@ class InfraValidator(Component):
     e.g. `make down`) is no verdict: the step fails with StepInterrupted, publishes nothing
     and is not cached, so the next run validates again. So is a server that does not even
     begin loading within its start-up deadline (STARTUP_DEADLINE_S, 600 s; pipewright
-    serve's TensorFlow import is slow on a loaded machine): ServerStartTimeout. The load
+    serve's TensorFlow import is slow on a loaded machine): ServerStartTimeout; and one that
+    cannot bind a port it was given (another process took it): ServerStartFailed. The server
+    also dies with the process that started it (PR_SET_PDEATHSIG), so a SIGKILLed runner
+    leaves no server behind. The load
     deadline counts from the server's "Loading servable version" line, as TFX's
     `max_loading_time_seconds` judges the load and not the start-up. The server is stopped by PID
     whatever happens; its log is kept in the blessing as server.log.

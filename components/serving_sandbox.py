@@ -56,7 +56,19 @@ class ModelNotAvailable(Exception):
     """The server never served the model: it failed to load, timed out, or the server died."""
 
 
-class ServerStartTimeout(Exception):
+# What a server logs when it cannot bind a port it was given: TF Serving's server.cc and
+# pipewright serve (gRPC), and the OS's EADDRINUSE text (REST). Ports are picked free, but
+# another process can take one before a slow server binds it.
+# (Compared lowercased: uvloop writes "address already in use".)
+PORT_NOT_BOUND_MARKS = (b"failed to buildandstart grpc server", b"address already in use")
+
+
+class ServerStartFailed(Exception):
+    """The server never got to serve the model for a reason that is not the model's (a port
+    it could not bind, a start-up too slow): no verdict, so the step fails."""
+
+
+class ServerStartTimeout(ServerStartFailed):
     """The server did not begin loading the model within its start-up deadline: a fault of
     the machine or the server, not evidence about the model, so the step fails (no verdict)."""
 
@@ -146,6 +158,13 @@ def choose_server(preference: str, fallback: str = "") -> ServerChoice:
     return ServerChoice(chosen.kind, preference, problem, fallback=True)
 
 
+# The server gets SIGTERM when the thread that started it ends, e.g. when the runner is
+# SIGKILLed (prctl PR_SET_PDEATHSIG, set by util-linux's setpriv before it execs the server):
+# otherwise it outlives a killed runner, serving forever. Without setpriv, the `stop` in
+# SandboxServer.__exit__ is all there is.
+_DIES_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -192,8 +211,9 @@ class SandboxServer:
                  f"--model_name={self.model_name}", f"--model_base_path={self.base_path}",
                  "--max_num_load_retries=0"]
         if self.kind == TF_SERVING_BINARY:
-            return [shutil.which(TF_SERVING_BINARY) or TF_SERVING_BINARY, *flags]
-        return [sys.executable, "-m", "serving", *flags]
+            return [*_DIES_WITH_PARENT, shutil.which(TF_SERVING_BINARY) or TF_SERVING_BINARY,
+                    *flags]
+        return [*_DIES_WITH_PARENT, sys.executable, "-m", "serving", *flags]
 
     def __enter__(self) -> "SandboxServer":
         self.start()
@@ -246,6 +266,7 @@ class SandboxServer:
                 exit_code = self.process.poll()
                 if exit_code is not None:
                     self.check_not_stopped_from_outside()
+                    self.check_ports_were_bound()
                     raise ModelNotAvailable(f"the server exited with code {exit_code} before the "
                                             f"model was AVAILABLE; its log ends:\n{self.log_tail()}")
                 if load_deadline is None and self.began_loading():
@@ -285,12 +306,25 @@ class SandboxServer:
 
     def began_loading(self) -> bool:
         """Whether this server's log holds TF Serving's "Loading servable version" line."""
+        return LOADING_MARK in self._own_log()
+
+    def check_ports_were_bound(self) -> None:
+        """Raises ServerStartFailed when the server's log says it could not bind a port."""
+        output = self._own_log().lower()
+        if any(mark in output for mark in PORT_NOT_BOUND_MARKS):
+            raise ServerStartFailed(
+                f"{self.what} could not bind its port (gRPC {self.grpc_port}, REST "
+                f"{self.rest_port}): another process took it after it was picked; that says "
+                f"nothing about the model, so no verdict is published — re-run the step; its "
+                f"log ends:\n{self.log_tail()}")
+
+    def _own_log(self) -> bytes:
         try:
             with open(self.log_path, "rb") as log:
                 log.seek(self._log_start)
-                return LOADING_MARK in log.read()
+                return log.read()
         except FileNotFoundError:
-            return False
+            return b""
 
     @property
     def what(self) -> str:
@@ -316,8 +350,8 @@ class SandboxServer:
         """After a failed request: tells a server that is up (the failure is the model's)
         from one that is going away. Returns None when the server still answers
         GetModelStatus; otherwise waits up to `grace_s` for it to exit, raises
-        StepInterrupted if it was stopped from outside, and returns its exit code (None if
-        it still runs, unresponsive)."""
+        StepInterrupted if it was stopped from outside, ServerStartFailed if it could not
+        bind a port, and returns its exit code (None if it still runs, unresponsive)."""
         if self.process is None:
             return None
         if self.process.poll() is None and self._answers():
@@ -327,6 +361,7 @@ class SandboxServer:
         except subprocess.TimeoutExpired:
             return None
         self.check_not_stopped_from_outside()
+        self.check_ports_were_bound()
         return self.process.returncode
 
     def _answers(self) -> bool:

@@ -25,8 +25,8 @@ from components.infra_validator import InfraValidator
 from components.interruption import StepInterrupted
 from components.pusher import Pusher
 from components import serving_sandbox
-from components.serving_sandbox import (ModelNotAvailable, SandboxServer, choose_server,
-                                        docker_engine_available)
+from components.serving_sandbox import (ModelNotAvailable, SandboxServer, ServerStartFailed,
+                                        choose_server, docker_engine_available)
 from pipelines.home import Home
 from pipelines.metadata import Metadata
 from pipelines.pipeline import Pipeline
@@ -396,20 +396,61 @@ def test_pipewright_serve_stopped_by_sigterm_while_serving_is_no_verdict(trained
             server.wait_until_available(5)
 
 
-def test_server_that_exits_by_itself_stays_a_verdict(trained_penguin, tmp_path):
-    """A server that cannot start (its gRPC port is taken) exits 1 by itself: that is an
-    answer (ModelNotAvailable, so blessed=0), not an interruption."""
+def test_a_server_that_exits_by_itself_stays_a_verdict(tmp_path, monkeypatch):
+    """An exit the server made by itself (code 3 here: a crash of its own) is an answer
+    (ModelNotAvailable, so blessed=0), not an interruption."""
+    monkeypatch.setattr(SandboxServer, "command",
+                        lambda server: ["sh", "-c", "echo 'it broke'; exit 3"])
+    server = SandboxServer("pipewright", model_name="penguin", base_path=str(tmp_path),
+                           log_path=str(tmp_path / "server.log"))
+    with server:
+        with pytest.raises(ModelNotAvailable, match="exited with code 3 before .*\n.*it broke"):
+            server.wait_until_available(120)
+        assert server.settle() == 3
+
+
+@pytest.mark.parametrize("taken", ["grpc_port", "rest_port"])
+def test_a_server_that_cannot_bind_its_port_is_no_verdict(trained_penguin, tmp_path, taken):
+    """Ports are picked free, but another process can take one before a slow server binds
+    it: that says nothing about the model. (pipewright serve binds gRPC after the load, so
+    with the REST port taken it is AVAILABLE first, then exits.)"""
     base = tmp_path / "infra-validation-taken" / "penguin"
     shutil.copytree(trained_penguin.model_dir, base / "1")
     server = SandboxServer("pipewright", model_name="penguin", base_path=str(base),
                            log_path=str(tmp_path / "server.log"))
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", server.grpc_port))
-        taken.listen()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", getattr(server, taken)))
+        holder.listen()
         with server:
-            with pytest.raises(ModelNotAvailable, match="the server exited with code 1 before"):
+            with pytest.raises(ServerStartFailed, match=r"could not bind its port .* no verdict"):
                 server.wait_until_available(120)
-            assert server.settle() == 1
+                server.process.wait(timeout=60)  # AVAILABLE over gRPC, then REST fails
+                server.settle()
+
+
+def test_the_sandbox_server_dies_with_the_process_that_started_it(trained_penguin, tmp_path):
+    """A runner killed with SIGKILL cannot stop its sandbox server: the server gets SIGTERM
+    from the kernel (PR_SET_PDEATHSIG) instead of serving on, orphaned, forever."""
+    import subprocess
+    import sys
+
+    base = tmp_path / "infra-validation-orphan" / "penguin"
+    shutil.copytree(trained_penguin.model_dir, base / "1")
+    script = (f"from components.serving_sandbox import SandboxServer\n"
+              f"import time\n"
+              f"server = SandboxServer('pipewright', model_name='penguin', base_path={str(base)!r},"
+              f" log_path={str(tmp_path / 'server.log')!r})\n"
+              f"server.start()\nprint(server.pid, flush=True)\ntime.sleep(600)\n")
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        server = psutil.Process(int(runner.stdout.readline()))
+        runner.kill()
+        runner.wait(timeout=30)
+        psutil.wait_procs([server], timeout=60)
+        assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
+    finally:
+        runner.kill()
 
 
 def _penguin_data() -> str:
