@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import datetime as dt
+import glob
+import os
 import shutil
 import time
 import uuid
@@ -101,9 +103,14 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
     interrupts.watch(record_only=True)
     metadata = Metadata(home.metadata_uri)
     for dead in metadata.abandon_dead_executions(pipeline.name):
-        shutil.rmtree(home.staging_dir(dead.id), ignore_errors=True)
+        # Its outputs are in staging, or already moved into place when it died publishing:
+        # either way no record points at them.
+        for directory in [home.staging_dir(dead.id), *glob.glob(os.path.join(
+                home.root, "artifacts", glob.escape(pipeline.name), glob.escape(dead.component_id),
+                "*", str(dead.id)))]:
+            shutil.rmtree(directory, ignore_errors=True)
         echo(f"recorded execution {dead.id} ({dead.component_id}) as failed: its process died "
-             f"(its staging directory is removed)")
+             f"(its staging directory and unpublished outputs are removed)")
     for dead_run in metadata.abandon_dead_runs(pipeline.name):
         echo(f"recorded run {dead_run} as failed: its process died")
     reuse = plan_reuse(pipeline, selected, metadata, only) if only else []

@@ -31,13 +31,14 @@ EXECUTION_PROPERTIES = {
     "component_id": pb.STRING, "pipeline_name": pb.STRING, "run_id": pb.STRING,
     "cache_key": pb.STRING, "outcome": pb.STRING, "outcome_reason": pb.STRING,
     "error": pb.STRING, "parameters": pb.STRING, "log_path": pb.STRING,
-    "pid": pb.INT, "host": pb.STRING, "duration_s": pb.DOUBLE,
+    "pid": pb.INT, "host": pb.STRING, "pid_start": pb.INT, "duration_s": pb.DOUBLE,
 }
 RUN_PROPERTIES = {
     "pipeline_name": pb.STRING, "run_id": pb.STRING, "started_at": pb.DOUBLE,
     "parameters": pb.STRING, "orchestrator": pb.STRING, "airflow_run_id": pb.STRING,
     "state": pb.STRING, "triggered_by": pb.STRING,
-    "pid": pb.INT, "host": pb.STRING,  # the local runner's process: a dead one ends its run
+    # The local runner's process (see _this_host, _start_ticks): a dead one ends its run.
+    "pid": pb.INT, "host": pb.STRING, "pid_start": pb.INT,
 }
 _KINDS = {int: pb.INT, float: pb.DOUBLE, str: pb.STRING, list: pb.STRING}
 STATE_NAMES = {pb.Execution.RUNNING: "running", pb.Execution.COMPLETE: "complete",
@@ -454,7 +455,8 @@ class Metadata:
         context.properties["state"].string_value = "running"
         if orchestrator == "local":
             context.properties["pid"].int_value = os.getpid()
-            context.properties["host"].string_value = socket.gethostname()
+            context.properties["pid_start"].int_value = _start_ticks(os.getpid())
+            context.properties["host"].string_value = _this_host()
         if triggered_by:
             context.properties["triggered_by"].string_value = json.dumps(triggered_by,
                                                                         sort_keys=True)
@@ -486,19 +488,21 @@ class Metadata:
     def runs(self, pipeline_name: str | None = None) -> list[dict[str, Any]]:
         """One dict per run (its context's properties, `context_id`, and `steps`: execution
         count per state), oldest first. A local run still recorded "running" whose runner
-        process is gone is reported "failed" (recorded so by the next run of its pipeline)."""
+        process is gone is reported "failed", and so are its running steps (recorded so by
+        the next run of its pipeline)."""
         contexts = self._retry(lambda: self._store.get_contexts_by_type(RUN_CONTEXT))
         rows = []
         for context in contexts:
             props = {k: _value(v) for k, v in context.properties.items()}
             if pipeline_name and props.get("pipeline_name") != pipeline_name:
                 continue
-            if _runner_died(props):
-                props["state"] = "failed"
+            died = _runner_died(props)
             executions = self.executions_in_run(context)
+            states = ["failed" if died and e.state == "running" else e.state for e in executions]
+            if died:
+                props["state"] = "failed"
             props["context_id"] = context.id
-            props["steps"] = {state: sum(1 for e in executions if e.state == state)
-                              for state in {e.state for e in executions}}
+            props["steps"] = {state: states.count(state) for state in set(states)}
             rows.append(props)
         return sorted(rows, key=lambda r: r.get("started_at") or 0)
 
@@ -552,8 +556,9 @@ class Metadata:
             pb.Execution.RUNNING, type_name=type_name, component_id=component_id,
             pipeline_name=pipeline_name, run=run, cache_key=cache_key, log_path=log_path,
             parameters=json.dumps(parameters, sort_keys=True, default=str),
-            host=socket.gethostname())
+            host=_this_host())
         execution.properties["pid"].int_value = os.getpid()
+        execution.properties["pid_start"].int_value = _start_ticks(os.getpid())
         execution_id, _, _ = self._retry(lambda: self._store.put_execution(
             execution, self._input_events(inputs), self._contexts_for(pipeline_name, run),
             reuse_context_if_already_exist=True))
@@ -643,9 +648,10 @@ class Metadata:
                          f"properties.pipeline_name.string_value = '{pipeline_name}'")
         abandoned = []
         for proto in self._retry(lambda: self._store.get_executions(list_options=options)):
-            pid = proto.properties["pid"].int_value
-            host = proto.properties["host"].string_value
-            if host == socket.gethostname() and pid and not _process_alive(pid):
+            props = proto.properties
+            if _died(props["host"].string_value, props["pid"].int_value,
+                     props["pid_start"].int_value):
+                pid = props["pid"].int_value
                 self.fail_execution(proto.id, f"process {pid} died before the step finished")
                 abandoned.append(self._record(proto))
         return abandoned
@@ -677,8 +683,37 @@ class Metadata:
 def _runner_died(run: dict[str, Any]) -> bool:
     """A local run recorded "running" whose runner process on this host is gone."""
     return (run.get("state") == "running" and run.get("orchestrator") == "local"
-            and run.get("host") == socket.gethostname() and bool(run.get("pid"))
-            and not _process_alive(run["pid"]))
+            and _died(run.get("host") or "", run.get("pid") or 0, run.get("pid_start") or 0))
+
+
+def _this_host() -> str:
+    """This host and PID namespace: a PID means one process only within both (containers
+    can share a host name, and a home, with their own PID namespaces)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()} pid-ns {namespace}"
+
+
+def _start_ticks(pid: int) -> int:
+    """When process `pid` started (clock ticks since boot, proc(5) /proc/PID/stat field
+    22), or 0 when unknown: with the PID, it tells a process from a later one reusing it."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _died(host: str, pid: int, pid_start: int) -> bool:
+    """Whether the process recorded as (host, pid, pid_start) is known to be gone. Records
+    from another host or PID namespace are never judged (their process cannot be seen)."""
+    if host != _this_host() or not pid:
+        return False
+    if not _process_alive(pid):
+        return True
+    return bool(pid_start) and _start_ticks(pid) not in (0, pid_start)
 
 
 def _process_alive(pid: int) -> bool:

@@ -24,12 +24,20 @@ _console_lock = threading.Lock()
 
 def to_console(line: str) -> None:
     """Writes `line` to stderr, and to the console even while TensorFlow's import has
-    descriptor 2 pointed at a step's log."""
+    descriptor 2 pointed at a step's log. When the console is gone (`pipewright run ... |
+    head` ended), later lines are dropped: the run goes on and its exit code still says
+    how it ended, instead of dying half-recorded on BrokenPipeError."""
     with _console_lock:
-        if _console["fd"] is None:
-            print(line, file=sys.stderr, flush=True)
-        else:
-            os.write(_console["fd"], (line + "\n").encode())
+        try:
+            if _console["fd"] is None:
+                print(line, file=sys.stderr, flush=True)
+            else:
+                os.write(_console["fd"], (line + "\n").encode())
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, _console["fd"] if _console["fd"] is not None
+                    else sys.stderr.fileno())
+            os.close(devnull)
 
 
 def import_tensorflow_quietly(log_path: str) -> None:

@@ -172,8 +172,12 @@ def test_step_killed_midway_leaves_nothing_published_and_next_run_recovers(tmp_p
     assert _published(tmp_path, "Scale") == []
     metadata = Metadata(Home.resolve(tmp_path).metadata_uri)
     [killed] = metadata.runs("numbers")
-    assert killed["state"] == "failed"  # its runner is gone: not "running" forever
-    assert list((tmp_path / "staging").iterdir())
+    # Its runner is gone: not "running" forever, and neither is the step it was running.
+    assert killed["state"] == "failed" and killed["steps"] == {"complete": 1, "failed": 1}
+    [staged] = list((tmp_path / "staging").iterdir())
+    # As if it had died publishing: an output moved into place, with no record.
+    unrecorded = tmp_path / "artifacts" / "numbers" / "Scale" / "scaled" / staged.name
+    unrecorded.mkdir(parents=True)
 
     rerun = subprocess.run(PIPEWRIGHT + ["run", PIPELINE_FILE, "--home", str(tmp_path)], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
@@ -183,11 +187,37 @@ def test_step_killed_midway_leaves_nothing_published_and_next_run_recovers(tmp_p
     assert "MakeNumbers            cached" in rerun.stderr
     assert len(_published(tmp_path, "Scale")) == 1
     assert not any((tmp_path / "staging").iterdir())  # the killed step's staging is removed
+    assert not unrecorded.exists()
     metadata = Metadata(Home.resolve(tmp_path).metadata_uri)
     [first, second] = [r for r in metadata.runs("numbers")]
     assert first["steps"] == {"complete": 1, "failed": 1}
     assert (first["state"], second["state"]) == ("failed", "succeeded")
     assert metadata.abandon_dead_runs("numbers") == []  # recorded: nothing left to abandon
+
+
+def test_a_recorded_process_is_judged_by_host_pid_namespace_and_start_time():
+    """A PID alone does not name a process: one reused after a kill, or the same number in
+    another PID namespace (a container sharing the home), is not the recorded one."""
+    from pipelines.metadata import _died, _start_ticks, _this_host
+
+    me, started = os.getpid(), _start_ticks(os.getpid())
+    assert started > 0 and "pid-ns" in _this_host()
+    assert not _died(_this_host(), me, started)
+    assert _died(_this_host(), me, started + 1)  # the PID now belongs to a later process
+    assert not _died(_this_host() + "0", me, started + 1)  # another namespace: not judged
+    assert not _died("another-host", 2 ** 22 + 1, 0)
+
+
+def test_a_run_whose_console_goes_away_still_finishes_and_says_how(tmp_path):
+    """`pipewright run ... | head -1`: the reader leaves after the first line; the run goes
+    on to the end, is recorded, and its exit code is the run's."""
+    runner = subprocess.Popen(PIPEWRIGHT + ["run", PIPELINE_FILE, "--home", str(tmp_path)],
+                              cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    runner.stderr.readline()
+    runner.stderr.close()
+    assert runner.wait(timeout=120) == 0
+    [run] = Metadata(Home.resolve(tmp_path).metadata_uri).runs("numbers")
+    assert run["state"] == "succeeded" and run["steps"] == {"complete": 3}
 
 
 # -- lineage and CLI ------------------------------------------------------------------------------
