@@ -448,7 +448,7 @@ def test_the_sandbox_server_dies_with_the_process_that_started_it(tmp_path):
     try:
         server = psutil.Process(int(runner.stdout.readline()))
         deadline = time.monotonic() + 30  # setpriv has set the signal once it exec'd the server
-        while "serving" not in server.cmdline() and time.monotonic() < deadline:
+        while server.name() == "setpriv" and time.monotonic() < deadline:
             time.sleep(0.05)
         runner.kill()
         runner.wait(timeout=30)
