@@ -69,7 +69,8 @@ _MLMD_ATTEMPTS = 1
 # "There are a subset of tables in MLMD instance. This may be due to concurrent connection
 # to the empty database. Please retry the connection." (metadata_store.cc), or finds a
 # table missing: connect again.
-_SCHEMA_RACE = ("concurrent connection to the empty database", "doesn't exist")
+_SCHEMA_RACE = ("concurrent connection to the empty database", "doesn't exist",
+                "concurrent writes aborted")
 _SQLITE_BUSY = ("locked", "busy")
 
 
@@ -255,7 +256,8 @@ class Metadata:
     def _retry(self, call, attempts: int = 60):
         """`call()` under the lock, connected. SQLite busy/locked, MySQL deadlock / lock
         wait timeout (MLMD's AbortedError) and the schema race of processes opening an
-        empty MySQL database are retried `attempts` times with a growing pause. A lost or
+        empty database (SQLite or MySQL: the first Airflow tasks of a new home start
+        together) are retried `attempts` times with a growing pause. A lost or
         refused MySQL connection is retried on a new connection (MLMD's broken one is
         dropped: calling it again after its own reconnect failed crashes the process with
         SIGSEGV) until `connect_timeout_s` has passed, then MetadataStoreUnavailable.
@@ -271,8 +273,8 @@ class Metadata:
                     return call()
             except (mlmd.errors.StatusError, RuntimeError) as exc:
                 message = str(exc).lower()
-                if self._mysql and self._store is None and \
-                        any(m in message for m in _SCHEMA_RACE) and attempt < attempts - 1:
+                if self._store is None and any(m in message for m in _SCHEMA_RACE) and \
+                        attempt < attempts - 1:
                     time.sleep(0.05 * (attempt + 1))
                     attempt += 1
                     continue

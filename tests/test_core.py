@@ -195,6 +195,37 @@ def test_step_killed_midway_leaves_nothing_published_and_next_run_recovers(tmp_p
     assert metadata.abandon_dead_runs("numbers") == []  # recorded: nothing left to abandon
 
 
+def _open_store_at(uri: str, at: float, answers) -> None:
+    while time.time() < at:
+        time.sleep(0.001)
+    try:
+        Metadata(uri)
+        answers.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the answer is what the test checks
+        answers.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_store_at_once_all_connect(tmp_path):
+    """The first Airflow tasks of a new home (ExampleGen, ImportSchemaGen) start together
+    and each creates ML Metadata's schema: MLMD reports the race ("a subset of tables",
+    "concurrent writes aborted") and asks for a retry. Six processes at once, 8 times
+    (without the retry, about 1 in 3 of these rounds failed here)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(8):
+        answers = context.Queue()
+        at = time.time() + 0.3
+        racers = [context.Process(target=_open_store_at,
+                                  args=(str(tmp_path / f"{round_}.sqlite"), at, answers))
+                  for _ in range(6)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(timeout=120)
+        assert [answers.get(timeout=5) for _ in racers] == ["ok"] * 6
+
+
 def test_a_recorded_process_is_judged_by_host_pid_namespace_and_start_time():
     """A PID alone does not name a process: one reused after a kill, or the same number in
     another PID namespace (a container sharing the home), is not the recorded one."""
