@@ -13,9 +13,8 @@ SIGABRT raised by its own code) has finished: that outcome is evidence about the
 from __future__ import annotations
 
 import contextlib
-import threading
-
 import signal
+import threading
 import time
 
 # Signals that come from outside the process (an operator, `make down`, Airflow, the OOM
