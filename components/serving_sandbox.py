@@ -265,8 +265,7 @@ class SandboxServer:
             while True:
                 exit_code = self.process.poll()
                 if exit_code is not None:
-                    self.check_not_stopped_from_outside()
-                    self.check_ports_were_bound()
+                    self._check_exit_is_a_verdict()
                     raise ModelNotAvailable(f"the server exited with code {exit_code} before the "
                                             f"model was AVAILABLE; its log ends:\n{self.log_tail()}")
                 if load_deadline is None and self.began_loading():
@@ -307,6 +306,12 @@ class SandboxServer:
     def began_loading(self) -> bool:
         """Whether this server's log holds TF Serving's "Loading servable version" line."""
         return LOADING_MARK in self._own_log()
+
+    def _check_exit_is_a_verdict(self) -> None:
+        """For a server that has exited: raises unless the exit says something about the
+        model (StepInterrupted: stopped from outside; ServerStartFailed: a port not bound)."""
+        self.check_not_stopped_from_outside()
+        self.check_ports_were_bound()
 
     def check_ports_were_bound(self) -> None:
         """Raises ServerStartFailed when the server's log says it could not bind a port."""
@@ -360,8 +365,7 @@ class SandboxServer:
             self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             return None
-        self.check_not_stopped_from_outside()
-        self.check_ports_were_bound()
+        self._check_exit_is_a_verdict()
         return self.process.returncode
 
     def _answers(self) -> bool:

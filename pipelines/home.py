@@ -111,6 +111,14 @@ class Home:
     def staging_dir(self, execution_id: int) -> str:
         return os.path.join(self.root, "staging", str(execution_id))
 
+    def execution_dirs(self, pipeline: str, component_id: str, execution_id: int) -> list[str]:
+        """Every directory an execution may have written: its staging directory and, for
+        each output key the component has published under, its artifact_dir."""
+        component_dir = os.path.join(self.root, "artifacts", pipeline, component_id)
+        keys = sorted(os.listdir(component_dir)) if os.path.isdir(component_dir) else []
+        return [self.staging_dir(execution_id),
+                *(self.artifact_dir(pipeline, component_id, key, execution_id) for key in keys)]
+
     def log_path(self, pipeline: str, run_id: str, component_id: str) -> str:
         return os.path.join(self.root, "logs", pipeline, run_id, f"{component_id}.log")
 

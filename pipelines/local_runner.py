@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import datetime as dt
-import glob
-import os
 import shutil
 import time
 import uuid
@@ -105,9 +103,7 @@ def run_pipeline(pipeline: Pipeline, *, home: str | Home | None = None,
     for dead in metadata.abandon_dead_executions(pipeline.name):
         # Its outputs are in staging, or already moved into place when it died publishing:
         # either way no record points at them.
-        for directory in [home.staging_dir(dead.id), *glob.glob(os.path.join(
-                home.root, "artifacts", glob.escape(pipeline.name), glob.escape(dead.component_id),
-                "*", str(dead.id)))]:
+        for directory in home.execution_dirs(pipeline.name, dead.component_id, dead.id):
             shutil.rmtree(directory, ignore_errors=True)
         echo(f"recorded execution {dead.id} ({dead.component_id}) as failed: its process died "
              f"(its staging directory and unpublished outputs are removed)")
